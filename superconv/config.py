@@ -1,0 +1,174 @@
+"""The configuration schema: every field, its default and its meaning.
+
+Experiment files in `configs/` start from `base_config()` and override only
+what differs. `validate()` checks a resolved config once, before anything is
+compiled or written; every error names the offending key and what would be
+valid. `steps()` is the one place where durations in epochs or fractions of
+the run become steps.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from superconv import data as data_lib
+from superconv import models
+from superconv import schedules
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the key."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Defaults shared by all experiments (each field commented)."""
+  c = ml_collections.ConfigDict()
+
+  # --- Reproducibility -----------------------------------------------------
+  c.seed = 0  # Seeds the initialization, data order and augmentation.
+
+  # --- Data ----------------------------------------------------------------
+  # tfds:cifar10 | tfds:cifar100 | folder:<dir or .tar[.gz|.xz]> | synthetic
+  c.dataset = "tfds:cifar10"
+  c.data_dir = ""  # TFDS data directory ("" = $TFDS_DATA_DIR or ~/tensorflow_datasets).
+  c.cache_dir = ""  # Decoded-folder cache ("" = $SUPERCONV_CACHE_DIR or ~/.cache/superconv).
+  c.tfds_download = True  # Let tfds download (and prepare) a missing dataset.
+  c.synthetic_train_size = 1024  # Images in the synthetic train split.
+  c.synthetic_test_size = 256  # Images in the synthetic test split.
+  c.crop_padding = 4  # Zero padding before the random crop (He et al.); 0 = no crop.
+  c.random_flip = True  # Random horizontal flip.
+
+  # --- Model ---------------------------------------------------------------
+  c.model = "resnet56"  # One of superconv.models.MODEL_NAMES.
+  c.shortcut = "A"  # CIFAR ResNets: A = parameter-free zero padding, B = 1x1 projection.
+  c.dtype = "bfloat16"  # Compute dtype: bfloat16 | float32 (params and BN stats stay float32).
+  c.bn_momentum = 0.9  # BatchNorm moving-average factor (Caffe moving_average_fraction).
+  c.bn_epsilon = 1e-5  # BatchNorm epsilon.
+
+  # --- Duration and batch --------------------------------------------------
+  c.batch_size = 128  # Global batch over all devices (must divide by the device count).
+  c.num_epochs = 0.0  # Training length in epochs (used when num_steps == 0).
+  c.num_steps = 0  # Training length in steps; overrides num_epochs when > 0.
+  c.eval_batch_size = 1000  # Global evaluation batch (the last batch is padded and masked).
+
+  # --- Optimizer: SGD with momentum ----------------------------------------
+  c.momentum = 0.9  # Momentum when the schedule does not cycle it.
+  c.nesterov = False  # Nesterov momentum.
+  c.weight_decay = 1e-4  # L2 added to the gradient (Caffe / PyTorch SGD style).
+  c.decay_bn_and_bias = True  # Whether BatchNorm scales/offsets and biases decay too.
+  c.label_smoothing = 0.0  # Label smoothing of the cross-entropy targets.
+  # NaN/Inf loss or gradients: "stop" (exit non-zero, keep the last good
+  # checkpoint) or "skip" (leave the state unchanged, count the step).
+  c.nonfinite_policy = "stop"
+
+  # --- Learning-rate and momentum schedule ---------------------------------
+  c.schedule = schedules.default_schedule_config()
+
+  # --- Logging, evaluation, checkpoints -------------------------------------
+  c.log_every_steps = 50  # Train metrics row (and console line) every N steps.
+  c.eval_every_epochs = 1.0  # Test-set evaluation every N epochs (and at the end).
+  c.checkpoint_every_steps = 1000  # Orbax checkpoint every N steps (and at the end).
+  c.keep_checkpoints = 3  # Checkpoints kept (the final one always).
+  return c
+
+
+DURATION_KEYS = ("num_epochs", "num_steps")
+
+
+def steps_per_epoch(num_train_examples: int, batch_size: int) -> int:
+  """Full batches per epoch: floor(train examples / global batch)."""
+  return num_train_examples // batch_size
+
+
+def steps(value: float, unit: str, *, steps_per_epoch: int,
+          total_steps: int | None = None) -> int:
+  """Converts a duration to steps; `unit` is 'steps', 'epochs' or 'fraction'.
+
+  The one helper for every duration in a config, so a schedule given in
+  epochs and one given in steps land on the same step boundaries.
+  """
+  if unit == "steps":
+    return int(value)
+  if unit == "epochs":
+    return int(round(value * steps_per_epoch))
+  if unit == "fraction":
+    if total_steps is None:
+      raise ValueError("a fraction of the run needs total_steps")
+    return int(round(value * total_steps))
+  raise ValueError(f"unit must be steps, epochs or fraction, not {unit!r}")
+
+
+def total_steps(config, num_train_examples: int) -> int:
+  """Number of training steps of a run."""
+  if config.num_steps > 0:
+    return int(config.num_steps)
+  spe = steps_per_epoch(num_train_examples, config.batch_size)
+  return steps(config.num_epochs, "epochs", steps_per_epoch=spe)
+
+
+def _check(condition: bool, key: str, message: str) -> None:
+  if not condition:
+    raise ConfigError(f"{key}: {message}")
+
+
+def validate_static(config, *, num_devices: int) -> None:
+  """Checks everything that needs no data: run before anything is loaded."""
+  _check(isinstance(config.seed, int) and config.seed >= 0, "seed",
+         f"must be a non-negative integer, got {config.seed!r}")
+  try:
+    data_lib.check_spec(config.dataset, data_dir=config.data_dir or None)
+  except data_lib.DataError as e:
+    raise ConfigError(str(e)) from None
+  _check(config.model in models.MODEL_NAMES, "model",
+         f"unknown {config.model!r}; valid: {', '.join(models.MODEL_NAMES)}")
+  _check(config.shortcut in ("A", "B"), "shortcut",
+         f"must be 'A' or 'B', got {config.shortcut!r}")
+  _check(config.dtype in ("bfloat16", "float32"), "dtype",
+         f"must be 'bfloat16' or 'float32', got {config.dtype!r}")
+  _check(0.0 <= config.bn_momentum < 1.0, "bn_momentum",
+         f"must be in [0, 1), got {config.bn_momentum}")
+  _check(config.bn_epsilon > 0, "bn_epsilon", "must be > 0")
+  _check(config.batch_size > 0, "batch_size",
+         f"must be positive, got {config.batch_size}")
+  _check(config.batch_size % num_devices == 0, "batch_size",
+         f"{config.batch_size} is not divisible by the {num_devices} devices;"
+         f" use a multiple of {num_devices}")
+  _check(config.eval_batch_size > 0 and
+         config.eval_batch_size % num_devices == 0, "eval_batch_size",
+         f"must be a positive multiple of the {num_devices} devices,"
+         f" got {config.eval_batch_size}")
+  _check(config.num_epochs >= 0, "num_epochs",
+         f"must be >= 0, got {config.num_epochs}")
+  _check(config.num_steps >= 0, "num_steps",
+         f"must be >= 0, got {config.num_steps}")
+  _check(config.num_steps > 0 or config.num_epochs > 0, "num_epochs",
+         "set num_epochs > 0 or num_steps > 0")
+  _check(config.crop_padding >= 0, "crop_padding", "must be >= 0")
+  _check(0.0 <= config.momentum < 1.0, "momentum",
+         f"must be in [0, 1), got {config.momentum}")
+  _check(config.nonfinite_policy in ("stop", "skip"), "nonfinite_policy",
+         f"must be 'stop' or 'skip', got {config.nonfinite_policy!r}")
+  _check(config.weight_decay >= 0, "weight_decay", "must be >= 0")
+  _check(0.0 <= config.label_smoothing < 1.0, "label_smoothing",
+         "must be in [0, 1)")
+  _check(config.synthetic_train_size > 0, "synthetic_train_size", "must be > 0")
+  _check(config.synthetic_test_size > 0, "synthetic_test_size", "must be > 0")
+  _check(config.log_every_steps > 0, "log_every_steps", "must be > 0")
+  _check(config.eval_every_epochs > 0, "eval_every_epochs", "must be > 0")
+  _check(config.checkpoint_every_steps > 0, "checkpoint_every_steps",
+         "must be > 0")
+  _check(config.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
+
+
+def validate_with_data(config, *, num_train_examples: int) -> None:
+  """Checks what depends on the dataset size (durations, schedule)."""
+  spe = steps_per_epoch(num_train_examples, config.batch_size)
+  _check(spe >= 1, "batch_size",
+         f"{config.batch_size} exceeds the {num_train_examples} training"
+         " examples")
+  n = total_steps(config, num_train_examples)
+  _check(n >= 1, "num_epochs", f"gives {n} steps; must give at least one")
+  try:
+    schedules.validate(config.schedule, steps_per_epoch=spe, total_steps=n)
+  except schedules.ScheduleError as e:
+    raise ConfigError(str(e)) from None

@@ -1,0 +1,136 @@
+"""Metrics out of the run: JSONL, TensorBoard and a console line.
+
+Only process 0 writes. `metrics.jsonl` is the source of truth (one JSON
+object per logged step, appended and flushed as it happens, so a killed run
+keeps every row it logged); TensorBoard event files mirror it when
+tensorboardX is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+
+log = logging.getLogger("superconv")
+
+
+def read_jsonl(path: str) -> list[dict]:
+  """Rows of a JSONL file; a torn last line (killed run) is ignored."""
+  rows = []
+  if not os.path.exists(path):
+    return rows
+  with open(path) as f:
+    for line in f:
+      line = line.strip()
+      if not line:
+        continue
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError:
+        break
+  return rows
+
+
+def _jsonable(value):
+  if isinstance(value, float) and not math.isfinite(value):
+    return str(value)  # JSON has no NaN/Inf; keep them visible as strings.
+  return value
+
+
+class MetricWriter:
+  """Appends metric rows to workdir/metrics.jsonl (+ TensorBoard)."""
+
+  def __init__(self, workdir: str, *, enabled: bool = True,
+               filename: str = "metrics.jsonl", resume_from_step: int = 0):
+    self.enabled = enabled
+    self.path = os.path.join(workdir, filename)
+    self._tb = None
+    self._file = None
+    self.previous_rows = []
+    if not enabled:
+      return
+    # On resume, rows past the restored step are dropped: they are logged
+    # again by the resumed run, so every step appears once.
+    rows = read_jsonl(self.path)
+    self.previous_rows = [r for r in rows
+                          if r.get("step", 0) <= resume_from_step]
+    if resume_from_step == 0:
+      self.previous_rows = []
+    if self.previous_rows != rows:
+      tmp = self.path + ".tmp"
+      with open(tmp, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in self.previous_rows)
+      os.replace(tmp, self.path)
+    self._file = open(self.path, "a")
+    try:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    except ImportError:
+      log.info("tensorboardX not installed: no TensorBoard event files.")
+
+  def write(self, row: dict) -> None:
+    if not self.enabled:
+      return
+    self._file.write(json.dumps({k: _jsonable(v) for k, v in row.items()})
+                     + "\n")
+    self._file.flush()
+    if self._tb is not None:
+      step = row["step"]
+      for k, v in row.items():
+        if k != "step" and isinstance(v, (int, float)):
+          self._tb.add_scalar(k, v, step)
+
+  def close(self) -> None:
+    if self._file is not None:
+      self._file.close()
+      self._file = None
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+
+
+def format_seconds(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+class Console:
+  """One progress line per logged step: step/s and the ETA."""
+
+  def __init__(self, total_steps: int, *, enabled: bool = True,
+               stream=sys.stdout):
+    self.total_steps = total_steps
+    self.enabled = enabled
+    self.stream = stream
+    self.start = time.time()
+
+  def train(self, row: dict) -> None:
+    if not self.enabled:
+      return
+    step = row["step"]
+    rate = row.get("steps_per_sec", 0.0)
+    eta = (self.total_steps - step) / rate if rate > 0 else float("nan")
+    self.stream.write(
+        f"step {step:>{len(str(self.total_steps))}}/{self.total_steps}"
+        f" ep {row['epoch']:6.2f} | loss {row['train_loss']:.4f}"
+        f" acc {row['train_accuracy']:.4f} | lr {row['learning_rate']:.4g}"
+        f" mom {row['momentum']:.3f} | {rate:6.2f} step/s"
+        f" {rate * row.get('batch_size', 0):7.0f} img/s"
+        f" | ETA {format_seconds(eta) if math.isfinite(eta) else '?'}\n")
+    self.stream.flush()
+
+  def eval(self, row: dict) -> None:
+    if not self.enabled:
+      return
+    self.stream.write(
+        f"eval step {row['step']} ep {row['epoch']:.2f}:"
+        f" test loss {row['eval_loss']:.4f}"
+        f" test acc {row['eval_accuracy']:.4f}"
+        f" ({row['eval_examples']} images, {row['eval_seconds']:.1f}s)\n")
+    self.stream.flush()

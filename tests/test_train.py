@@ -1,0 +1,256 @@
+"""Train step, devices, dtypes, evaluation and the command line."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from superconv import config as config_lib
+from superconv import data as data_lib
+from superconv import input_pipeline
+from superconv import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(**overrides):
+  c = config_lib.base_config()
+  c.dataset = "synthetic"
+  c.model = "resnet20"
+  c.dtype = "float32"
+  c.batch_size = 16
+  c.num_steps = 3
+  c.synthetic_train_size = 64
+  c.synthetic_test_size = 40
+  c.eval_batch_size = 16
+  c.schedule.name = "constant"
+  c.schedule.max_lr = 0.1
+  for k, v in overrides.items():
+    c[k] = v
+  return c
+
+
+def load(config):
+  return data_lib.load(config.dataset,
+                       synthetic_train_size=config.synthetic_train_size,
+                       synthetic_test_size=config.synthetic_test_size)
+
+
+def batch_loss(state, x, y):
+  """Train-mode loss (batch statistics) of `state` on a fixed batch."""
+  def loss(x, y):
+    logits, _ = state.apply_fn(
+        {"params": state.params, "batch_stats": state.batch_stats}, x,
+        train=True, mutable=["batch_stats"])
+    return train.cross_entropy(logits, y, 10, 0.0).mean()
+  # vmap over a device axis of size 1 binds the BatchNorm's axis name.
+  return float(jax.vmap(loss, axis_name=train.AXIS)(x[None], y[None])[0])
+
+
+def test_one_step_changes_parameters_and_lowers_the_loss():
+  # Data set = one batch, no augmentation: every step sees the same images.
+  config = tiny_config(synthetic_train_size=16, crop_padding=0,
+                       random_flip=False, num_steps=1)
+  dataset = load(config)
+  run = train.setup(config, dataset)
+  state = train.create_train_state(config, run.model, (32, 32, 3), run.tx)
+  x = input_pipeline.normalize(jnp.asarray(dataset.train_images),
+                               run.aug.mean, run.aug.std, jnp.float32)
+  y = jnp.asarray(dataset.train_labels)
+  before = batch_loss(state, x, y)
+
+  step = train.make_train_step(config, dataset, run.aug)
+  new_state, metrics = step(
+      flax.jax_utils.replicate(state),
+      input_pipeline.replicate(dataset.train_images),
+      input_pipeline.replicate(dataset.train_labels))
+  new_state = train.unreplicate(new_state)
+  after = batch_loss(new_state, x, y)
+
+  assert int(new_state.step) == 1
+  assert float(metrics["train_loss"][0]) == pytest.approx(before, rel=1e-5)
+  assert float(metrics["learning_rate"][0]) == pytest.approx(0.1)
+  assert float(metrics["momentum"][0]) == pytest.approx(0.9)
+  changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)),
+                         state.params, new_state.params)
+  assert all(jax.tree.leaves(changed))
+  assert after < before - 0.05, (before, after)
+
+
+def test_bfloat16_first_step_loss_within_one_percent_of_float32():
+  losses = {}
+  for dtype in ("float32", "bfloat16"):
+    config = tiny_config(dtype=dtype)
+    dataset = load(config)
+    run = train.setup(config, dataset)
+    state = train.create_train_state(config, run.model, (32, 32, 3), run.tx)
+    x = input_pipeline.normalize(jnp.asarray(dataset.train_images[:16]),
+                                 run.aug.mean, run.aug.std, dtype)
+    losses[dtype] = batch_loss(state, x, jnp.asarray(
+        dataset.train_labels[:16]))
+  assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=0.01)
+  assert losses["bfloat16"] != losses["float32"]  # bf16 really ran.
+
+
+def test_weight_decay_mask_excludes_batchnorm_and_bias_when_asked():
+  config = tiny_config()
+  dataset = load(config)
+  run = train.setup(config, dataset)
+  state = train.create_train_state(config, run.model, (32, 32, 3), run.tx)
+  mask = train.decay_mask(state.params)
+  flat = flax.traverse_util.flatten_dict(mask, sep="/")
+  assert all(v for k, v in flat.items() if k.endswith("kernel"))
+  assert not any(v for k, v in flat.items()
+                 if k.endswith("scale") or k.endswith("bias"))
+
+
+def test_eval_counts_every_test_image_once():
+  # 40 test images, global eval batch 16: 3 batches, the last half padding.
+  config = tiny_config()
+  dataset = load(config)
+  run = train.setup(config, dataset)
+  state = train.create_train_state(config, run.model, (32, 32, 3), run.tx)
+  result = train.Evaluator(config, dataset, run.aug)(
+      flax.jax_utils.replicate(state))
+  assert result["eval_examples"] == 40
+
+  logits = state.apply_fn(
+      {"params": state.params, "batch_stats": state.batch_stats},
+      input_pipeline.normalize(jnp.asarray(dataset.test_images),
+                               run.aug.mean, run.aug.std, jnp.float32),
+      train=False)
+  labels = jnp.asarray(dataset.test_labels)
+  accuracy = float(jnp.mean(jnp.argmax(logits, -1) == labels))
+  loss = float(train.cross_entropy(logits, labels, 10, 0.0).mean())
+  assert result["eval_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+  assert result["eval_loss"] == pytest.approx(loss, rel=1e-5)
+
+
+# --- Devices: 8 simulated CPU devices vs 1 --------------------------------
+
+_DEVICE_SCRIPT = textwrap.dedent("""
+    import sys
+    import flax, jax, numpy as np
+    sys.path.insert(0, {tests!r})
+    from test_train import tiny_config, load
+    from superconv import input_pipeline, train
+    config = tiny_config()
+    dataset = load(config)
+    run = train.setup(config, dataset)
+    state = train.create_train_state(config, run.model, (32, 32, 3), run.tx)
+    state = flax.jax_utils.replicate(state)
+    step = train.make_train_step(config, dataset, run.aug)
+    images = input_pipeline.replicate(dataset.train_images)
+    labels = input_pipeline.replicate(dataset.train_labels)
+    for _ in range(3):
+      state, metrics = step(state, images, labels)
+    state = jax.device_get(train.unreplicate(state))
+    flat = flax.traverse_util.flatten_dict(
+        {{"params": state.params, "batch_stats": state.batch_stats}}, sep="/")
+    np.savez({out!r}, devices=jax.device_count(), **flat)
+""")
+
+
+def _train_on(devices: int, tmp_path) -> dict:
+  out = str(tmp_path / f"params_{devices}.npz")
+  env = dict(os.environ,
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             JAX_PLATFORMS="cpu")
+  script = _DEVICE_SCRIPT.format(tests=os.path.join(REPO, "tests"), out=out)
+  subprocess.run([sys.executable, "-c", script], check=True, env=env,
+                 cwd=REPO, timeout=600)
+  return dict(np.load(out))
+
+
+def test_eight_devices_match_one_device_after_three_steps(tmp_path):
+  one = _train_on(1, tmp_path)
+  eight = _train_on(8, tmp_path)
+  assert int(one.pop("devices")) == 1 and int(eight.pop("devices")) == 8
+  assert one.keys() == eight.keys()
+  for key in one:
+    ref = one[key]
+    diff = np.linalg.norm(eight[key] - ref) / max(np.linalg.norm(ref), 1e-12)
+    assert diff <= 1e-5, (key, diff)
+  # The head bias starts at zero: it moved, so the comparison means something.
+  assert np.abs(one["params/head/bias"]).max() > 1e-3
+
+
+# --- The command line -------------------------------------------------------
+
+
+def run_main(args, *, devices=1, timeout=600):
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  return subprocess.run(
+      [sys.executable, "-m", "superconv.main", *args], cwd=REPO, env=env,
+      capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("override,key", [
+    ("--config.no_such_key=1", "no_such_key"),
+    ("--config.schedule.no_such_key=1", "schedule.no_such_key"),
+    ("--config.batch_size=abc", "batch_size"),
+    ("--config.batch_size=12", "batch_size"),  # 8 devices
+    ("--config.num_epochs=-1", "num_epochs"),
+    ("--config.model=resnet7", "model"),
+    ("--config.dataset=imagenet", "dataset"),
+    ("--config.dtype=float16", "dtype"),
+])
+def test_bad_override_exits_nonzero_naming_the_key(override, key, tmp_path):
+  workdir = tmp_path / "run"
+  result = run_main(["--config", "configs/quick.py", "--workdir",
+                     str(workdir), "--config.dataset=synthetic", override],
+                    devices=8, timeout=120)
+  assert result.returncode == 2, result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1, result.stderr
+  assert key in lines[0]
+  assert not workdir.exists()
+
+
+def test_main_trains_logs_and_resumes(tmp_path):
+  workdir = tmp_path / "run"
+  args = ["--config", "configs/quick.py", "--workdir", str(workdir),
+          "--config.dataset=synthetic", "--config.synthetic_train_size=64",
+          "--config.synthetic_test_size=40", "--config.batch_size=16",
+          "--config.eval_batch_size=16", "--config.num_steps=8",
+          "--config.log_every_steps=2", "--config.eval_every_epochs=1",
+          "--config.checkpoint_every_steps=4"]
+  result = run_main(args, devices=2)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "final: test accuracy" in result.stdout
+
+  saved = json.loads((workdir / "config.json").read_text())
+  assert saved["model"] == "resnet20" and saved["num_steps"] == 8
+  rows = [json.loads(l) for l in (workdir / "metrics.jsonl").open()]
+  train_rows = [r for r in rows if "train_loss" in r]
+  eval_rows = [r for r in rows if "eval_accuracy" in r]
+  assert [r["step"] for r in train_rows] == [2, 4, 6, 8]
+  assert [r["step"] for r in eval_rows] == [4, 8]  # 4 steps per epoch.
+  for r in train_rows:
+    assert {"epoch", "train_accuracy", "learning_rate", "momentum",
+            "steps_per_sec", "examples_seen", "wall_time"} <= r.keys()
+    assert r["examples_seen"] == 16 * r["step"]
+    assert r["epoch"] == r["step"] / 4
+  assert all(r["eval_examples"] == 40 for r in eval_rows)
+  # one_cycle from configs/quick.py: peak 0.4 at 25% of 8 steps.
+  assert max(r["learning_rate"] for r in train_rows) <= 0.4 + 1e-6
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["4", "8"]
+  assert any(f.startswith("events") for f in
+             os.listdir(workdir / "tensorboard"))
+
+  # The same command again: already complete, reports the same accuracy.
+  again = run_main(args, devices=2)
+  assert again.returncode == 0, again.stderr[-3000:]
+  final = [l for l in result.stdout.splitlines() if l.startswith("final:")]
+  final_again = [l for l in again.stdout.splitlines()
+                 if l.startswith("final:")]
+  assert final == final_again
+  assert len((workdir / "metrics.jsonl").read_text().splitlines()) == len(rows)
