@@ -1,0 +1,759 @@
+r"""Grid sweeps, and baseline tuning at an equal step budget.
+
+Sweep: the cartesian product of `--sweep key=v1,v2,...` grids, one run each,
+trained one after another by `python -m superconv.main` in a subprocess:
+
+  python -m superconv.sweep --config configs/onecycle_resnet56.py \
+      --workdir runs/onecycle --sweep seed=0,1,2 \
+      --sweep schedule.max_lr=0.8,1.6,3.0 [--config.key=value ...]
+
+Each run gets its own directory `DIR/<name>`, the name made of its swept
+values in key order (`schedule.max_lr=0.8,seed=0`), and so its own
+config.json, metrics.jsonl and checkpoints. Runs go in product order, the
+last --sweep varying fastest. A run whose subprocess exited 0 gets
+`done.json` and is skipped by later invocations; an interrupted run is
+resumed by running the same command again (main resumes from its latest
+checkpoint). The grid may grow between invocations (more seeds); the config
+file and the common overrides may not (`DIR/sweep.json` records them).
+Values holding commas go in brackets: `--sweep
+schedule.boundaries=(25,37.5),(30,40)`. `--parallel-devices` is not
+implemented: one run uses every local device (pmap), runs are sequential.
+
+Tune: pick a baseline's peak LR (and warm-up) at a fixed step budget by
+accuracy on a validation split carved from the training set, never the test
+set:
+
+  python -m superconv.sweep tune --config configs/cosine_resnet56.py \
+      --workdir runs/tune_cosine --budget-steps 10000 --validation-size 5000 \
+      --sweep schedule.max_lr=0.4,0.8,1.6,3.2 --sweep schedule.warmup=0,2,5
+
+runs the grid with `--config.num_steps=<budget> --config.validation_size=N`,
+writes `DIR/tuning.json` (every candidate, the winner) and prints the command
+that trains the winner on the full training set, evaluated on the test set,
+over several seeds.
+
+`split_validation` is the held-out split those runs train and evaluate on:
+the last N images of a fixed seed-0 permutation of the train split. main
+applies it right after loading the data when config.validation_size > 0:
+
+    if config.validation_size:
+      dataset = sweep_lib.split_validation(dataset, config.validation_size)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import importlib.util
+import itertools
+import json
+import math
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from typing import Sequence
+
+import numpy as np
+
+from superconv import data as data_lib
+from superconv import metric_writer
+
+DONE_FILE = "done.json"
+SWEEP_FILE = "sweep.json"
+TUNING_FILE = "tuning.json"
+LOG_FILE = "train.log"
+EXIT_BAD_INPUT = 2
+EXIT_NONFINITE = 3  # superconv.main's status for NaN/Inf loss.
+_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._=,+-]")
+
+
+class SweepError(ValueError):
+  """Bad sweep input; a one-line message naming the flag or path."""
+
+  def __init__(self, message: str):
+    super().__init__(" ".join(str(message).split()))
+
+
+# ============================================================================
+# Validation split (to be applied by main right after data loading)
+# ============================================================================
+
+
+def validation_indices(num_train: int, size: int,
+                       seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """(kept train indices, validation indices) of a train split of num_train.
+
+  The validation indices are the last `size` entries of
+  `np.random.default_rng(seed).permutation(num_train)`; the kept training
+  indices are the rest, in their original order. Both depend only on
+  (num_train, size, seed), never on config.seed, so every candidate of a
+  tuning grid and every seed sees the same split.
+  """
+  if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
+    raise ValueError(f"validation_size: must be an integer, got {size!r}")
+  if not 0 < size < num_train:
+    raise ValueError(f"validation_size: must be in [1, {num_train - 1}] for"
+                     f" a train split of {num_train} images, got {size}")
+  permutation = np.random.default_rng(seed).permutation(num_train)
+  cut = num_train - int(size)
+  return np.sort(permutation[:cut]), permutation[cut:]
+
+
+def split_validation(dataset: data_lib.Dataset, size: int,
+                     seed: int = 0) -> data_lib.Dataset:
+  """The dataset with `size` train images held out as its evaluation set.
+
+  The returned Dataset trains on the remaining train images and its
+  `test_*` arrays are the held-out images: a run built on it never trains
+  on what it evaluates on and never sees a test image. Per-channel
+  normalization statistics (computed from `train_images`) follow the
+  reduced train split. size = 0 returns `dataset` itself.
+  """
+  if size == 0:
+    return dataset
+  keep, held_out = validation_indices(len(dataset.train_images), size, seed)
+  return dataclasses.replace(
+      dataset, name=f"{dataset.name}:validation={size}",
+      train_images=dataset.train_images[keep],
+      train_labels=dataset.train_labels[keep],
+      test_images=dataset.train_images[held_out],
+      test_labels=dataset.train_labels[held_out])
+
+
+# ============================================================================
+# Grid expansion and naming
+# ============================================================================
+
+
+def split_values(text: str) -> list[str]:
+  """Splits 'a,(b,c),[d,e]' on the commas outside brackets."""
+  values, depth, current = [], 0, []
+  for ch in text:
+    if ch in "([{":
+      depth += 1
+    elif ch in ")]}":
+      depth -= 1
+    if ch == "," and depth == 0:
+      values.append("".join(current).strip())
+      current = []
+    else:
+      current.append(ch)
+  values.append("".join(current).strip())
+  return values
+
+
+def parse_sweep(spec: str) -> tuple[str, list[str]]:
+  """'key=v1,v2' -> ('key', ['v1', 'v2'])."""
+  key, sep, rest = spec.partition("=")
+  key = key.strip()
+  if key.startswith("config."):
+    key = key[len("config."):]
+  if not sep or not _KEY_RE.match(key):
+    raise SweepError(f"--sweep {spec!r}: expected key=v1,v2,... with a config"
+                     " key such as seed or schedule.max_lr")
+  values = split_values(rest)
+  if any(not v for v in values):
+    raise SweepError(f"--sweep {spec!r}: empty value")
+  if len(set(values)) != len(values):
+    raise SweepError(f"--sweep {spec!r}: repeated value")
+  return key, values
+
+
+def expand_grid(sweeps: Sequence[tuple[str, Sequence[str]]]) -> list[dict]:
+  """Cartesian product of the grids, the last one varying fastest."""
+  keys = [k for k, _ in sweeps]
+  if len(set(keys)) != len(keys):
+    duplicate = next(k for k in keys if keys.count(k) > 1)
+    raise SweepError(f"--sweep {duplicate}: given twice; list all its values"
+                     " in one --sweep")
+  return [dict(zip(keys, combo))
+          for combo in itertools.product(*[v for _, v in sweeps])]
+
+
+def run_name(overrides: dict) -> str:
+  """'k1=v1,k2=v2' in key order; characters unsafe in paths become '_'."""
+  if not overrides:
+    return "run"
+  name = ",".join(f"{k}={overrides[k]}" for k in sorted(overrides))
+  return _UNSAFE_NAME_CHARS.sub("_", name)
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One run of a sweep."""
+  name: str
+  overrides: dict  # Swept key -> value (as given on the command line).
+  workdir: str
+
+
+def plan(sweeps: Sequence[tuple[str, Sequence[str]]], workdir: str) -> list[Run]:
+  """The runs of a grid, in order, each with its own directory."""
+  runs = []
+  for overrides in expand_grid(sweeps):
+    name = run_name(overrides)
+    runs.append(Run(name, overrides, os.path.join(workdir, name)))
+  names = [r.name for r in runs]
+  if len(set(names)) != len(names):
+    clash = next(n for n in names if names.count(n) > 1)
+    raise SweepError(f"--sweep: two runs would share the directory {clash};"
+                     " make the values differ in letters, digits or ._=,+-")
+  return runs
+
+
+def override_args(overrides: dict) -> list[str]:
+  return [f"--config.{k}={v}" for k, v in overrides.items()]
+
+
+def parse_overrides(args: Sequence[str]) -> tuple[dict, list[str]]:
+  """Splits argv into ({key: value} of --config.key=value, the rest)."""
+  overrides, rest, i = {}, [], 0
+  args = list(args)
+  while i < len(args):
+    arg = args[i]
+    if arg.startswith("--config."):
+      key, sep, value = arg[len("--config."):].partition("=")
+      if not sep:
+        if i + 1 >= len(args):
+          raise SweepError(f"{arg}: needs a value")
+        value, i = args[i + 1], i + 1
+      if not _KEY_RE.match(key):
+        raise SweepError(f"{arg}: not a config key")
+      overrides[key] = value
+    else:
+      rest.append(arg)
+    i += 1
+  return overrides, rest
+
+
+# ============================================================================
+# Run directories
+# ============================================================================
+
+
+def _read_json(path: str):
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, json.JSONDecodeError):
+    return None
+
+
+def _write_json(path: str, value) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(value, f, indent=2, sort_keys=True)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def is_complete(workdir: str) -> bool:
+  """True when the sweep saw this run's trainer exit 0 (done.json)."""
+  done = _read_json(os.path.join(workdir, DONE_FILE))
+  return isinstance(done, dict) and done.get("returncode") == 0
+
+
+def final_eval(workdir: str) -> dict | None:
+  """The last evaluation row of a run's metrics.jsonl (None if none)."""
+  rows = metric_writer.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  evals = [r for r in rows if "eval_accuracy" in r]
+  return evals[-1] if evals else None
+
+
+def _accuracy(row: dict | None) -> float | None:
+  if not row:
+    return None
+  try:
+    return float(row["eval_accuracy"])
+  except (TypeError, ValueError):
+    return None
+
+
+def default_trainer() -> list[str]:
+  return [sys.executable, "-m", "superconv.main"]
+
+
+def _now() -> str:
+  return datetime.datetime.now().isoformat(timespec="seconds")
+
+
+def _status_for(returncode: int) -> str:
+  if returncode == 0:
+    return "completed"
+  if returncode == EXIT_BAD_INPUT:
+    return "bad input (rc=2)"
+  if returncode == EXIT_NONFINITE:
+    return "diverged (rc=3)"
+  if returncode == 130:
+    return "interrupted (rc=130)"
+  if returncode == 143:
+    return "terminated (rc=143)"
+  if returncode < 0:
+    return f"killed (signal {-returncode})"
+  return f"failed (rc={returncode})"
+
+
+class Terminated(BaseException):
+  """The sweep got SIGTERM (raised by the handler main() installs)."""
+
+
+def _stop(process: subprocess.Popen, sig: int, log) -> None:
+  """Forwards one signal to the trainer and waits while it exits.
+
+  superconv.main stops at the next step boundary after saving a checkpoint;
+  its output keeps going to the log meanwhile. A second interrupt of the
+  sweep kills the trainer at once (it resumes from its last checkpoint).
+  """
+  process.send_signal(sig)
+  try:
+    for line in process.stdout:
+      log.write(line)
+    process.wait()
+  except BaseException:
+    process.kill()
+    process.wait()
+    raise
+
+
+def _train(command: list[str], run: Run, echo: bool) -> int:
+  """Runs the trainer; output appended to <run>/train.log (and echoed).
+
+  The trainer runs in its own session, so a Ctrl-C in the terminal reaches
+  only the sweep, which forwards exactly one SIGINT (SIGTERM for SIGTERM).
+  """
+  os.makedirs(run.workdir, exist_ok=True)
+  with open(os.path.join(run.workdir, LOG_FILE), "a") as log:
+    log.write(f"# {_now()} {shlex.join(command)}\n")
+    log.flush()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True,
+                               errors="replace", bufsize=1,
+                               start_new_session=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+      for line in process.stdout:
+        log.write(line)
+        if echo:
+          sys.stdout.write(f"[{run.name}] {line}")
+          sys.stdout.flush()
+      return process.wait()
+    except KeyboardInterrupt:
+      _stop(process, signal.SIGINT, log)
+      raise
+    except BaseException:
+      _stop(process, signal.SIGTERM, log)
+      raise
+
+
+# ============================================================================
+# The sweep
+# ============================================================================
+
+
+def _check_keys(config_path: str, keys: Sequence[str]) -> None:
+  """Every key exists in the config file's get_config() (else SweepError)."""
+  spec = importlib.util.spec_from_file_location("_superconv_sweep_config",
+                                                config_path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+    config = module.get_config()
+  except Exception as e:  # pylint: disable=broad-except
+    raise SweepError(f"--config {config_path}: cannot load it:"
+                     f" {type(e).__name__}: {e}") from None
+  for key in keys:
+    node, prefix = config, "config"
+    for part in key.split("."):
+      if not hasattr(node, "keys") or part not in node:
+        valid = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else ""
+        raise SweepError(f"config.{key}: unknown key; valid keys of {prefix}:"
+                         f" {valid}")
+      node, prefix = node[part], f"{prefix}.{part}"
+
+
+def _sweep_header(config_path: str, common: dict, trainer: list[str]) -> dict:
+  return {"config": config_path, "common_overrides": common,
+          "trainer": trainer}
+
+
+def _check_same_sweep(workdir: str, header: dict) -> dict:
+  """Previous sweep.json of workdir (if any); it must match `header`."""
+  previous = _read_json(os.path.join(workdir, SWEEP_FILE))
+  if not isinstance(previous, dict):
+    return {}
+  for key, flag in (("config", "--config"),
+                    ("common_overrides", "--config.* overrides"),
+                    ("trainer", "--trainer")):
+    if previous.get(key) != header[key]:
+      raise SweepError(
+          f"--workdir {workdir}: holds a sweep with a different {flag}"
+          f" ({previous.get(key)!r}, now {header[key]!r}); use another"
+          " --workdir")
+  return previous
+
+
+def run_sweep(config_path: str, workdir: str,
+              sweeps: Sequence[tuple[str, Sequence[str]]], *,
+              common: dict | None = None, trainer: list[str] | None = None,
+              echo: bool = True, dry_run: bool = False) -> list[dict]:
+  """Trains every run of the grid not yet complete; returns their results.
+
+  Each result: name, overrides, workdir, status, final_accuracy,
+  final_step, eval_examples, returncode, seconds. Writes
+  workdir/sweep.json before the first run and after every run.
+  """
+  common = dict(common or {})
+  config_path = os.path.abspath(config_path)
+  if not os.path.isfile(config_path):
+    raise SweepError(f"--config: no such file: {config_path}")
+  workdir = os.path.abspath(workdir)
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise SweepError(f"--workdir: {workdir} exists and is not a directory")
+  trainer = list(trainer or default_trainer())
+  swept = [k for k, _ in sweeps]
+  both = sorted(set(swept) & set(common))
+  if both:
+    raise SweepError(f"config.{both[0]}: both swept and overridden; drop"
+                     " one of them")
+  runs = plan(sweeps, workdir)
+  if trainer == default_trainer():
+    _check_keys(config_path, swept + list(common))
+  header = _sweep_header(config_path, common, trainer)
+  previous = {} if dry_run else _check_same_sweep(workdir, header)
+
+  results = []
+  for run in runs:
+    done = _read_json(os.path.join(run.workdir, DONE_FILE))
+    row = {"name": run.name, "overrides": run.overrides,
+           "workdir": run.workdir, "status": "pending", "returncode": None,
+           "final_accuracy": None, "final_step": None, "eval_examples": None,
+           "seconds": None}
+    if is_complete(run.workdir):
+      if done.get("overrides") != {**common, **run.overrides}:
+        raise SweepError(f"{run.workdir}: completed with other overrides"
+                         f" ({done.get('overrides')!r}); use another --workdir")
+      row.update(status="skipped (complete)",
+                 **{k: done.get(k) for k in ("returncode", "final_accuracy",
+                                              "final_step", "eval_examples",
+                                              "seconds")})
+    results.append(row)
+
+  if dry_run:
+    for run, row in zip(runs, results):
+      command = trainer + ["--config", config_path, "--workdir", run.workdir]
+      command += override_args({**common, **run.overrides})
+      print(f"{row['status']:<20} {shlex.join(command)}")
+    return results
+
+  os.makedirs(workdir, exist_ok=True)
+  grid = {k: list(v) for k, v in sweeps}
+  old_runs = {r["name"]: r for r in previous.get("runs", [])
+              if isinstance(r, dict) and "name" in r}
+
+  def save():
+    current = {r["name"] for r in results}
+    kept = [r for n, r in sorted(old_runs.items()) if n not in current]
+    _write_json(os.path.join(workdir, SWEEP_FILE), {
+        **header, "grid": grid, "runs": results + kept, "updated": _now()})
+
+  save()
+  for run, row in zip(runs, results):
+    if row["status"] != "pending":
+      print(f"[{run.name}] complete, skipped", flush=True)
+      continue
+    overrides = {**common, **run.overrides}
+    command = trainer + ["--config", config_path, "--workdir", run.workdir]
+    command += override_args(overrides)
+    print(f"[{run.name}] {shlex.join(command)}", flush=True)
+    row["status"] = "running"
+    save()
+    start = time.time()
+    try:
+      returncode = _train(command, run, echo)
+    except (KeyboardInterrupt, Terminated) as e:
+      row["status"] = ("interrupted" if isinstance(e, KeyboardInterrupt)
+                       else "terminated")
+      save()
+      raise
+    last = final_eval(run.workdir)
+    row.update(status=_status_for(returncode), returncode=returncode,
+               seconds=round(time.time() - start, 3),
+               final_accuracy=_accuracy(last) if returncode == 0 else None,
+               final_step=last.get("step") if last else None,
+               eval_examples=last.get("eval_examples") if last else None)
+    if returncode == 0:
+      _write_json(os.path.join(run.workdir, DONE_FILE), {
+          "name": run.name, "overrides": overrides, "command": command,
+          "finished": _now(), **{k: row[k] for k in (
+              "returncode", "final_accuracy", "final_step", "eval_examples",
+              "seconds")}})
+    save()
+  return results
+
+
+def _fmt_accuracy(value) -> str:
+  return "-" if value is None else f"{value:.4f}"
+
+
+def summary_table(results: Sequence[dict]) -> str:
+  """Fixed-width table: run, status, final accuracy, final step, seconds."""
+  width = max([len("run")] + [len(r["name"]) for r in results])
+  lines = [f"{'run':<{width}}  {'status':<20}  {'final acc':>9}"
+           f"  {'step':>7}  {'seconds':>8}"]
+  for r in results:
+    seconds = "-" if r["seconds"] is None else f"{r['seconds']:.1f}"
+    step = "-" if r["final_step"] is None else str(r["final_step"])
+    lines.append(f"{r['name']:<{width}}  {r['status']:<20}"
+                 f"  {_fmt_accuracy(r['final_accuracy']):>9}  {step:>7}"
+                 f"  {seconds:>8}")
+  return "\n".join(lines)
+
+
+def _ok(result: dict) -> bool:
+  return result["status"] in ("completed", "skipped (complete)")
+
+
+# ============================================================================
+# Tuning at an equal budget
+# ============================================================================
+
+
+def _run_config(workdir: str) -> dict:
+  config = _read_json(os.path.join(workdir, "config.json"))
+  return config if isinstance(config, dict) else {}
+
+
+def _seed_free(overrides: dict) -> dict:
+  return {k: v for k, v in overrides.items() if k != "seed"}
+
+
+def tune(config_path: str, workdir: str,
+         sweeps: Sequence[tuple[str, Sequence[str]]], *, budget_steps: int,
+         validation_size: int, common: dict | None = None,
+         trainer: list[str] | None = None, test_seeds: str = "0,1,2,3,4",
+         test_workdir: str | None = None, echo: bool = True) -> dict:
+  """Runs the grid on the validation split at `budget_steps`; picks the best.
+
+  Candidates are the grid points without `seed` (a swept seed is averaged
+  over); the winner has the highest mean final validation accuracy, ties
+  going to the earlier grid point; candidates with a failed or diverged run
+  cannot win. Every run's last evaluation must have used exactly
+  `validation_size` images (the held-out split), else SweepError: a grid
+  scored on the test set is never reported as tuned. Writes
+  workdir/tuning.json and returns its content.
+  """
+  if budget_steps < 1:
+    raise SweepError(f"--budget-steps: must be >= 1, got {budget_steps}")
+  if validation_size < 1:
+    raise SweepError(f"--validation-size: must be >= 1, got {validation_size}")
+  if not sweeps:
+    raise SweepError("tune: give the grid, e.g. --sweep"
+                     " schedule.max_lr=0.4,0.8,1.6 --sweep schedule.warmup=0,2")
+  common = dict(common or {})
+  for key in ("num_steps", "num_epochs", "validation_size"):
+    if key in common or key in dict(sweeps):
+      raise SweepError(f"config.{key}: set by tune (--budget-steps,"
+                       " --validation-size); do not override it")
+  if list(trainer or default_trainer()) == default_trainer():
+    try:
+      _check_keys(os.path.abspath(config_path), ["validation_size"])
+    except SweepError:
+      raise SweepError(
+          "config.validation_size: not a config field yet, so the runs"
+          " would be scored on the test set; wire split_validation into"
+          " main.py and config.py first (superconv/sweep.py docstring)"
+      ) from None
+  user_common = dict(common)
+  common.update(num_steps=str(budget_steps),
+                validation_size=str(validation_size))
+  results = run_sweep(config_path, workdir, sweeps, common=common,
+                      trainer=trainer, echo=echo)
+  print(summary_table(results))
+
+  candidates: dict[str, dict] = {}
+  for result in results:
+    key_overrides = _seed_free(result["overrides"])
+    name = run_name(key_overrides)
+    candidate = candidates.setdefault(name, {
+        "name": name, "overrides": key_overrides, "runs": []})
+    if _ok(result) and result["eval_examples"] != validation_size:
+      raise SweepError(
+          f"{result['workdir']}: evaluated on {result['eval_examples']}"
+          f" images, not the {validation_size}-image validation split;"
+          " wire config.validation_size into main (see superconv/sweep.py)")
+    candidate["runs"].append({
+        "name": result["name"], "seed": result["overrides"].get("seed"),
+        "status": result["status"],
+        "validation_accuracy": result["final_accuracy"]})
+  for candidate in candidates.values():
+    accuracies = [r["validation_accuracy"] for r in candidate["runs"]]
+    valid = all(r["status"] in ("completed", "skipped (complete)")
+                and a is not None and math.isfinite(a)
+                for r, a in zip(candidate["runs"], accuracies))
+    candidate["eligible"] = valid
+    candidate["mean_validation_accuracy"] = (
+        math.fsum(accuracies) / len(accuracies) if valid else None)
+  eligible = [c for c in candidates.values() if c["eligible"]]
+  winner = max(eligible, key=lambda c: c["mean_validation_accuracy"],
+               default=None)
+
+  close, notes = [], []
+  if winner is not None:
+    # Sampling noise of one evaluation on N images (binomial), for the
+    # difference of two candidates: sqrt(2 p (1 - p) / N).
+    best = winner["mean_validation_accuracy"]
+    noise = math.sqrt(2 * best * (1 - best) / validation_size)
+    close = [c["name"] for c in eligible if c is not winner
+             and best - c["mean_validation_accuracy"] <= 2 * noise]
+    if close:
+      notes.append(f"{len(close)} candidate(s) within 2 binomial standard"
+                   f" errors ({2 * noise:.4f}) of the winner: {', '.join(close)};"
+                   " more tuning seeds would separate them")
+  units = {_run_config(r["workdir"]).get("schedule", {}).get("unit")
+           for r in results if _ok(r)}
+  if "epochs" in units:
+    notes.append("schedule.unit is epochs: with the held-out split an epoch"
+                 " has fewer steps, so warm-up and decay boundaries land on"
+                 " other steps than in the test runs; tune with"
+                 " --config.schedule.unit=steps (or fraction) to transfer"
+                 " them exactly")
+
+  config_rel = os.path.relpath(os.path.abspath(config_path))
+  test_dir = test_workdir or os.path.join(
+      os.path.relpath(os.path.abspath(workdir)), "test")
+  command = None
+  if winner is not None:
+    command = ["python", "-m", "superconv.sweep", "--config", config_rel,
+               "--workdir", test_dir, "--sweep", f"seed={test_seeds}",
+               f"--config.num_steps={budget_steps}"]
+    command += override_args({**user_common, **winner["overrides"]})
+    command = shlex.join(command)
+  report = {
+      "config": os.path.abspath(config_path), "budget_steps": budget_steps,
+      "validation_size": validation_size, "common_overrides": user_common,
+      "grid": {k: list(v) for k, v in sweeps},
+      "selection": "highest mean final validation accuracy (last"
+                   f" {validation_size} images of a seed-0 permutation of the"
+                   " train split); ties: earlier grid point",
+      "candidates": list(candidates.values()),
+      "winner": winner, "close_to_winner": close, "notes": notes,
+      "test_command": command}
+  _write_json(os.path.join(workdir, TUNING_FILE), report)
+  print()
+  for c in candidates.values():
+    acc = c["mean_validation_accuracy"]
+    mark = "*" if winner is c else " "
+    print(f"{mark} {c['name']:<40} mean validation accuracy"
+          f" {'-' if acc is None else f'{acc:.4f}'}"
+          f" over {len(c['runs'])} run(s)")
+  if winner is None:
+    print("no candidate finished; nothing selected")
+  else:
+    print(f"\nwinner: {winner['name']} (validation accuracy"
+          f" {winner['mean_validation_accuracy']:.4f})")
+    print(f"train it on the full train split, test set, seeds {test_seeds}:")
+    print(f"  {command}")
+  for note in notes:
+    print(f"note: {note}")
+  return report
+
+
+# ============================================================================
+# Command line
+# ============================================================================
+
+
+def _parser(tune_mode: bool) -> argparse.ArgumentParser:
+  prog = "python -m superconv.sweep" + (" tune" if tune_mode else "")
+  p = argparse.ArgumentParser(
+      prog=prog, description=__doc__.split("\n\n")[0],
+      epilog="Other arguments --config.KEY=VALUE are passed to every run."
+      + ("" if tune_mode else " Baseline tuning on a validation split:"
+         " python -m superconv.sweep tune --help."),
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--config", required=True, help="configs/<x>.py")
+  p.add_argument("--workdir", required=True,
+                 help="sweep directory (one subdirectory per run)")
+  p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
+                 help="a grid axis; repeat for a cartesian product")
+  p.add_argument("--trainer", default=None,
+                 help="command that trains one run (default: python -m"
+                      " superconv.main); gets --config, --workdir and the"
+                      " --config.* overrides")
+  p.add_argument("--quiet", action="store_true",
+                 help="do not echo the runs' output (still in train.log)")
+  if tune_mode:
+    p.add_argument("--budget-steps", type=int, required=True,
+                   help="training steps of every candidate (config.num_steps)")
+    p.add_argument("--validation-size", type=int, default=5000,
+                   help="train images held out for selection (default 5000)")
+    p.add_argument("--test-seeds", default="0,1,2,3,4",
+                   help="seeds in the printed command for the winner")
+  else:
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the runs and their commands, run nothing")
+  return p
+
+
+def _raise_terminated(signum, frame):
+  del signum, frame
+  raise Terminated()
+
+
+def main(argv: Sequence[str]) -> int:
+  """Command line; returns the exit status.
+
+  0 every run complete, 1 a run failed, 2 bad input, 130 interrupted
+  (SIGINT), 143 terminated (SIGTERM); after 130/143 the same command resumes.
+  """
+  try:
+    previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
+  except ValueError:  # Not the main thread: leave SIGTERM alone.
+    return _main(list(argv))
+  try:
+    return _main(list(argv))
+  finally:
+    signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _main(argv: list) -> int:
+  tune_mode = bool(argv) and argv[0] == "tune"
+  if tune_mode:
+    argv = argv[1:]
+  try:
+    common, rest = parse_overrides(argv)
+    args = _parser(tune_mode).parse_args(rest)
+    sweeps = [parse_sweep(s) for s in args.sweep]
+    trainer = shlex.split(args.trainer) if args.trainer else None
+    if args.trainer is not None and not trainer:
+      raise SweepError("--trainer: empty command")
+    if tune_mode:
+      report = tune(args.config, args.workdir, sweeps,
+                    budget_steps=args.budget_steps,
+                    validation_size=args.validation_size, common=common,
+                    trainer=trainer, test_seeds=args.test_seeds,
+                    echo=not args.quiet)
+      return 0 if report["winner"] is not None else 1
+    results = run_sweep(args.config, args.workdir, sweeps, common=common,
+                        trainer=trainer, echo=not args.quiet,
+                        dry_run=args.dry_run)
+  except SweepError as e:
+    sys.stderr.write(f"superconv.sweep: error: {e}\n")
+    return EXIT_BAD_INPUT
+  except (KeyboardInterrupt, Terminated) as e:
+    sys.stderr.write("superconv.sweep: stopped; run the same command to"
+                     " resume\n")
+    return 130 if isinstance(e, KeyboardInterrupt) else 143
+  if not args.dry_run:
+    print()
+    print(summary_table(results))
+  return 0 if all(_ok(r) for r in results) or args.dry_run else 1
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))
