@@ -1,56 +1,379 @@
 """Orbax checkpoints of the train state under workdir/checkpoints.
 
-A checkpoint holds what an exact resume needs: parameters, BatchNorm
-statistics, the optimizer state (whose step counts drive the schedules) and
-the step. Data order and augmentation are functions of (seed, step), so no
-RNG state or data-loader position is needed. The resolved config is saved
-beside the state so a checkpoint can be evaluated or reused on its own.
+A checkpoint `checkpoints/<step>/` holds what an exact resume needs:
+
+  state   parameters, BatchNorm statistics, the optimizer state (momentum
+          traces and the step counts that drive the schedules) and the step;
+  config  the resolved config of the run (JSON);
+  meta    facts derived from config + data set: total_steps,
+          steps_per_epoch, num_classes, image_shape, the normalization
+          mean/std, the device count (JSON).
+
+No RNG state or data-loader position is saved because none exists: data
+order and augmentation are pure functions of (seed, step) (see
+input_pipeline.py), and initialization only happens at step 0.
+
+Reliability rules enforced here:
+
+- A checkpoint is complete when its step directory carries Orbax's commit
+  marker (`commit_success.txt`, written just before the atomic rename) and
+  its items. Leftover `*.orbax-checkpoint-tmp*` directories (a save killed
+  half-way), step directories without the marker, and checkpoints that fail
+  to restore are never restored: `restore_latest` falls back to the previous
+  complete one and logs why, and `set_aside` moves them to
+  `workdir/checkpoints_incomplete/` so that Orbax never sees them.
+- `save` refuses a state with a NaN or Inf anywhere.
+- Resuming with a config that changes the training trajectory is refused:
+  only the fields in `RESUME_SAFE_KEYS` may differ (see `config_changes`).
+
+`load(workdir)` gives (model, variables, config) for notebooks.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import re
+import shutil
 
 import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
+
+from superconv import models
 
 log = logging.getLogger("superconv")
 
 CHECKPOINT_DIR = "checkpoints"
+INCOMPLETE_DIR = "checkpoints_incomplete"
+COMMIT_MARKER = "commit_success.txt"  # Orbax's commit file (atomicity.py).
+_TMP_MARKER = ".orbax-checkpoint-tmp"
+_ITEMS = ("state", "config")  # Required items; "meta" is optional.
+
+# Config fields that may change between the run that wrote a checkpoint and
+# the run that resumes from it: they change what is logged, evaluated, kept
+# or where data is read from, never the training trajectory. Every other
+# field (and every field added later) changes the trajectory unless added
+# here. num_steps/num_epochs are compared through the resolved total steps.
+RESUME_SAFE_KEYS = frozenset({
+    "log_every_steps",
+    "eval_every_epochs",
+    "eval_batch_size",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+    "cache_dir",
+    "data_dir",
+    "tfds_download",
+    "nonfinite_policy",
+})
+_DURATION_KEYS = frozenset({"num_steps", "num_epochs"})
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint that cannot be used (the message names the path)."""
+
+
+class NonFiniteStateError(CheckpointError):
+  """A state with NaN/Inf values was about to be saved."""
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+
+
+# ----------------------------------------------------------------------------
+# Saving
+# ----------------------------------------------------------------------------
 
 
 def manager(workdir: str, *, keep: int,
             async_save: bool = True) -> ocp.CheckpointManager:
-  """The run's CheckpointManager (keeps the `keep` most recent steps)."""
+  """The run's CheckpointManager (keeps the `keep` most recent steps).
+
+  The final checkpoint of a run is its most recent one, so it is always
+  kept. Call `set_aside` first so that no incomplete checkpoint is in the
+  directory the manager scans.
+  """
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, create=True,
       enable_async_checkpointing=async_save)
-  return ocp.CheckpointManager(
-      os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)), options=options)
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+
+
+def nonfinite_leaves(tree) -> list[str]:
+  """Paths of the floating-point leaves of `tree` that hold a NaN or Inf."""
+  bad = []
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    a = np.asarray(leaf)
+    if np.issubdtype(a.dtype, np.inexact) and not np.all(np.isfinite(a)):
+      bad.append(jax.tree_util.keystr(path))
+  return bad
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, config_dict: dict,
-         *, force: bool = False) -> bool:
-  """Saves a host copy of `state` (a single, unreplicated train state)."""
+         meta: dict | None = None, *, force: bool = False) -> bool:
+  """Saves a host copy of `state` (a single, unreplicated train state).
+
+  The save is asynchronous; `mngr.wait_until_finished()` completes it.
+  Raises NonFiniteStateError, saving nothing, if any value is NaN or Inf.
+  """
   host_state = jax.device_get(state)
-  return mngr.save(
-      step,
-      args=ocp.args.Composite(
-          state=ocp.args.StandardSave(host_state),
-          config=ocp.args.JsonSave(config_dict)),
-      force=force)
+  bad = nonfinite_leaves(host_state)
+  if bad:
+    raise NonFiniteStateError(
+        f"refusing to save checkpoint {step}: non-finite values in"
+        f" {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}")
+  items = {"state": ocp.args.StandardSave(host_state),
+           "config": ocp.args.JsonSave(config_dict)}
+  if meta is not None:
+    items["meta"] = ocp.args.JsonSave(meta)
+  return mngr.save(step, args=ocp.args.Composite(**items), force=force)
 
 
-def restore(mngr: ocp.CheckpointManager, target, step: int | None = None):
-  """Restores (state, config_dict) at `step` (default: latest) or None."""
-  step = mngr.latest_step() if step is None else step
-  if step is None:
-    return None
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-  restored = mngr.restore(
-      step,
-      args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract),
-          config=ocp.args.JsonRestore()))
-  return restored["state"], dict(restored["config"])
+# ----------------------------------------------------------------------------
+# Finding and restoring complete checkpoints
+# ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Incomplete:
+  """A checkpoint directory that must never be restored, and why."""
+  path: str
+  reason: str
+
+
+@dataclasses.dataclass
+class Restored:
+  """A restored checkpoint."""
+  step: int
+  state: object  # Host (numpy) train state, or a dict without a target.
+  config: dict
+  meta: dict
+
+
+def scan(workdir: str) -> tuple[list[int], list[Incomplete]]:
+  """(complete steps in increasing order, incomplete checkpoint dirs).
+
+  Reads only directory listings: nothing is restored or written.
+  """
+  root = checkpoint_dir(workdir)
+  if not os.path.isdir(root):
+    return [], []
+  complete, incomplete = [], []
+  for name in sorted(os.listdir(root)):
+    path = os.path.join(root, name)
+    if _TMP_MARKER in name:
+      incomplete.append(Incomplete(path, "a save that never finished"
+                                   " (temporary directory)"))
+      continue
+    if not re.fullmatch(r"\d+", name):
+      continue  # Not ours (e.g. a README); Orbax ignores it too.
+    if not os.path.isdir(path):
+      incomplete.append(Incomplete(path, "not a directory"))
+      continue
+    missing = [f for f in (COMMIT_MARKER,) + _ITEMS
+               if not os.path.exists(os.path.join(path, f))]
+    if missing:
+      incomplete.append(Incomplete(path, f"missing {', '.join(missing)}"))
+      continue
+    complete.append(int(name))
+  return sorted(complete), incomplete
+
+
+def _read_json_items(path: str) -> tuple[dict, dict]:
+  """(config, meta) of one step directory; raises if unreadable."""
+  items = {"config": ocp.args.JsonRestore()}
+  has_meta = os.path.isdir(os.path.join(path, "meta"))
+  if has_meta:
+    items["meta"] = ocp.args.JsonRestore()
+  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+    restored = ckptr.restore(path, args=ocp.args.Composite(**items))
+  return dict(restored["config"]), dict(restored["meta"]) if has_meta else {}
+
+
+def _restore_state(path: str, target):
+  """The train state of one step directory; raises if unreadable."""
+  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+    restored = ckptr.restore(path, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target)))
+  return restored["state"]
+
+
+def _first_line(e: Exception) -> str:
+  text = str(e).strip()
+  return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def restore_latest(workdir: str, target=None, step: int | None = None,
+                   check=None) -> tuple[Restored | None, list[Incomplete]]:
+  """(latest complete checkpoint or None, incomplete checkpoints skipped).
+
+  Args:
+    workdir: the run's directory.
+    target: a train state (concrete or abstract, e.g. from jax.eval_shape)
+      giving the structure to restore into; None restores plain dicts.
+    step: a specific step (must be complete), or None for the latest.
+    check: optional check(config, meta, step) called with a checkpoint's
+      config before its state is restored; what it raises propagates (e.g.
+      a config that may not resume from it).
+
+  Incomplete or unreadable checkpoints are skipped (never restored), with
+  a log line naming each and the step used instead; pass the list to
+  `set_aside`. Values come back as host numpy arrays, whatever the device
+  count that wrote them. Nothing is written.
+  """
+  steps, skipped = scan(workdir)
+  if step is not None:
+    bad = [s for s in skipped if os.path.basename(s.path) == str(step)]
+    if step not in steps:
+      why = f" ({bad[0].reason})" if bad else ""
+      raise CheckpointError(
+          f"--step: no complete checkpoint {step} in {checkpoint_dir(workdir)}"
+          f"{why}; complete steps: {', '.join(map(str, steps)) or 'none'}")
+    steps = [step]
+  restored = None
+  for s in reversed(steps):
+    path = os.path.join(checkpoint_dir(workdir), str(s))
+    try:
+      config, meta = _read_json_items(path)
+    except Exception as e:  # pylint: disable=broad-except
+      failure = e
+    else:
+      if check is not None:
+        check(config, meta, s)
+      try:
+        state = _restore_state(path, target)
+      except Exception as e:  # pylint: disable=broad-except
+        failure = e
+      else:
+        restored = Restored(s, state, config, meta)
+        break
+    if step is not None:
+      raise CheckpointError(f"{path}: unreadable checkpoint"
+                            f" ({_first_line(failure)})") from failure
+    skipped.append(Incomplete(path, f"unreadable ({_first_line(failure)})"))
+  for s in skipped:
+    log.warning("Incomplete checkpoint %s (%s): never restored; %s.",
+                s.path, s.reason,
+                f"using step {restored.step}, the latest complete one"
+                if restored else "no complete checkpoint to use")
+  return restored, skipped
+
+
+def set_aside(workdir: str, incomplete: list[Incomplete]) -> None:
+  """Moves incomplete checkpoints to workdir/checkpoints_incomplete/.
+
+  Orbax would otherwise count them as steps (for `latest_step` and
+  retention) or collide with them when saving the same step again.
+  Only process 0 moves files.
+  """
+  if not incomplete or jax.process_index() != 0:
+    return
+  aside = os.path.join(os.path.abspath(workdir), INCOMPLETE_DIR)
+  os.makedirs(aside, exist_ok=True)
+  for item in incomplete:
+    if not os.path.lexists(item.path):
+      continue
+    dest = os.path.join(aside, os.path.basename(item.path))
+    k = 1
+    while os.path.lexists(dest):
+      dest = os.path.join(aside, f"{os.path.basename(item.path)}.{k}")
+      k += 1
+    shutil.move(item.path, dest)
+    log.warning("Moved incomplete checkpoint %s to %s (delete it when not"
+                " needed).", item.path, dest)
+
+
+# ----------------------------------------------------------------------------
+# Resuming with a changed config
+# ----------------------------------------------------------------------------
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def config_changes(saved: dict, current: dict, *,
+                   saved_total_steps: int | None = None,
+                   current_total_steps: int | None = None) -> list[str]:
+  """Trajectory-changing differences between two config dicts.
+
+  Returns "key (old -> new)" strings, sorted by key; empty when resuming
+  is safe. Keys in RESUME_SAFE_KEYS are ignored; num_steps and num_epochs
+  are compared through the resolved total steps when both are given
+  (otherwise directly). A key present on one side only is a difference.
+  """
+  old, new = _flatten(saved), _flatten(current)
+  compare_totals = (saved_total_steps is not None
+                    and current_total_steps is not None)
+  changes = []
+  for key in sorted(old.keys() | new.keys()):
+    if key in RESUME_SAFE_KEYS or (compare_totals and key in _DURATION_KEYS):
+      continue
+    a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+    if a != b:
+      changes.append(f"{key} ({a!r} -> {b!r})")
+  if compare_totals and saved_total_steps != current_total_steps:
+    changes.append(f"num_steps/num_epochs (total steps {saved_total_steps}"
+                   f" -> {current_total_steps})")
+  return changes
+
+
+# ----------------------------------------------------------------------------
+# Reuse from Python
+# ----------------------------------------------------------------------------
+
+
+def restore(workdir: str, step: int | None = None, target=None) -> Restored:
+  """Like `restore_latest`, but raises CheckpointError when none is complete."""
+  restored, _ = restore_latest(workdir, target, step=step)
+  if restored is None:
+    raise CheckpointError(
+        f"--workdir: no complete checkpoint in {checkpoint_dir(workdir)}")
+  return restored
+
+
+def create_model(config, num_classes: int, axis_name: str | None = None):
+  """The Flax module a config describes."""
+  return models.create_model(
+      config.model, num_classes=num_classes, dtype=jnp.dtype(config.dtype),
+      bn_momentum=config.bn_momentum, bn_epsilon=config.bn_epsilon,
+      shortcut=config.shortcut, axis_name=axis_name)
+
+
+def load(workdir: str, step: int | None = None):
+  """(model, variables, config) of a checkpoint, for notebooks and tools.
+
+  Args:
+    workdir: a run's directory.
+    step: the checkpoint step (default: the latest complete one).
+
+  Returns:
+    model: the Flax module (no pmap axis: call it directly, e.g.
+      `model.apply(variables, x, train=False)` on images normalized with
+      the train split's mean/std, which the checkpoint's meta records).
+    variables: {'params', 'batch_stats'} as numpy arrays.
+    config: the run's resolved config (an ml_collections.ConfigDict).
+
+  Raises:
+    CheckpointError: no complete checkpoint (the message names the path).
+  """
+  restored = restore(workdir, step)
+  state = restored.state
+  config = ml_collections.ConfigDict(restored.config)
+  num_classes = restored.meta.get("num_classes")
+  if num_classes is None:  # Checkpoints without meta: the head's width.
+    num_classes = np.asarray(state["params"]["head"]["bias"]).shape[-1]
+  model = create_model(config, int(num_classes))
+  variables = {"params": state["params"],
+               "batch_stats": state["batch_stats"]}
+  return model, variables, config

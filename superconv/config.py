@@ -60,6 +60,9 @@ def base_config() -> ml_collections.ConfigDict:
   # NaN/Inf loss or gradients: "stop" (exit non-zero, keep the last good
   # checkpoint) or "skip" (leave the state unchanged, count the step).
   c.nonfinite_policy = "stop"
+  # Testing hook: multiply the loss of this step (1-based) by NaN, so loss
+  # and gradients go non-finite there; -1 = off. Never set in experiments.
+  c.debug_nan_at_step = -1
 
   # --- Learning-rate and momentum schedule ---------------------------------
   c.schedule = schedules.default_schedule_config()
@@ -148,6 +151,10 @@ def validate_static(config, *, num_devices: int) -> None:
          f"must be in [0, 1), got {config.momentum}")
   _check(config.nonfinite_policy in ("stop", "skip"), "nonfinite_policy",
          f"must be 'stop' or 'skip', got {config.nonfinite_policy!r}")
+  _check(isinstance(config.debug_nan_at_step, int) and
+         (config.debug_nan_at_step == -1 or config.debug_nan_at_step >= 1),
+         "debug_nan_at_step",
+         f"must be -1 (off) or a step >= 1, got {config.debug_nan_at_step!r}")
   _check(config.weight_decay >= 0, "weight_decay", "must be >= 0")
   _check(0.0 <= config.label_smoothing < 1.0, "label_smoothing",
          "must be in [0, 1)")

@@ -3,10 +3,28 @@ r"""Entry point: train (or resume) one run.
   python -m superconv.main --config configs/quick.py --workdir runs/quick \
       --config.dataset=folder:../shared/data/cifar10-jpeg.tar.xz
 
-Running the same command again resumes from the latest checkpoint. Bad input
-(an unknown config key, a wrong type, an impossible value, a missing data
-set) exits with status 2 and one line naming the key, before anything is
-compiled or written.
+Running the same command again resumes from the latest complete checkpoint
+(bit-exact on the same platform and device count). Fields that do not change
+the training trajectory (checkpoint.RESUME_SAFE_KEYS: logging, evaluation
+and checkpoint cadence, data locations, nonfinite_policy) may change on
+resume; any other change is refused.
+
+Exit status:
+  0    the run is complete (or was already): final test metrics printed.
+  2    bad input, before anything is compiled or written: an unknown config
+       key, a wrong type or impossible value, a missing config file or
+       --workdir, a workdir that is a file or not writable, a data set that
+       cannot be found, or a resume whose config changes the trajectory.
+       One line on stderr names the key, flag or path.
+  3    NaN/Inf loss or gradients with nonfinite_policy="stop": the message
+       names the step, the learning rate and the quantity; the checkpoints
+       written before it (all finite) are kept.
+  143  SIGTERM (128 + 15), or
+  130  SIGINT / Ctrl-C (128 + 2): the run stopped at the next step boundary
+       after saving a checkpoint of that step; run the same command to
+       resume. A second signal stops at once, like kill -9: the run loses
+       the steps since the last complete checkpoint, never more.
+  1    anything else (a bug or an environment failure: a traceback).
 """
 
 from __future__ import annotations
@@ -14,6 +32,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
 
 from absl import app
 from absl import flags
@@ -28,6 +47,10 @@ flags.DEFINE_string("workdir", None,
 flags.mark_flags_as_required(["config", "workdir"])
 
 EXIT_BAD_INPUT = 2
+EXIT_NONFINITE = 3
+# Stopped by a signal after saving a checkpoint: 128 + the signal number.
+EXIT_SIGTERM = 143
+EXIT_SIGINT = 130
 
 
 def fail(message: str, status: int = EXIT_BAD_INPUT):
@@ -84,21 +107,47 @@ def parse_flags(argv):
     fail(unknown or str(e))
 
 
+def _write_probe(directory: str) -> str | None:
+  """Why no file can be created in `directory`, or None if one can.
+
+  Really creates (and removes) a temporary file: os.access() says yes to
+  root for any directory, even a read-only mount, /proc or an immutable
+  (chattr +i) one. Leaves nothing behind.
+  """
+  try:
+    fd, path = tempfile.mkstemp(prefix=".superconv-write-probe-",
+                                dir=directory)
+  except OSError as e:
+    return e.strerror or type(e).__name__
+  os.close(fd)
+  os.remove(path)
+  return None
+
+
 def check_workdir(workdir: str) -> str:
-  """Rejects a workdir that is a file or cannot be created/written."""
+  """Rejects a workdir that is a file or cannot be created/written.
+
+  Writes nothing: a missing workdir is created only once every check has
+  passed.
+  """
   workdir = os.path.abspath(workdir)
   if os.path.exists(workdir):
     if not os.path.isdir(workdir):
       raise ValueError(f"--workdir: {workdir} exists and is not a directory")
-    if not os.access(workdir, os.W_OK | os.X_OK):
-      raise ValueError(f"--workdir: {workdir} is not writable")
+    why = _write_probe(workdir)
+    if why:
+      raise ValueError(f"--workdir: {workdir} is not writable ({why})")
     return workdir
   parent = workdir
   while not os.path.exists(parent):
     parent = os.path.dirname(parent)
-  if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+  if not os.path.isdir(parent):
     raise ValueError(f"--workdir: cannot create {workdir} ({parent} is not"
-                     " a writable directory)")
+                     " a directory)")
+  why = _write_probe(parent)
+  if why:
+    raise ValueError(f"--workdir: cannot create {workdir} ({parent} is not"
+                     f" writable: {why})")
   return workdir
 
 
@@ -119,7 +168,11 @@ def setup_logging() -> None:
 def main(argv):
   del argv
   setup_logging()
-  # Imported here so that `--help` and flag errors need no JAX start-up.
+  try:
+    workdir = check_workdir(FLAGS.workdir)
+  except ValueError as e:
+    fail(str(e))
+  # Imported here so that `--help`, flag and workdir errors need no JAX.
   import jax  # pylint: disable=g-import-not-at-top
   from superconv import config as config_lib  # pylint: disable=g-import-not-at-top
   from superconv import data as data_lib  # pylint: disable=g-import-not-at-top
@@ -127,7 +180,6 @@ def main(argv):
 
   config = FLAGS.config
   try:
-    workdir = check_workdir(FLAGS.workdir)
     config_lib.validate_static(config, num_devices=jax.device_count())
     dataset = data_lib.load(
         config.dataset, data_dir=config.data_dir or None,
@@ -140,12 +192,17 @@ def main(argv):
   except (config_lib.ConfigError, data_lib.DataError, ValueError) as e:
     fail(str(e))
 
-  os.makedirs(workdir, exist_ok=True)
-  train.write_config(config, workdir)
   try:
+    # Writes the workdir only after refusing a trajectory-changing resume.
     result = train.train_and_evaluate(config, workdir, dataset)
+  except config_lib.ConfigError as e:
+    fail(str(e))
   except train.NonFiniteError as e:
-    fail(str(e), status=3)
+    fail(str(e), status=EXIT_NONFINITE)
+  except train.Interrupted as e:
+    logging.getLogger("superconv").warning("%s (exit status %d).", e,
+                                           e.exit_status)
+    sys.exit(e.exit_status)
   if result and jax.process_index() == 0:
     print(f"final: test accuracy {result['eval_accuracy']:.4f},"
           f" test loss {result['eval_loss']:.4f}")

@@ -4,6 +4,26 @@ Reads top to bottom: the train state and optimizer, the per-device train
 and eval steps, then `train_and_evaluate(config, workdir)`. The one
 `jax.pmap` call lives in `_pmap`, so a move to `jax.jit` + `shard_map` is a
 local change.
+
+Reliability (see also checkpoint.py):
+- Resume: the latest complete checkpoint is restored, after checking that
+  the config does not change the trajectory (ConfigError otherwise), before
+  anything is compiled or written. Data order and augmentation are pure
+  functions of (seed, step), so a resumed run is bit-exact on the same
+  platform and device count.
+- SIGTERM/SIGINT: the run stops at the next step boundary after saving a
+  checkpoint of that step, and raises `Interrupted` (main.py exits with
+  128 + the signal number). A second signal acts as if none was handled.
+- Non-finite loss or gradients: such a step leaves parameters, BatchNorm
+  statistics and momentum unchanged on device while the step (data order,
+  schedule) moves on. `nonfinite_policy="stop"` then raises NonFiniteError
+  at the next metrics flush, which always precedes a save; "skip" goes on
+  and counts the step. `checkpoint.save` refuses a non-finite state as a
+  last safety net.
+- Testing hooks: config.debug_nan_at_step (see config.py) and the
+  environment variable SUPERCONV_DEBUG_SIGNAL_AT_STEP=N[:SIGNAME], which
+  makes the process send itself SIGNAME (default SIGTERM) right after step
+  N, to test preemption at a known step.
 """
 
 from __future__ import annotations
@@ -13,6 +33,8 @@ import functools
 import json
 import logging
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -79,25 +101,34 @@ def hyperparams(opt_state) -> dict:
 
 
 def create_model(config, num_classes: int):
-  return models.create_model(
-      config.model, num_classes=num_classes, dtype=jnp.dtype(config.dtype),
-      bn_momentum=config.bn_momentum, bn_epsilon=config.bn_epsilon,
-      shortcut=config.shortcut, axis_name=AXIS)
+  return checkpoint_lib.create_model(config, num_classes, axis_name=AXIS)
+
+
+def _init_fn(config, model, image_shape, tx):
+  """A function of no arguments that builds the initial train state."""
+  init_key = jax.random.fold_in(jax.random.key(config.seed), 0)
+
+  def init():
+    variables = model.init(init_key, jnp.zeros((1,) + tuple(image_shape),
+                                               jnp.float32), train=False)
+    state = TrainState.create(
+        apply_fn=model.apply, params=variables["params"],
+        batch_stats=variables["batch_stats"], tx=tx)
+    # A strongly typed step, like a restored one: fresh and resumed runs
+    # then trace (and compile) the same train step.
+    return state.replace(step=jnp.zeros((), jnp.int32))
+
+  return init
 
 
 def create_train_state(config, model, image_shape, tx) -> TrainState:
   """Initial state from config.seed (identical on every host and device)."""
-  init_key = jax.random.fold_in(jax.random.key(config.seed), 0)
+  return jax.jit(_init_fn(config, model, image_shape, tx))()
 
-  @jax.jit
-  def init():
-    variables = model.init(init_key, jnp.zeros((1,) + tuple(image_shape),
-                                               jnp.float32), train=False)
-    return TrainState.create(
-        apply_fn=model.apply, params=variables["params"],
-        batch_stats=variables["batch_stats"], tx=tx)
 
-  return init()
+def abstract_train_state(config, model, image_shape, tx) -> TrainState:
+  """Shapes and dtypes of the train state, without computing anything."""
+  return jax.eval_shape(_init_fn(config, model, image_shape, tx))
 
 
 # ============================================================================
@@ -113,11 +144,32 @@ def cross_entropy(logits, labels, num_classes: int, label_smoothing: float):
   return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
+def _keep_if_nonfinite(finite, new: TrainState, old: TrainState):
+  """`new`, or where the step was not finite, `old`'s parameters, BatchNorm
+  statistics and optimizer traces with `new`'s step and step counts (the
+  integer leaves), so that data order and schedules still move on."""
+
+  def pick(n, o):
+    if jnp.issubdtype(n.dtype, jnp.integer):
+      return n
+    return jnp.where(finite, n, o)
+
+  return jax.tree.map(pick, new, old)
+
+
 def train_step(state: TrainState, images, labels, *, seed: int,
                aug: input_pipeline.Augmentation, num_classes: int,
                label_smoothing: float, num_shards: int,
-               skip_nonfinite: bool):
-  """One SGD step on this device's slice of the global batch of state.step."""
+               nan_at_step: int = -1):
+  """One SGD step on this device's slice of the global batch of state.step.
+
+  A step whose loss or gradients are not finite changes no parameter,
+  BatchNorm statistic or momentum (only the step and schedule counts move
+  on) and reports metrics["nonfinite"] = 1; the host then stops or goes on
+  (config.nonfinite_policy), so both policies run the same program and the
+  state on device never holds the NaN. nan_at_step >= 0 (a testing hook)
+  multiplies the loss of that 1-based step by NaN.
+  """
   x, y = input_pipeline.train_batch(
       images, labels, state.step, seed=seed, aug=aug,
       shard_index=jax.lax.axis_index(AXIS), num_shards=num_shards)
@@ -127,6 +179,8 @@ def train_step(state: TrainState, images, labels, *, seed: int,
         {"params": params, "batch_stats": state.batch_stats}, x, train=True,
         mutable=["batch_stats"])
     loss = cross_entropy(logits, y, num_classes, label_smoothing).mean()
+    if nan_at_step >= 0:
+      loss = loss * jnp.where(state.step + 1 == nan_at_step, jnp.nan, 1.0)
     return loss, (logits, new_model_state["batch_stats"])
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(
@@ -137,15 +191,10 @@ def train_step(state: TrainState, images, labels, *, seed: int,
   accuracy = jax.lax.pmean(jnp.mean(jnp.argmax(logits, -1) == y), AXIS)
   grad_norm = optax.tree.norm(grads)
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  hp = hyperparams(new_state.opt_state)  # This step's learning rate.
 
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  if skip_nonfinite:
-    # Keep the old parameters and statistics, but advance the step so the
-    # data order and schedule move on.
-    new_state = jax.tree.map(
-        lambda new, old: jnp.where(finite, new, old), new_state,
-        state.replace(step=new_state.step))
-  hp = hyperparams(new_state.opt_state)
+  new_state = _keep_if_nonfinite(finite, new_state, state)
   metrics = {
       "train_loss": loss,
       "train_accuracy": accuracy,
@@ -201,6 +250,71 @@ class NonFiniteError(RuntimeError):
   """Loss or gradients became NaN/Inf (the message says where)."""
 
 
+class Interrupted(Exception):
+  """SIGTERM/SIGINT stopped the run after a checkpoint of `step` was saved."""
+
+  def __init__(self, signum: int, step: int):
+    self.signum, self.step = signum, step
+    super().__init__(
+        f"stopped by {signal.Signals(signum).name} at step {step} after"
+        " saving its checkpoint; run the same command to resume")
+
+  @property
+  def exit_status(self) -> int:
+    """128 + the signal number, as a shell reports a signalled process."""
+    return 128 + self.signum
+
+
+class _StopSignals:
+  """Turns the first SIGTERM/SIGINT into a request to stop.
+
+  The handler only records the signal (the loop acts on it at the next step
+  boundary) and reinstalls the previous handlers, so that a second signal
+  acts at once (SIGTERM terminates, SIGINT raises KeyboardInterrupt). Only
+  the main thread can install handlers; elsewhere this does nothing.
+  """
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.signum: int | None = None
+    self._previous: dict = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in self.SIGNALS:
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signum = signum
+    self._restore()
+
+  def _restore(self):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+    self._previous = {}
+
+  def __exit__(self, *exc_info):
+    self._restore()
+
+
+DEBUG_SIGNAL_ENV = "SUPERCONV_DEBUG_SIGNAL_AT_STEP"
+
+
+def _debug_signal() -> tuple[int | None, int]:
+  """(step, signal) of the SUPERCONV_DEBUG_SIGNAL_AT_STEP testing hook."""
+  value = os.environ.get(DEBUG_SIGNAL_ENV, "").strip()
+  if not value:
+    return None, signal.SIGTERM
+  step, _, name = value.partition(":")
+  try:
+    return int(step), int(getattr(signal, name or "SIGTERM"))
+  except (ValueError, AttributeError):
+    raise ValueError(f"{DEBUG_SIGNAL_ENV}: expected STEP[:SIGNAME], e.g."
+                     f" 5:SIGINT, got {value!r}") from None
+
+
 def config_to_dict(config) -> dict:
   return json.loads(config.to_json_best_effort())
 
@@ -208,10 +322,14 @@ def config_to_dict(config) -> dict:
 class Evaluator:
   """Evaluates a replicated state on every test image exactly once."""
 
-  def __init__(self, config, dataset: data_lib.Dataset, aug):
+  def __init__(self, config, dataset: data_lib.Dataset, aug,
+               eval_batch_size: int | None = None):
+    """eval_batch_size (default config.eval_batch_size): a multiple of the
+    local device count; padding images are masked out, so the result does
+    not depend on it beyond float summation order."""
     images, labels, mask = input_pipeline.eval_batches(
         dataset.test_images, dataset.test_labels,
-        global_batch=config.eval_batch_size,
+        global_batch=eval_batch_size or config.eval_batch_size,
         num_devices=jax.local_device_count())
     self.num_images = int(mask.sum())
     self.images = input_pipeline.shard(images)
@@ -266,7 +384,7 @@ def make_train_step(config, dataset, aug):
       train_step, seed=config.seed, aug=aug, num_classes=dataset.num_classes,
       label_smoothing=config.label_smoothing,
       num_shards=jax.device_count(),
-      skip_nonfinite=config.nonfinite_policy == "skip"),
+      nan_at_step=int(config.get("debug_nan_at_step", -1))),
       donate_state=True)
 
 
@@ -274,29 +392,83 @@ def _every(step: int, period: int) -> bool:
   return period > 0 and step % period == 0
 
 
+def run_meta(run: Run, dataset: data_lib.Dataset) -> dict:
+  """What a checkpoint records beside the config (checkpoint.py: meta)."""
+  return {
+      "total_steps": run.total_steps,
+      "steps_per_epoch": run.steps_per_epoch,
+      "num_train_examples": int(dataset.train_images.shape[0]),
+      "num_classes": dataset.num_classes,
+      "image_shape": list(dataset.image_shape),
+      "mean": list(run.aug.mean),
+      "std": list(run.aug.std),
+      "num_devices": jax.device_count(),
+  }
+
+
+def _resume_check(config_dict: dict, total_steps: int, workdir: str):
+  """check(saved_config, meta, step) for checkpoint.restore_latest: raises
+  ConfigError naming the fields if resuming would change the trajectory."""
+
+  def check(saved_config: dict, meta: dict, step: int) -> None:
+    changes = checkpoint_lib.config_changes(
+        saved_config, config_dict,
+        saved_total_steps=meta.get("total_steps"),
+        current_total_steps=total_steps)
+    if changes:
+      raise config_lib.ConfigError(
+          f"{', '.join(changes)}: differs from checkpoint {step} in"
+          f" {checkpoint_lib.checkpoint_dir(workdir)} and would change the"
+          " training trajectory; use a new --workdir or the checkpointed"
+          " values (free to change on resume:"
+          f" {', '.join(sorted(checkpoint_lib.RESUME_SAFE_KEYS))})")
+
+  return check
+
+
 def train_and_evaluate(config, workdir: str,
                        dataset: data_lib.Dataset) -> dict:
   """Trains (resuming from the latest checkpoint), evaluates, logs.
 
-  Returns the last evaluation's metrics.
+  Returns the last evaluation's metrics. Raises config.ConfigError (before
+  anything is compiled or written) when resuming with a config that changes
+  the trajectory, NonFiniteError on NaN/Inf (policy "stop"), and
+  Interrupted after SIGTERM/SIGINT, once the checkpoint is saved. A signal
+  that arrives while starting up (restoring, compiling) takes effect after
+  the first step.
   """
+  with _StopSignals() as stop_signal:
+    return _train_and_evaluate(config, workdir, dataset, stop_signal)
+
+
+def _train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset,
+                        stop_signal: _StopSignals) -> dict:
   is_chief = jax.process_index() == 0
   run = setup(config, dataset)
   aug, total = run.aug, run.total_steps
   spe = run.steps_per_epoch
   eval_every = max(1, int(round(config.eval_every_epochs * spe)))
+  debug_step, debug_signal = _debug_signal()
 
-  # --- State: fresh or restored --------------------------------------------
-  state = create_train_state(config, run.model,
-                             dataset.train_images.shape[1:], run.tx)
+  # --- State: restored or fresh (nothing compiled or written before) -------
+  image_shape = dataset.train_images.shape[1:]
   config_dict = config_to_dict(config)
-  mngr = checkpoint_lib.manager(workdir, keep=config.keep_checkpoints)
-  restored = checkpoint_lib.restore(mngr, state)
+  meta = run_meta(run, dataset)
+  restored, incomplete = checkpoint_lib.restore_latest(
+      workdir, abstract_train_state(config, run.model, image_shape, run.tx),
+      check=_resume_check(config_dict, total, workdir))
+  os.makedirs(workdir, exist_ok=True)
+  write_config(config, workdir)
+  checkpoint_lib.set_aside(workdir, incomplete)
   if restored is not None:
-    state, _ = restored
-    log.info("Resumed from step %d.", int(state.step))
+    state = restored.state
+    log.info("Resumed from checkpoint %d.", restored.step)
+  else:
+    state = create_train_state(config, run.model, image_shape, run.tx)
   start_step = int(state.step)
+  last_saved = start_step if restored is not None else None
   state = flax.jax_utils.replicate(state)
+  mngr = checkpoint_lib.manager(workdir, keep=config.keep_checkpoints)
 
   writer = metric_writer.MetricWriter(workdir, enabled=is_chief,
                                       resume_from_step=start_step)
@@ -319,6 +491,10 @@ def train_and_evaluate(config, workdir: str,
   def wall() -> float:
     return wall_offset + time.time() - start
 
+  def kept() -> str:
+    return (f"checkpoint {last_saved} is the last one kept"
+            if last_saved is not None else "no checkpoint was saved")
+
   def flush(step: int) -> None:
     """Fetches pending metrics; one row for `step`; stops on NaN/Inf."""
     nonlocal interval_start, interval_steps
@@ -328,12 +504,13 @@ def train_and_evaluate(config, workdir: str,
     first_step = step - len(fetched) + 1
     for offset, m in enumerate(fetched):
       if m["nonfinite"] and config.nonfinite_policy == "stop":
-        bad = first_step + offset
+        what = ("loss" if not np.isfinite(m["train_loss"])
+                else "gradients")
         raise NonFiniteError(
-            f"non-finite {'loss' if not np.isfinite(m['train_loss']) else 'gradients'}"
-            f" at step {bad} (learning_rate={float(m['learning_rate']):.6g},"
-            f" momentum={float(m['momentum']):.4g}); the last checkpoint"
-            " before it is kept")
+            f"non-finite {what} at step {first_step + offset}"
+            f" (learning_rate={float(m['learning_rate']):.6g},"
+            f" momentum={float(m['momentum']):.4g}); stopped"
+            f" (nonfinite_policy='stop'), {kept()}")
     now = time.time()
     rate = interval_steps / max(now - interval_start, 1e-9)
     last = fetched[-1]
@@ -357,6 +534,15 @@ def train_and_evaluate(config, workdir: str,
     writer.write(row)
     console.train(row)
 
+  def save(step: int) -> None:
+    """Checkpoint of `step` (asynchronous); never of a non-finite state."""
+    nonlocal last_saved
+    try:
+      checkpoint_lib.save(mngr, step, unreplicate(state), config_dict, meta)
+    except checkpoint_lib.NonFiniteStateError as e:
+      raise NonFiniteError(f"{e}; {kept()}") from None
+    last_saved = step
+
   try:
     if start_step >= total:  # Already complete: report, change nothing.
       last_eval = evaluate(state)
@@ -369,8 +555,12 @@ def train_and_evaluate(config, workdir: str,
         log.info("Compiled and ran the first step in %.1fs.",
                  time.time() - interval_start)
         interval_start, interval_steps = time.time(), 0
+      if step == debug_step:
+        os.kill(os.getpid(), debug_signal)
       is_last = step == total
-      save_now = _every(step, config.checkpoint_every_steps) or is_last
+      stopping = stop_signal.signum is not None and not is_last
+      save_now = (_every(step, config.checkpoint_every_steps) or is_last
+                  or stopping)
       eval_now = _every(step, eval_every) or is_last
       if _every(step, config.log_every_steps) or save_now or eval_now:
         flush(step)
@@ -385,8 +575,13 @@ def train_and_evaluate(config, workdir: str,
         console.eval(eval_row)
         interval_start = time.time()  # Eval time is not training speed.
       if save_now:
-        checkpoint_lib.save(mngr, step, unreplicate(state), config_dict)
+        save(step)
+      if stopping:
+        log.warning("Received %s: saved checkpoint %d; stopping.",
+                    signal.Signals(stop_signal.signum).name, step)
+        raise Interrupted(stop_signal.signum, step)
   finally:
+    # Every asynchronous save completes before returning or raising.
     mngr.wait_until_finished()
     mngr.close()
     writer.close()

@@ -1,0 +1,169 @@
+r"""Evaluates a checkpoint on the whole test set.
+
+  python -m superconv.evaluate --workdir runs/quick [--step 400] [--json]
+
+Restores a checkpoint (the latest complete one, or --step) with the config
+saved in it, loads the test set that config names, and prints the test loss
+and accuracy with the same evaluation code as training (train.Evaluator).
+Works with any number of devices, not only the training run's: the eval
+batch is rounded up to a multiple of the device count (padding images are
+masked, so only float summation order can differ). On another machine,
+--dataset / --data_dir point at the data set's copy there. Writes nothing.
+
+Exit status: 0, or 2 with one line naming the flag or path (no complete
+checkpoint, a missing data set, a bad flag).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+
+from absl import app
+from absl import flags
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """Defined when run as a program, so that importing this module (for
+  `evaluate()`) next to another driver defines no duplicate flags."""
+  flags.DEFINE_string("workdir", None, "A training run's directory.")
+  flags.DEFINE_integer("step", None,
+                       "Checkpoint step (default: the latest complete one).")
+  flags.DEFINE_integer("eval_batch_size", 0,
+                       "Global eval batch (0 = the run's config), rounded up"
+                       " to a multiple of the device count.")
+  flags.DEFINE_string("dataset", "",
+                      "Data set spec overriding the run's (same data,"
+                      " another location), e.g."
+                      " folder:/data/cifar10.tar.xz.")
+  flags.DEFINE_string("data_dir", "",
+                      "TFDS data directory overriding the run's.")
+  flags.DEFINE_bool("json", False, "Print the result as one JSON object.")
+  flags.mark_flags_as_required(["workdir"])
+
+
+log = logging.getLogger("superconv")
+
+
+def round_to_devices(batch_size: int, num_devices: int) -> int:
+  """The smallest multiple of num_devices that is >= batch_size (>= 1)."""
+  return max(1, -(-batch_size // num_devices)) * num_devices
+
+
+def evaluate(workdir: str, step: int | None = None, *,
+             eval_batch_size: int = 0, dataset: str = "",
+             data_dir: str = "") -> dict:
+  """Test metrics of a checkpoint (see the module docstring).
+
+  Returns {"step", "eval_loss", "eval_accuracy", "eval_examples",
+  "eval_batch_size", "num_devices"}. Raises checkpoint.CheckpointError or
+  data.DataError with a one-line message.
+  """
+  # pylint: disable=g-import-not-at-top
+  import flax
+  import jax
+  import ml_collections
+  from superconv import checkpoint as checkpoint_lib
+  from superconv import data as data_lib
+  from superconv import train
+  # pylint: enable=g-import-not-at-top
+
+  restored = checkpoint_lib.restore(workdir, step)
+  config = ml_collections.ConfigDict(restored.config)
+  if dataset:
+    config.dataset = dataset
+  if data_dir:
+    config.data_dir = data_dir
+  ds = data_lib.load(
+      config.dataset, data_dir=config.data_dir or None,
+      cache_dir=config.cache_dir or None,
+      synthetic_train_size=config.synthetic_train_size,
+      synthetic_test_size=config.synthetic_test_size,
+      download=config.tfds_download)
+  run = train.setup(config, ds)
+  aug = run.aug
+  meta = restored.meta
+  if "mean" in meta:  # Normalize exactly as in training.
+    saved = (tuple(meta["mean"]), tuple(meta["std"]))
+    if max(abs(a - b) for a, b in zip(saved[0] + saved[1],
+                                      aug.mean + aug.std)) > 1e-6:
+      log.warning("The train split's mean/std differ from the run's: is %s"
+                  " the data set it trained on? Using the run's.",
+                  config.dataset)
+    aug = dataclasses.replace(aug, mean=saved[0], std=saved[1])
+  num_devices = jax.device_count()
+  requested = eval_batch_size or config.eval_batch_size
+  batch = round_to_devices(requested, num_devices)
+  if batch != requested:
+    log.info("eval_batch_size %d -> %d (a multiple of the %d devices).",
+             requested, batch, num_devices)
+  state = train.TrainState(
+      step=restored.step, apply_fn=run.model.apply,
+      params=restored.state["params"],
+      batch_stats=restored.state["batch_stats"], tx=None, opt_state=None)
+  evaluator = train.Evaluator(config, ds, aug, eval_batch_size=batch)
+  result = evaluator(flax.jax_utils.replicate(state))
+  return {"step": restored.step, **result, "eval_batch_size": batch,
+          "num_devices": num_devices}
+
+
+def _setup_logging() -> None:
+  """Our INFO lines on stderr; libraries only from WARNING (as main.py)."""
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  if not log.handlers:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    log.addHandler(handler)
+  log.setLevel(logging.INFO)
+  log.propagate = False
+
+
+def _fail(message: str) -> None:
+  first = " ".join(str(message).split())
+  sys.stderr.write(f"superconv.evaluate: error: {first}\n")
+  sys.exit(2)
+
+
+def _parse_flags(argv):
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    _fail(str(e))
+
+
+def main(argv):
+  if len(argv) > 1:
+    _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  _setup_logging()
+  # pylint: disable=g-import-not-at-top
+  from superconv import checkpoint as checkpoint_lib
+  from superconv import data as data_lib
+  # pylint: enable=g-import-not-at-top
+  try:
+    result = evaluate(FLAGS.workdir, FLAGS.step,
+                      eval_batch_size=FLAGS.eval_batch_size,
+                      dataset=FLAGS.dataset, data_dir=FLAGS.data_dir)
+  except (checkpoint_lib.CheckpointError, data_lib.DataError) as e:
+    _fail(str(e))
+  if FLAGS.json:
+    print(json.dumps(result))
+  else:
+    print(f"step {result['step']}: test loss {result['eval_loss']:.6f}"
+          f" test accuracy {result['eval_accuracy']:.4f}"
+          f" ({result['eval_examples']} images, {result['num_devices']}"
+          f" devices, eval batch {result['eval_batch_size']})")
+
+
+def run():
+  _define_flags()
+  app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+  run()

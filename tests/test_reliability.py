@@ -1,0 +1,503 @@
+"""Checkpoints and reliability: exact resume, preemption, incomplete
+checkpoints, non-finite steps, changed configs, bad input, evaluation.
+
+Every training run is a subprocess on 8 simulated CPU devices (ResNet-20 on
+64 synthetic images, batch 16: 4 steps per epoch, 8 steps). Compilation
+dominates, so the runs share a persistent JAX compilation cache, are started
+once per module by the `runs` fixture, two or three at a time where they do
+not depend on each other, and each test asserts on their results:
+
+  phase 1  R   reference: 8 uninterrupted steps
+           NS  NaN injected at step 3, nonfinite_policy="stop"
+  phase 2  K   like R, kill -9 once a checkpoint is complete
+           T   like R, SIGTERM right after step 3 (testing hook)
+           X   T's workdir with a changed schedule and seed (refused)
+           NK  NaN injected at step 3, nonfinite_policy="skip" (the same
+               program as NS: the policy only changes the host's reaction)
+           E   superconv.evaluate of R's final checkpoint on 1 device
+  phase 3  K2  K again, after planting incomplete checkpoints
+           T2  T again, with a changed log cadence and duration spelling
+"""
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from superconv import checkpoint
+from superconv import evaluate as evaluate_lib
+from superconv import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Every field that matters is set here, so edits to configs/ cannot break
+# these tests. A one-cycle schedule: a wrong step count after a resume
+# would change the learning rate and so the parameters.
+_CONFIG = '''
+from superconv import config as config_lib
+
+
+def get_config():
+  c = config_lib.base_config()
+  c.dataset = "synthetic"
+  c.synthetic_train_size = 64  # 4 steps per epoch at batch 16.
+  c.synthetic_test_size = 40
+  c.model = "resnet20"
+  c.dtype = "float32"
+  c.batch_size = 16
+  c.eval_batch_size = 16
+  c.num_steps = 8  # Two epochs.
+  c.weight_decay = 5e-4
+  c.schedule.name = "one_cycle"
+  c.schedule.max_lr = 0.1
+  c.schedule.pct_start = 0.25
+  c.schedule.cycle_momentum = True
+  c.log_every_steps = 2
+  c.eval_every_epochs = 1.0
+  c.checkpoint_every_steps = 2
+  c.keep_checkpoints = 3
+  return c
+'''
+
+
+@dataclasses.dataclass
+class Result:
+  returncode: int
+  stdout: str
+  stderr: str
+
+  @property
+  def errors(self) -> list[str]:
+    return [l for l in self.stderr.splitlines()
+            if l.startswith("superconv: error:")]
+
+
+class _Proc:
+  """A superconv subprocess with its output in files (no pipe deadlock)."""
+
+  def __init__(self, logs, name, args, *, cache, devices=8, env=None,
+               module="superconv.main"):
+    self.out, self.err = logs / f"{name}.out", logs / f"{name}.err"
+    full_env = {k: v for k, v in os.environ.items()
+                if k != train.DEBUG_SIGNAL_ENV}
+    full_env.update(
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_COMPILATION_CACHE_DIR=str(cache),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+        **(env or {}))
+    with open(self.out, "w") as out, open(self.err, "w") as err:
+      self.popen = subprocess.Popen(
+          [sys.executable, "-m", module, *args], cwd=REPO, env=full_env,
+          stdout=out, stderr=err)
+
+  def wait(self, timeout=400) -> Result:
+    try:
+      returncode = self.popen.wait(timeout)
+    except subprocess.TimeoutExpired:
+      self.popen.kill()
+      raise
+    return Result(returncode, self.out.read_text(), self.err.read_text())
+
+
+def _complete_steps(workdir) -> list[int]:
+  return checkpoint.scan(str(workdir))[0]
+
+
+def _listing(workdir) -> list[str]:
+  return sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+
+
+def _tree(path) -> dict:
+  """Every file under `path` with its size and mtime (to see writes)."""
+  out = {}
+  for dirpath, dirnames, filenames in os.walk(path):
+    for name in dirnames + filenames:
+      full = os.path.join(dirpath, name)
+      st = os.stat(full)
+      out[os.path.relpath(full, path)] = (st.st_size, st.st_mtime_ns)
+  return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  root = tmp_path_factory.mktemp("reliability")
+  logs, cache = root / "logs", root / "jax_cache"
+  logs.mkdir()
+  config_path = root / "tiny.py"
+  config_path.write_text(_CONFIG)
+  wd = {name: root / name for name in ("R", "NS", "NK", "K", "T")}
+  base = ["--config", str(config_path)]
+
+  def start(name, workdir, *extra, **kwargs):
+    return _Proc(logs, name, base + ["--workdir", str(workdir), *extra],
+                 cache=cache, **kwargs)
+
+  results, info = {}, {}
+  # --- Phase 1: the two train programs (plain; NaN injected at step 3) ---
+  r = start("R", wd["R"])
+  # NS starts once R has compiled (and cached) the initialization.
+  deadline = time.time() + 400
+  while "Compiled and ran" not in r.err.read_text() and r.popen.poll() is None:
+    assert time.time() < deadline, "R never ran a step"
+    time.sleep(0.05)
+  ns = start("NS", wd["NS"], "--config.debug_nan_at_step=3")
+  results["R"] = r.wait()
+  assert results["R"].returncode == 0, results["R"].stderr[-3000:]
+  results["NS"] = ns.wait()
+
+  # --- Phase 2: kill -9 after a checkpoint; SIGTERM after step 3; skip ----
+  k = start("K", wd["K"])
+  t = start("T", wd["T"], env={train.DEBUG_SIGNAL_ENV: "3"})
+  nk = start("NK", wd["NK"], "--config.debug_nan_at_step=3",
+             "--config.nonfinite_policy=skip")
+  e = _Proc(logs, "E", ["--workdir", str(wd["R"]), "--json"], cache=cache,
+            devices=1, module="superconv.evaluate")
+  deadline = time.time() + 400
+  while not _complete_steps(wd["K"]) and k.popen.poll() is None:
+    assert time.time() < deadline, "K never wrote a checkpoint"
+    time.sleep(0.01)
+  k.popen.send_signal(signal.SIGKILL)
+  results["T"] = t.wait()
+  info["T_listing"] = _listing(wd["T"])
+  info["T_metrics"] = (wd["T"] / "metrics.jsonl").read_text()
+  info["T_state3"] = checkpoint.restore(str(wd["T"]), 3).state
+  # A trajectory-changing resume: refused before anything is written.
+  before = _tree(wd["T"])
+  x = start("X", wd["T"], "--config.schedule.max_lr=0.2", "--config.seed=1")
+  results["X"] = x.wait()
+  info["T_unchanged"] = _tree(wd["T"]) == before
+  results["K"] = k.wait()
+  results["NK"] = nk.wait()
+  results["E"] = e.wait()
+
+  # --- Phase 3: resume K over planted incomplete checkpoints, resume T ----
+  info["K_latest"] = max(_complete_steps(wd["K"]))
+  ckpts = wd["K"] / "checkpoints"
+  latest = ckpts / str(info["K_latest"])
+  planted = {
+      "97.orbax-checkpoint-tmp-1700000000": "temporary directory",
+      "98": "missing commit_success.txt",
+      "99": "unreadable",
+  }
+  (ckpts / "97.orbax-checkpoint-tmp-1700000000").mkdir()
+  shutil.copytree(latest, ckpts / "98")
+  os.remove(ckpts / "98" / checkpoint.COMMIT_MARKER)
+  shutil.copytree(latest, ckpts / "99")
+  shutil.rmtree(ckpts / "99" / "state")
+  (ckpts / "99" / "state").mkdir()  # Present, but holds nothing.
+  info["planted"] = planted
+  procs = {"K2": start("K2", wd["K"]),
+           "T2": start("T2", wd["T"], "--config.log_every_steps=1",
+                       "--config.num_steps=0", "--config.num_epochs=2.0")}
+  for name, proc in procs.items():
+    results[name] = proc.wait()
+  return {"results": results, "workdirs": wd, "info": info}
+
+
+def _full_state(workdir):
+  restored = checkpoint.restore(str(workdir))
+  return restored.step, restored.state
+
+
+def _assert_bit_exact(workdir_a, workdir_b):
+  step_a, a = _full_state(workdir_a)
+  step_b, b = _full_state(workdir_b)
+  assert step_a == step_b == 8
+  leaves_a = jax.tree_util.tree_leaves_with_path(a)
+  leaves_b = jax.tree_util.tree_leaves_with_path(b)
+  assert [p for p, _ in leaves_a] == [p for p, _ in leaves_b]
+  assert len(leaves_a) > 60  # params, batch_stats, optimizer state, step.
+  for (path, x), (_, y) in zip(leaves_a, leaves_b):
+    assert np.array_equal(x, y), jax.tree_util.keystr(path)
+  # The same through the notebook API.
+  _, va, ca = checkpoint.load(str(workdir_a))
+  _, vb, _ = checkpoint.load(str(workdir_b))
+  assert ca.model == "resnet20"
+  for x, y in zip(jax.tree.leaves(va), jax.tree.leaves(vb)):
+    assert np.array_equal(x, y)
+
+
+def _rows(workdir):
+  path = os.path.join(workdir, "metrics.jsonl")
+  return [json.loads(l) for l in open(path)]
+
+
+def _all_finite(workdir) -> bool:
+  for step in _complete_steps(workdir):
+    state = checkpoint.restore(str(workdir), step).state
+    if checkpoint.nonfinite_leaves(state):
+      return False
+  return bool(_complete_steps(workdir))
+
+
+# --- Resume ------------------------------------------------------------------
+
+
+def test_resume_after_kill_9_is_bit_exact(runs):
+  r, wd = runs["results"], runs["workdirs"]
+  assert r["K"].returncode == -signal.SIGKILL, (
+      "K finished before it was killed:\n" + r["K"].stderr[-2000:])
+  assert r["K2"].returncode == 0, r["K2"].stderr[-3000:]
+  latest = runs["info"]["K_latest"]
+  assert latest < 8
+  assert f"Resumed from checkpoint {latest}." in r["K2"].stderr
+  _assert_bit_exact(wd["R"], wd["K"])
+  # Every step is logged once, although K logged some before dying.
+  steps = [row["step"] for row in _rows(wd["K"]) if "train_loss" in row]
+  assert steps == [2, 4, 6, 8]
+
+
+def test_split_training_across_an_epoch_boundary_is_bit_exact(runs):
+  # T stopped after step 3 (epoch 0); T2 ran steps 4-8 (epochs 0 and 1).
+  r, wd = runs["results"], runs["workdirs"]
+  assert r["T2"].returncode == 0, r["T2"].stderr[-3000:]
+  assert "Resumed from checkpoint 3." in r["T2"].stderr
+  _assert_bit_exact(wd["R"], wd["T"])
+  evals_r = [row for row in _rows(wd["R"]) if "eval_loss" in row]
+  evals_t = [row for row in _rows(wd["T"]) if "eval_loss" in row]
+  assert [e["step"] for e in evals_t] == [4, 8]
+  for a, b in zip(evals_r, evals_t):
+    assert (a["eval_loss"], a["eval_accuracy"]) == (b["eval_loss"],
+                                                    b["eval_accuracy"])
+
+
+def test_sigterm_saves_exactly_one_extra_checkpoint_and_exits_143(runs):
+  r, info = runs["results"], runs["info"]
+  t = r["T"]
+  assert t.returncode == 143, t.stderr[-3000:]
+  assert "Received SIGTERM: saved checkpoint 3; stopping." in t.stderr
+  assert "(exit status 143)" in t.stderr
+  # Regular checkpoints every 2 steps, plus the one of the stopping step.
+  assert info["T_listing"] == ["2", "3"]
+  state = info["T_state3"]
+  assert int(state["step"]) == 3
+  assert not checkpoint.nonfinite_leaves(state)
+  rows = [json.loads(l) for l in info["T_metrics"].splitlines()]
+  assert [row["step"] for row in rows if "train_loss" in row] == [2, 3]
+
+
+def test_sigint_requests_a_stop_and_maps_to_status_130():
+  with train._StopSignals() as stop:  # pylint: disable=protected-access
+    os.kill(os.getpid(), signal.SIGINT)  # No KeyboardInterrupt: recorded.
+    assert stop.signum == signal.SIGINT
+    # The first signal reinstalled Python's handler for a second one.
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  assert train.Interrupted(signal.SIGINT, 5).exit_status == 130
+
+
+def test_incomplete_checkpoints_are_never_restored(runs):
+  r, wd, info = runs["results"], runs["workdirs"], runs["info"]
+  err = r["K2"].stderr
+  latest = info["K_latest"]
+  for name, reason in info["planted"].items():
+    line = [l for l in err.splitlines()
+            if f"Incomplete checkpoint {wd['K']}/checkpoints/{name} (" in l]
+    assert line, (name, err[-3000:])
+    assert reason in line[0]
+    assert (f"never restored; using step {latest}, the latest complete"
+            in line[0])
+    assert (wd["K"] / "checkpoints_incomplete" / name).is_dir()
+  # The resumed run only ever saw complete checkpoints (bit-exact above).
+  assert _listing(wd["K"]) == ["4", "6", "8"]
+
+
+def test_retention_keeps_the_last_k_checkpoints(runs):
+  wd = runs["workdirs"]
+  for name in ("R", "K", "T"):  # keep_checkpoints = 3, final step kept.
+    assert _listing(wd[name]) == ["4", "6", "8"], name
+    assert _complete_steps(wd[name]) == [4, 6, 8]
+  # Any kept step loads; a deleted one is named in a one-line error.
+  _, at_6, _ = checkpoint.load(str(wd["R"]), step=6)
+  _, at_8, _ = checkpoint.load(str(wd["R"]))
+  assert not np.array_equal(at_6["params"]["head"]["kernel"],
+                            at_8["params"]["head"]["kernel"])
+  with pytest.raises(checkpoint.CheckpointError,
+                     match="--step: no complete checkpoint 2 .* 4, 6, 8"):
+    checkpoint.load(str(wd["R"]), step=2)
+
+
+# --- Changed config on resume ------------------------------------------------
+
+
+def test_trajectory_changes_are_refused_and_safe_changes_accepted(runs):
+  r, wd, info = runs["results"], runs["workdirs"], runs["info"]
+  x = r["X"]
+  assert x.returncode == 2, x.stderr[-3000:]
+  assert len(x.errors) == 1, x.stderr
+  assert "schedule.max_lr (0.1 -> 0.2)" in x.errors[0]
+  assert "seed (0 -> 1)" in x.errors[0]
+  assert "Compiled" not in x.stderr
+  assert info["T_unchanged"]  # Refused before anything was written.
+  # T2 changed log_every_steps and spelled 8 steps as 2 epochs: accepted.
+  assert r["T2"].returncode == 0, r["T2"].stderr[-3000:]
+  steps = [row["step"] for row in _rows(wd["T"]) if "train_loss" in row]
+  assert steps == [2, 3, 4, 5, 6, 7, 8]
+  saved = json.loads((wd["T"] / "config.json").read_text())
+  assert saved["log_every_steps"] == 1 and saved["num_epochs"] == 2.0
+
+
+def test_config_changes_uses_an_allow_list():
+  base = {"seed": 0, "log_every_steps": 5, "num_steps": 8, "num_epochs": 0.0,
+          "schedule": {"max_lr": 0.1}}
+  same = dict(base, log_every_steps=1, num_steps=0, num_epochs=2.0)
+  assert checkpoint.config_changes(base, same, saved_total_steps=8,
+                                   current_total_steps=8) == []
+  changed = dict(base, schedule={"max_lr": 0.2}, new_field=1)
+  assert checkpoint.config_changes(base, changed, saved_total_steps=8,
+                                   current_total_steps=16) == [
+                                       "new_field ('<absent>' -> 1)",
+                                       "schedule.max_lr (0.1 -> 0.2)",
+                                       "num_steps/num_epochs (total steps 8"
+                                       " -> 16)"]
+
+
+# --- Non-finite loss ---------------------------------------------------------
+
+
+def test_nan_with_policy_stop_exits_3_and_keeps_finite_checkpoints(runs):
+  r, wd = runs["results"], runs["workdirs"]
+  ns = r["NS"]
+  assert ns.returncode == 3, ns.stderr[-3000:]
+  assert len(ns.errors) == 1, ns.stderr
+  message = ns.errors[0]
+  assert "non-finite loss at step 3 (learning_rate=" in message
+  lr_3 = float(re.search(r"learning_rate=([0-9.e+-]+)", message).group(1))
+  t_rows = [json.loads(l) for l in runs["info"]["T_metrics"].splitlines()]
+  assert t_rows[-1]["step"] == 3  # T logged step 3 alone.
+  assert lr_3 == pytest.approx(t_rows[-1]["learning_rate"], rel=1e-5)
+  assert "checkpoint 2 is the last one kept" in message
+  assert _listing(wd["NS"]) == ["2"]
+  assert _all_finite(wd["NS"])
+
+
+def test_nan_with_policy_skip_counts_the_step_and_finishes(runs):
+  r, wd = runs["results"], runs["workdirs"]
+  assert r["NK"].returncode == 0, r["NK"].stderr[-3000:]
+  rows = [row for row in _rows(wd["NK"]) if "train_loss" in row]
+  assert {row["step"]: row["nonfinite_steps"] for row in rows} == {
+      2: 0, 4: 1, 6: 0, 8: 0}
+  # The skipped step still moved the schedule on: same rates as R.
+  lr_r = [row["learning_rate"] for row in _rows(wd["R"])
+          if "train_loss" in row]
+  assert [row["learning_rate"] for row in rows] == lr_r
+  assert _all_finite(wd["NK"])
+  _, state = _full_state(wd["NK"])
+  _, ref = _full_state(wd["R"])
+  assert int(state["step"]) == 8
+  assert not np.array_equal(state["params"]["head"]["kernel"],
+                            ref["params"]["head"]["kernel"])
+
+
+def test_save_refuses_a_nonfinite_state(tmp_path):
+  mngr = checkpoint.manager(str(tmp_path), keep=2, async_save=False)
+  state = {"w": np.array([1.0, np.inf], np.float32), "step": np.int32(1)}
+  with pytest.raises(checkpoint.NonFiniteStateError, match=r"\['w'\]"):
+    checkpoint.save(mngr, 1, state, {"seed": 0})
+  mngr.close()
+  assert checkpoint.scan(str(tmp_path)) == ([], [])
+
+
+# --- Evaluation on another device count --------------------------------------
+
+
+def test_eight_device_checkpoint_evaluates_identically_on_one_device(runs):
+  r, wd = runs["results"], runs["workdirs"]
+  e = r["E"]
+  assert e.returncode == 0, e.stderr[-3000:]
+  result = json.loads(e.stdout.strip().splitlines()[-1])
+  final = [row for row in _rows(wd["R"]) if "eval_loss" in row][-1]
+  assert result["step"] == final["step"] == 8
+  assert result["num_devices"] == 1
+  assert result["eval_examples"] == final["eval_examples"] == 40
+  assert result["eval_accuracy"] == final["eval_accuracy"]
+  # Same images and parameters; only the order of the float sums differs.
+  assert result["eval_loss"] == pytest.approx(final["eval_loss"], rel=1e-6)
+
+
+def test_eval_batch_is_rounded_to_the_device_count():
+  assert [evaluate_lib.round_to_devices(b, 8) for b in (1, 8, 1000, 1001)] \
+      == [8, 8, 1000, 1008]
+  assert evaluate_lib.round_to_devices(16, 3) == 18
+
+
+# --- Bad input: one line, non-zero status, nothing written -------------------
+
+
+def _immutable_dir(path):
+  """A directory nobody, not even root, can write into (or None)."""
+  path.mkdir()
+  if os.geteuid() != 0:
+    path.chmod(0o555)
+    return path
+  if shutil.which("chattr") and subprocess.run(
+      ["chattr", "+i", str(path)], capture_output=True).returncode == 0:
+    return path
+  return None
+
+
+def _release(path):
+  if os.geteuid() == 0:
+    subprocess.run(["chattr", "-i", str(path)], capture_output=True)
+  path.chmod(0o755)
+
+
+@pytest.mark.parametrize("case", [
+    "missing_config", "missing_workdir_flag", "workdir_is_a_file",
+    "unwritable_workdir", "uncreatable_workdir", "offline_dataset"])
+def test_bad_input_fails_in_one_line_and_writes_nothing(case, tmp_path):
+  workdir = tmp_path / "run"
+  args = ["--config", os.path.join(REPO, "configs", "quick.py"),
+          "--workdir", str(workdir), "--config.dataset=synthetic"]
+  expected, created = "", None
+  if case == "missing_config":
+    args[1] = str(tmp_path / "no_such_config.py")
+    expected = "no_such_config.py"
+  elif case == "missing_workdir_flag":
+    args = args[:2] + args[4:]
+    expected = "--workdir"
+  elif case == "workdir_is_a_file":
+    workdir.write_text("not a directory")
+    expected = "is not a directory"
+  elif case == "unwritable_workdir":
+    created = _immutable_dir(workdir)
+    if created is None:
+      pytest.skip("no way to make a directory read-only for root here")
+    expected = "is not writable"
+  elif case == "uncreatable_workdir":
+    # /proc takes no new files, whoever asks; os.access() tells root yes.
+    args[3] = "/proc/superconv-no-such-dir/run"
+    expected = "cannot create /proc/superconv-no-such-dir/run"
+  elif case == "offline_dataset":
+    empty = tmp_path / "tfds"
+    empty.mkdir()
+    args += ["--config.dataset=tfds:cifar10", "--config.tfds_download=False",
+             f"--config.data_dir={empty}"]
+    expected = "dataset: tfds:cifar10 is not prepared"
+  before = _tree(tmp_path)
+  try:
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    result = subprocess.run([sys.executable, "-m", "superconv.main", *args],
+                            cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=120)
+    after = _tree(tmp_path)
+  finally:
+    if created is not None:
+      _release(created)
+  assert result.returncode == 2, result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1, result.stderr
+  assert lines[0].startswith("superconv: error:") and expected in lines[0]
+  assert after == before  # Nothing written, not even an empty workdir.
+  assert not os.path.exists("/proc/superconv-no-such-dir")
