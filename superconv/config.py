@@ -35,6 +35,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.tfds_download = True  # Let tfds download (and prepare) a missing dataset.
   c.synthetic_train_size = 1024  # Images in the synthetic train split.
   c.synthetic_test_size = 256  # Images in the synthetic test split.
+  # Hold out this many train images (the last of a fixed seed-0 permutation)
+  # and evaluate on them instead of the test set: for tuning (0 = off).
+  c.validation_size = 0
   c.crop_padding = 4  # Zero padding before the random crop (He et al.); 0 = no crop.
   c.random_flip = True  # Random horizontal flip.
 
@@ -160,6 +163,9 @@ def validate_static(config, *, num_devices: int) -> None:
          "must be in [0, 1)")
   _check(config.synthetic_train_size > 0, "synthetic_train_size", "must be > 0")
   _check(config.synthetic_test_size > 0, "synthetic_test_size", "must be > 0")
+  _check(isinstance(config.validation_size, int) and
+         config.validation_size >= 0, "validation_size",
+         f"must be a non-negative integer, got {config.validation_size!r}")
   _check(config.log_every_steps > 0, "log_every_steps", "must be > 0")
   _check(config.eval_every_epochs > 0, "eval_every_epochs", "must be > 0")
   _check(config.checkpoint_every_steps > 0, "checkpoint_every_steps",

@@ -681,3 +681,49 @@ def _load_tfds(spec: str, name: str, data_dir: str | None,
               "in %.1f s", spec, len(ds.train_images), len(ds.test_images),
               data_dir, time.perf_counter() - start)
   return ds
+
+
+# ============================================================================
+# Validation split (tuning never looks at the test set)
+# ============================================================================
+
+
+def validation_indices(num_train: int, size: int,
+                       seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """(kept train indices, validation indices) of a train split of num_train.
+
+  The validation indices are the last `size` entries of
+  `np.random.default_rng(seed).permutation(num_train)`; the kept training
+  indices are the rest, in their original order. Both depend only on
+  (num_train, size, seed), never on config.seed, so every candidate of a
+  tuning grid and every seed sees the same split.
+  """
+  if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
+    raise ValueError(f"validation_size: must be an integer, got {size!r}")
+  if not 0 < size < num_train:
+    raise ValueError(f"validation_size: must be in [1, {num_train - 1}] for"
+                     f" a train split of {num_train} images, got {size}")
+  permutation = np.random.default_rng(seed).permutation(num_train)
+  cut = num_train - int(size)
+  return np.sort(permutation[:cut]), permutation[cut:]
+
+
+def split_validation(dataset: Dataset, size: int,
+                     seed: int = 0) -> Dataset:
+  """The dataset with `size` train images held out as its evaluation set.
+
+  The returned Dataset trains on the remaining train images and its
+  `test_*` arrays are the held-out images: a run built on it never trains
+  on what it evaluates on and never sees a test image. Per-channel
+  normalization statistics (computed from `train_images`) follow the
+  reduced train split. size = 0 returns `dataset` itself.
+  """
+  if size == 0:
+    return dataset
+  keep, held_out = validation_indices(len(dataset.train_images), size, seed)
+  return dataclasses.replace(
+      dataset, name=f"{dataset.name}:validation={size}",
+      train_images=dataset.train_images[keep],
+      train_labels=dataset.train_labels[keep],
+      test_images=dataset.train_images[held_out],
+      test_labels=dataset.train_labels[held_out])

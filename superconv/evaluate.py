@@ -68,7 +68,6 @@ def evaluate(workdir: str, step: int | None = None, *,
   import jax
   import ml_collections
   from superconv import checkpoint as checkpoint_lib
-  from superconv import data as data_lib
   from superconv import train
   # pylint: enable=g-import-not-at-top
 
@@ -78,12 +77,7 @@ def evaluate(workdir: str, step: int | None = None, *,
     config.dataset = dataset
   if data_dir:
     config.data_dir = data_dir
-  ds = data_lib.load(
-      config.dataset, data_dir=config.data_dir or None,
-      cache_dir=config.cache_dir or None,
-      synthetic_train_size=config.synthetic_train_size,
-      synthetic_test_size=config.synthetic_test_size,
-      download=config.tfds_download)
+  ds = train.load_dataset(config)
   run = train.setup(config, ds)
   aug = run.aug
   meta = restored.meta

@@ -181,12 +181,7 @@ def main(argv):
   config = FLAGS.config
   try:
     config_lib.validate_static(config, num_devices=jax.device_count())
-    dataset = data_lib.load(
-        config.dataset, data_dir=config.data_dir or None,
-        cache_dir=config.cache_dir or None,
-        synthetic_train_size=config.synthetic_train_size,
-        synthetic_test_size=config.synthetic_test_size,
-        download=config.tfds_download)
+    dataset = train.load_dataset(config)
     config_lib.validate_with_data(
         config, num_train_examples=dataset.train_images.shape[0])
   except (config_lib.ConfigError, data_lib.DataError, ValueError) as e:

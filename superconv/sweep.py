@@ -32,12 +32,10 @@ writes `DIR/tuning.json` (every candidate, the winner) and prints the command
 that trains the winner on the full training set, evaluated on the test set,
 over several seeds.
 
-`split_validation` is the held-out split those runs train and evaluate on:
-the last N images of a fixed seed-0 permutation of the train split. main
-applies it right after loading the data when config.validation_size > 0:
-
-    if config.validation_size:
-      dataset = sweep_lib.split_validation(dataset, config.validation_size)
+`superconv.data.split_validation` is the held-out split those runs train
+and evaluate on: the last N images of a fixed seed-0 permutation of the train
+split, applied by main right after loading the data when
+config.validation_size > 0.
 """
 
 from __future__ import annotations
@@ -83,47 +81,6 @@ class SweepError(ValueError):
 # ============================================================================
 # Validation split (to be applied by main right after data loading)
 # ============================================================================
-
-
-def validation_indices(num_train: int, size: int,
-                       seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-  """(kept train indices, validation indices) of a train split of num_train.
-
-  The validation indices are the last `size` entries of
-  `np.random.default_rng(seed).permutation(num_train)`; the kept training
-  indices are the rest, in their original order. Both depend only on
-  (num_train, size, seed), never on config.seed, so every candidate of a
-  tuning grid and every seed sees the same split.
-  """
-  if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
-    raise ValueError(f"validation_size: must be an integer, got {size!r}")
-  if not 0 < size < num_train:
-    raise ValueError(f"validation_size: must be in [1, {num_train - 1}] for"
-                     f" a train split of {num_train} images, got {size}")
-  permutation = np.random.default_rng(seed).permutation(num_train)
-  cut = num_train - int(size)
-  return np.sort(permutation[:cut]), permutation[cut:]
-
-
-def split_validation(dataset: data_lib.Dataset, size: int,
-                     seed: int = 0) -> data_lib.Dataset:
-  """The dataset with `size` train images held out as its evaluation set.
-
-  The returned Dataset trains on the remaining train images and its
-  `test_*` arrays are the held-out images: a run built on it never trains
-  on what it evaluates on and never sees a test image. Per-channel
-  normalization statistics (computed from `train_images`) follow the
-  reduced train split. size = 0 returns `dataset` itself.
-  """
-  if size == 0:
-    return dataset
-  keep, held_out = validation_indices(len(dataset.train_images), size, seed)
-  return dataclasses.replace(
-      dataset, name=f"{dataset.name}:validation={size}",
-      train_images=dataset.train_images[keep],
-      train_labels=dataset.train_labels[keep],
-      test_images=dataset.train_images[held_out],
-      test_labels=dataset.train_labels[held_out])
 
 
 # ============================================================================
@@ -559,15 +516,6 @@ def tune(config_path: str, workdir: str,
     if key in common or key in dict(sweeps):
       raise SweepError(f"config.{key}: set by tune (--budget-steps,"
                        " --validation-size); do not override it")
-  if list(trainer or default_trainer()) == default_trainer():
-    try:
-      _check_keys(os.path.abspath(config_path), ["validation_size"])
-    except SweepError:
-      raise SweepError(
-          "config.validation_size: not a config field yet, so the runs"
-          " would be scored on the test set; wire split_validation into"
-          " main.py and config.py first (superconv/sweep.py docstring)"
-      ) from None
   user_common = dict(common)
   common.update(num_steps=str(budget_steps),
                 validation_size=str(validation_size))

@@ -405,7 +405,7 @@ def indexed_dataset(num_train=50, num_test=20):
 
 def test_validation_split_is_held_out_train_data_only():
   ds = indexed_dataset()
-  split = sweep.split_validation(ds, 10)
+  split = data_lib.split_validation(ds, 10)
   train_ids = split.train_images[:, 0, 0, 1].tolist()
   val_ids = split.test_images[:, 0, 0, 1].tolist()
   # Evaluation set: train images only, never a test image.
@@ -421,7 +421,7 @@ def test_validation_split_is_held_out_train_data_only():
   # The held-out images: the last 10 of a seed-0 permutation.
   assert val_ids == np.random.default_rng(0).permutation(50)[40:].tolist()
   # The same split every time, whatever else happens.
-  again = sweep.split_validation(indexed_dataset(), 10)
+  again = data_lib.split_validation(indexed_dataset(), 10)
   assert again.test_images[:, 0, 0, 1].tolist() == val_ids
   assert split.name == "fake:validation=10"
   assert split.class_names == ds.class_names
@@ -429,20 +429,20 @@ def test_validation_split_is_held_out_train_data_only():
 
 def test_validation_split_size_checks():
   ds = indexed_dataset()
-  assert sweep.split_validation(ds, 0) is ds
+  assert data_lib.split_validation(ds, 0) is ds
   for bad in (50, 51, -1):
     with pytest.raises(ValueError, match=r"validation_size: must be in \[1,"
                                          r" 49\]"):
-      sweep.split_validation(ds, bad)
+      data_lib.split_validation(ds, bad)
   with pytest.raises(ValueError, match="validation_size: must be an integer"):
-    sweep.split_validation(ds, 2.5)
+    data_lib.split_validation(ds, 2.5)
 
 
 def test_validation_split_of_synthetic_data_normalizes_on_train_only():
   ds = data_lib.load("synthetic", synthetic_train_size=64,
                      synthetic_test_size=32)
-  split = sweep.split_validation(ds, 16)
-  keep, held = sweep.validation_indices(64, 16)
+  split = data_lib.split_validation(ds, 16)
+  keep, held = data_lib.validation_indices(64, 16)
   mean, _ = split.channel_mean_std()
   expected = ds.train_images[keep].reshape(-1, 3).mean(0) / 255
   assert np.allclose(mean, expected, atol=1e-6)

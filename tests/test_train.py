@@ -254,3 +254,17 @@ def test_main_trains_logs_and_resumes(tmp_path):
                  if l.startswith("final:")]
   assert final == final_again
   assert len((workdir / "metrics.jsonl").read_text().splitlines()) == len(rows)
+
+
+def test_validation_size_holds_out_train_images_as_the_eval_set():
+  config = tiny_config(validation_size=16)
+  full = load(config)
+  dataset = train.load_dataset(config)
+  assert dataset.train_images.shape[0] == 64 - 16
+  assert dataset.test_images.shape[0] == 16
+  train_rows = {img.tobytes() for img in full.train_images}
+  test_rows = {img.tobytes() for img in full.test_images}
+  held_out = {img.tobytes() for img in dataset.test_images}
+  kept = {img.tobytes() for img in dataset.train_images}
+  assert held_out <= train_rows and not held_out & test_rows
+  assert not held_out & kept
