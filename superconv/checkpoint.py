@@ -268,7 +268,8 @@ def set_aside(workdir: str, incomplete: list[Incomplete]) -> None:
 
   Orbax would otherwise count them as steps (for `latest_step` and
   retention) or collide with them when saving the same step again.
-  Only process 0 moves files.
+  Only process 0 moves files: with several processes, the caller holds the
+  others at a barrier until it is done (train.py does).
   """
   if not incomplete or jax.process_index() != 0:
     return

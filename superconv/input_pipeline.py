@@ -12,6 +12,11 @@ device, inside the pmapped step, as a pure function of (seed, step):
 where j is the example's position in the GLOBAL batch, so the batch and its
 augmentation do not depend on how many devices share it, and a resumed run
 sees exactly the data an uninterrupted one would have seen.
+
+With several processes (hosts), each holds the whole data set in host
+memory and copies it to its own local devices; the pmap axis index is
+global (process-major), so every device still picks its own slice of the
+global batch, and no data moves between hosts.
 """
 
 from __future__ import annotations

@@ -9,12 +9,19 @@ the training trajectory (checkpoint.RESUME_SAFE_KEYS: logging, evaluation
 and checkpoint cadence, data locations, nonfinite_policy) may change on
 resume; any other change is refused.
 
+Several hosts: run the same command once per host, with
+SUPERCONV_COORDINATOR_ADDRESS, SUPERCONV_NUM_PROCESSES and
+SUPERCONV_PROCESS_ID set (launch/gpu.sh does that), or on a Cloud TPU pod
+slice as it is (see superconv/distributed.py). Only process 0 writes logs,
+metrics and config.json; all processes take part in checkpointing.
+
 Exit status:
   0    the run is complete (or was already): final test metrics printed.
   2    bad input, before anything is compiled or written: an unknown config
        key, a wrong type or impossible value, a missing config file or
        --workdir, a workdir that is a file or not writable, a data set that
-       cannot be found, or a resume whose config changes the trajectory.
+       cannot be found, a resume whose config changes the trajectory, or
+       incomplete SUPERCONV_* multi-process settings.
        One line on stderr names the key, flag or path.
   3    NaN/Inf loss or gradients with nonfinite_policy="stop": the message
        names the step, the learning rate and the quantity; the checkpoints
@@ -174,6 +181,11 @@ def main(argv):
     fail(str(e))
   # Imported here so that `--help`, flag and workdir errors need no JAX.
   import jax  # pylint: disable=g-import-not-at-top
+  from superconv import distributed  # pylint: disable=g-import-not-at-top
+  try:  # Before the first use of a JAX backend (jax.device_count()).
+    distributed.maybe_initialize()
+  except ValueError as e:
+    fail(str(e))
   from superconv import config as config_lib  # pylint: disable=g-import-not-at-top
   from superconv import data as data_lib  # pylint: disable=g-import-not-at-top
   from superconv import train  # pylint: disable=g-import-not-at-top

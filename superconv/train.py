@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax.training import train_state as flax_train_state
+from jax.experimental import multihost_utils
 
 from superconv import checkpoint as checkpoint_lib
 from superconv import config as config_lib
@@ -343,16 +344,24 @@ class Evaluator:
   def __init__(self, config, dataset: data_lib.Dataset, aug,
                eval_batch_size: int | None = None):
     """eval_batch_size (default config.eval_batch_size): a multiple of the
-    local device count; padding images are masked out, so the result does
-    not depend on it beyond float summation order."""
+    (global) device count; padding images are masked out, so the result
+    does not depend on it beyond float summation order.
+
+    The padded test set is laid out over all devices of all processes; each
+    process places only its own devices' rows (process-major, as pmap
+    numbers them), so the psum counts every test image exactly once.
+    """
     images, labels, mask = input_pipeline.eval_batches(
         dataset.test_images, dataset.test_labels,
         global_batch=eval_batch_size or config.eval_batch_size,
-        num_devices=jax.local_device_count())
+        num_devices=jax.device_count())
     self.num_images = int(mask.sum())
-    self.images = input_pipeline.shard(images)
-    self.labels = input_pipeline.shard(labels.astype(np.int32))
-    self.mask = input_pipeline.shard(mask)
+    local = jax.local_device_count()
+    rows = slice(jax.process_index() * local,
+                 (jax.process_index() + 1) * local)
+    self.images = input_pipeline.shard(images[rows])
+    self.labels = input_pipeline.shard(labels[rows].astype(np.int32))
+    self.mask = input_pipeline.shard(mask[rows])
     self._step = _pmap(functools.partial(
         eval_step, mean=aug.mean, std=aug.std, dtype=aug.dtype,
         num_classes=dataset.num_classes), donate_state=False)
@@ -484,6 +493,11 @@ def _train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset,
   else:
     state = create_train_state(config, run.model, image_shape, run.tx)
   start_step = int(state.step)
+  if jax.process_count() > 1:
+    # A barrier: no process scans the checkpoint directory (manager) before
+    # process 0 has set incomplete checkpoints aside, and all resume alike.
+    multihost_utils.assert_equal(
+        np.int32(start_step), "processes restored different checkpoints")
   last_saved = start_step if restored is not None else None
   state = flax.jax_utils.replicate(state)
   mngr = checkpoint_lib.manager(workdir, keep=config.keep_checkpoints)
