@@ -19,7 +19,7 @@ def get_config():
   config.model = "resnet20"  # Smallest He et al. CIFAR ResNet (0.27M params).
   config.dtype = "float32"  # CPUs have no fast bfloat16 convolutions.
   config.batch_size = 256  # Global batch.
-  config.num_epochs = 3.0  # Short: 585 steps of 256 images.
+  config.num_epochs = 2.0  # Short: 390 steps of 256 images.
   config.weight_decay = 5e-4  # Stronger decay suits short schedules.
   config.schedule.name = "one_cycle"  # PyTorch OneCycleLR: cosine rise, cosine anneal.
   config.schedule.max_lr = 0.4  # Peak LR.

@@ -64,10 +64,10 @@ def evaluate(workdir: str, step: int | None = None, *,
   data.DataError with a one-line message.
   """
   # pylint: disable=g-import-not-at-top
-  import flax
   import jax
   import ml_collections
   from superconv import checkpoint as checkpoint_lib
+  from superconv import input_pipeline
   from superconv import train
   # pylint: enable=g-import-not-at-top
 
@@ -100,7 +100,7 @@ def evaluate(workdir: str, step: int | None = None, *,
       params=restored.state["params"],
       batch_stats=restored.state["batch_stats"], tx=None, opt_state=None)
   evaluator = train.Evaluator(config, ds, aug, eval_batch_size=batch)
-  result = evaluator(flax.jax_utils.replicate(state))
+  result = evaluator(input_pipeline.replicate_tree(state))
   return {"step": restored.step, **result, "eval_batch_size": batch,
           "num_devices": num_devices}
 

@@ -121,6 +121,16 @@ def replicate(x: np.ndarray) -> jax.Array:
       (len(devices),) + x.shape, sharding, shards)
 
 
+def replicate_tree(tree):
+  """`replicate` on every leaf (e.g. a train state).
+
+  Unlike flax.jax_utils.replicate, whose arrays live on a mesh with another
+  axis name, the arrays then have the sharding of the pmapped step's output,
+  so the second step does not trace and compile the step again.
+  """
+  return jax.tree.map(lambda x: replicate(np.asarray(x)), tree)
+
+
 def shard(x: np.ndarray) -> jax.Array:
   """[local_devices, ...] -> array whose i-th row lives on local device i."""
   x = np.asarray(x)

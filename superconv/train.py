@@ -38,7 +38,6 @@ import threading
 import time
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -192,6 +191,18 @@ def train_step(state: TrainState, images, labels, *, seed: int,
   x, y = input_pipeline.train_batch(
       images, labels, state.step, seed=seed, aug=aug,
       shard_index=jax.lax.axis_index(AXIS), num_shards=num_shards)
+  return step_on_batch(state, x, y, num_classes=num_classes,
+                       label_smoothing=label_smoothing,
+                       nan_at_step=nan_at_step)
+
+
+def step_on_batch(state: TrainState, x, y, *, num_classes: int,
+                  label_smoothing: float, nan_at_step: int = -1):
+  """The SGD step of `train_step` on this device's batch (x, y).
+
+  x: normalized images in the compute dtype; y: int32 labels. Forward,
+  backward, pmean over devices, update and the non-finite guard.
+  """
 
   def loss_fn(params):
     logits, new_model_state = state.apply_fn(
@@ -499,7 +510,7 @@ def _train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset,
     multihost_utils.assert_equal(
         np.int32(start_step), "processes restored different checkpoints")
   last_saved = start_step if restored is not None else None
-  state = flax.jax_utils.replicate(state)
+  state = input_pipeline.replicate_tree(state)
   mngr = checkpoint_lib.manager(workdir, keep=config.keep_checkpoints)
 
   writer = metric_writer.MetricWriter(workdir, enabled=is_chief,

@@ -68,7 +68,7 @@ def test_one_step_changes_parameters_and_lowers_the_loss():
 
   step = train.make_train_step(config, dataset, run.aug)
   new_state, metrics = step(
-      flax.jax_utils.replicate(state),
+      input_pipeline.replicate_tree(state),
       input_pipeline.replicate(dataset.train_images),
       input_pipeline.replicate(dataset.train_labels))
   new_state = train.unreplicate(new_state)
@@ -118,7 +118,7 @@ def test_eval_counts_every_test_image_once():
   run = train.setup(config, dataset)
   state = train.create_train_state(config, run.model, (32, 32, 3), run.tx)
   result = train.Evaluator(config, dataset, run.aug)(
-      flax.jax_utils.replicate(state))
+      input_pipeline.replicate_tree(state))
   assert result["eval_examples"] == 40
 
   logits = state.apply_fn(
@@ -145,7 +145,7 @@ _DEVICE_SCRIPT = textwrap.dedent("""
     dataset = load(config)
     run = train.setup(config, dataset)
     state = train.create_train_state(config, run.model, (32, 32, 3), run.tx)
-    state = flax.jax_utils.replicate(state)
+    state = input_pipeline.replicate_tree(state)
     step = train.make_train_step(config, dataset, run.aug)
     images = input_pipeline.replicate(dataset.train_images)
     labels = input_pipeline.replicate(dataset.train_labels)
