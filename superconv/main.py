@@ -37,13 +37,14 @@ Exit status:
 from __future__ import annotations
 
 import logging
-import os
 import sys
-import tempfile
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
+
+from superconv import cli
+from superconv.cli import check_workdir, fail, setup_logging
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -53,123 +54,11 @@ flags.DEFINE_string("workdir", None,
                     "Directory for checkpoints, metrics and config.json.")
 flags.mark_flags_as_required(["config", "workdir"])
 
-EXIT_BAD_INPUT = 2
+EXIT_BAD_INPUT = cli.EXIT_BAD_INPUT
 EXIT_NONFINITE = 3
 # Stopped by a signal after saving a checkpoint: 128 + the signal number.
 EXIT_SIGTERM = 143
 EXIT_SIGINT = 130
-
-
-def fail(message: str, status: int = EXIT_BAD_INPUT):
-  """One line on stderr, then exit."""
-  first = " ".join(str(message).split())
-  sys.stderr.write(f"superconv: error: {first}\n")
-  sys.exit(status)
-
-
-def _flag_value(argv, name: str):
-  """Value of --name=value or --name value in argv (None if absent)."""
-  for i, arg in enumerate(argv):
-    if arg.startswith(f"--{name}="):
-      return arg.split("=", 1)[1]
-    if arg == f"--{name}" and i + 1 < len(argv):
-      return argv[i + 1]
-  return None
-
-
-def _unknown_override(argv) -> str | None:
-  """Names the first --config.<key> override that the config lacks."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  path = _flag_value(argv, "config")
-  spec = importlib.util.spec_from_file_location("_superconv_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  for arg in argv:
-    if not arg.startswith("--config."):
-      continue
-    key = arg[len("--config."):].split("=", 1)[0]
-    node, prefix = config, "config"
-    for part in key.split("."):
-      if not hasattr(node, "keys") or part not in node:
-        valid = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else ""
-        return (f"config.{key}: unknown key; valid keys of {prefix}:"
-                f" {valid}")
-      node, prefix = node[part], f"{prefix}.{part}"
-  return None
-
-
-def parse_flags(argv):
-  """absl flag parsing, but bad flags give one line and status 2."""
-  config_path = _flag_value(argv, "config")
-  if config_path is not None and not os.path.isfile(config_path):
-    fail(f"--config: no such file: {config_path}")
-  try:
-    return FLAGS(argv)
-  except (flags.Error, KeyError, AttributeError, TypeError, ValueError,
-          OSError) as e:
-    unknown = None
-    if isinstance(e, (KeyError, AttributeError)):
-      unknown = _unknown_override(argv)
-    fail(unknown or str(e))
-
-
-def _write_probe(directory: str) -> str | None:
-  """Why no file can be created in `directory`, or None if one can.
-
-  Really creates (and removes) a temporary file: os.access() says yes to
-  root for any directory, even a read-only mount, /proc or an immutable
-  (chattr +i) one. Leaves nothing behind.
-  """
-  try:
-    fd, path = tempfile.mkstemp(prefix=".superconv-write-probe-",
-                                dir=directory)
-  except OSError as e:
-    return e.strerror or type(e).__name__
-  os.close(fd)
-  os.remove(path)
-  return None
-
-
-def check_workdir(workdir: str) -> str:
-  """Rejects a workdir that is a file or cannot be created/written.
-
-  Writes nothing: a missing workdir is created only once every check has
-  passed.
-  """
-  workdir = os.path.abspath(workdir)
-  if os.path.exists(workdir):
-    if not os.path.isdir(workdir):
-      raise ValueError(f"--workdir: {workdir} exists and is not a directory")
-    why = _write_probe(workdir)
-    if why:
-      raise ValueError(f"--workdir: {workdir} is not writable ({why})")
-    return workdir
-  parent = workdir
-  while not os.path.exists(parent):
-    parent = os.path.dirname(parent)
-  if not os.path.isdir(parent):
-    raise ValueError(f"--workdir: cannot create {workdir} ({parent} is not"
-                     " a directory)")
-  why = _write_probe(parent)
-  if why:
-    raise ValueError(f"--workdir: cannot create {workdir} ({parent} is not"
-                     f" writable: {why})")
-  return workdir
-
-
-def setup_logging() -> None:
-  """Our INFO lines on stderr; libraries (Orbax, JAX) only from WARNING."""
-  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
-  absl_logging.set_verbosity(absl_logging.WARNING)
-  log = logging.getLogger("superconv")
-  if not log.handlers:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(
-        "%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-    log.addHandler(handler)
-  log.setLevel(logging.INFO)
-  log.propagate = False
 
 
 def main(argv):
@@ -193,6 +82,14 @@ def main(argv):
   config = FLAGS.config
   try:
     config_lib.validate_static(config, num_devices=jax.device_count())
+    if config.schedule.lr_from_range_test:
+      from superconv import lr_range_test  # pylint: disable=g-import-not-at-top
+      provenance = lr_range_test.apply_to_config(
+          config, config.schedule.lr_from_range_test)
+      logging.getLogger("superconv").info(
+          "Learning rates from the range test %s (rule %s): %s.",
+          provenance["source"], provenance["rule"],
+          ", ".join(f"{k} = {v:.4g}" for k, v in provenance["set"].items()))
     dataset = train.load_dataset(config)
     config_lib.validate_with_data(
         config, num_train_examples=dataset.train_images.shape[0])
@@ -216,7 +113,7 @@ def main(argv):
 
 
 def run():
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

@@ -494,6 +494,13 @@ def default_schedule_config() -> ml_collections.ConfigDict:
   s.cycle_momentum = False
   s.base_momentum = 0.85  # Momentum at the LR peak (OneCycleLR default).
   s.max_momentum = 0.95  # Momentum where the LR is lowest (OneCycleLR default).
+
+  # --- from an LR range test (python -m superconv.lr_range_test) ---
+  # Its workdir or lr_range_test.json: sets max_lr to the test's
+  # recommendation and the first LR to its min_lr (one_cycle: div_factor;
+  # cyclical: base_lr; with a warm-up: warmup_start_factor), and is rewritten
+  # to the json's absolute path. "" = use the values above.
+  s.lr_from_range_test = ""
   return s
 
 
