@@ -7,7 +7,8 @@ Run (CIFAR-10, JPEG q75 copy, no internet needed):
   python -m superconv.main --config configs/quick.py --workdir runs/quick \
       --config.dataset=folder:../shared/data/cifar10-jpeg.tar.xz
 
-Expected: see the README's results table (test accuracy and wall time).
+Expected: 64.5% test accuracy on CIFAR-10 (JPEG q75), seed 0 (README results
+table, with the wall time).
 """
 
 from superconv import config as config_lib
