@@ -6,10 +6,10 @@ r"""PyTorch reference for `python -m superconv.bench`: same models, same step.
 Runs in its own environment (torch is not a dependency of superconv; this
 file imports neither superconv nor JAX):
 
-  python3 -m venv /work/torchvenv
-  /work/torchvenv/bin/pip install torch numpy
+  python3 -m venv .torchvenv
+  .torchvenv/bin/pip install torch numpy
   python -m superconv.bench --compare-pytorch \
-      --torch-python /work/torchvenv/bin/python
+      --torch-python .torchvenv/bin/python
 
 Models: the He et al. CIFAR ResNets (resnet20/32/44/56/110) with option A
 shortcuts, as akamaster/pytorch_resnet_cifar10, and resnet18/34 as
