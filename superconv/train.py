@@ -267,8 +267,19 @@ def _pmap(fn, *, donate_state: bool):
 
 
 def unreplicate(tree):
-  """First device's copy of a replicated pytree."""
-  return jax.tree.map(lambda x: x[0], tree)
+  """This process's first local copy of a replicated (pmapped) pytree.
+
+  Reads the shard on the first local device instead of indexing `x[0]`:
+  with several processes `x[0]` is a computation over every device in the
+  job, which each process would have to launch in the same order, and which
+  deadlocks against Orbax's own cross-process barriers.
+  """
+  def first(x):
+    if isinstance(x, jax.Array):
+      local = x.addressable_data(0)  # One device, no cross-process work.
+      return local[0] if local.ndim == x.ndim else local
+    return x[0]
+  return jax.tree.map(first, tree)
 
 
 # ============================================================================
