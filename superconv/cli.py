@@ -32,7 +32,7 @@ def _flag_value(argv, name: str):
   return None
 
 
-def _config_file(spec: str) -> tuple[str, str | None]:
+def config_file(spec: str) -> tuple[str, str | None]:
   """'configs/x.py:arg' -> ('configs/x.py', 'arg')."""
   path, sep, arg = spec.partition(".py:")
   return (path + ".py", arg) if sep else (spec, None)
@@ -41,7 +41,7 @@ def _config_file(spec: str) -> tuple[str, str | None]:
 def _unknown_override(argv) -> str | None:
   """Names the first --config.<key> override that the config lacks."""
   import importlib.util  # pylint: disable=g-import-not-at-top
-  path, arg = _config_file(_flag_value(argv, "config") or "")
+  path, arg = config_file(_flag_value(argv, "config") or "")
   spec = importlib.util.spec_from_file_location("_superconv_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -63,8 +63,8 @@ def parse_flags(argv):
   """absl flag parsing, but bad flags give one line and status 2."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   spec = _flag_value(argv, "config")
-  if spec is not None and not os.path.isfile(_config_file(spec)[0]):
-    fail(f"--config: no such file: {_config_file(spec)[0]}")
+  if spec is not None and not os.path.isfile(config_file(spec)[0]):
+    fail(f"--config: no such file: {config_file(spec)[0]}")
   try:
     return flags.FLAGS(argv)
   except (flags.Error, KeyError, AttributeError, TypeError, ValueError,

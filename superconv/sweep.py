@@ -58,6 +58,7 @@ from typing import Sequence
 
 import numpy as np
 
+from superconv import cli
 from superconv import data as data_lib
 from superconv import metric_writer
 
@@ -314,12 +315,13 @@ def _train(command: list[str], run: Run, echo: bool) -> int:
 
 def _check_keys(config_path: str, keys: Sequence[str]) -> None:
   """Every key exists in the config file's get_config() (else SweepError)."""
-  spec = importlib.util.spec_from_file_location("_superconv_sweep_config",
-                                                config_path)
-  module = importlib.util.module_from_spec(spec)
+  path, arg = cli.config_file(config_path)  # configs/x.py[:arg]
   try:
+    spec = importlib.util.spec_from_file_location("_superconv_sweep_config",
+                                                  path)
+    module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    config = module.get_config()
+    config = module.get_config() if arg is None else module.get_config(arg)
   except Exception as e:  # pylint: disable=broad-except
     raise SweepError(f"--config {config_path}: cannot load it:"
                      f" {type(e).__name__}: {e}") from None
@@ -365,9 +367,10 @@ def run_sweep(config_path: str, workdir: str,
   workdir/sweep.json before the first run and after every run.
   """
   common = dict(common or {})
-  config_path = os.path.abspath(config_path)
-  if not os.path.isfile(config_path):
-    raise SweepError(f"--config: no such file: {config_path}")
+  path, arg = cli.config_file(config_path)
+  config_path = os.path.abspath(path) + ("" if arg is None else f":{arg}")
+  if not os.path.isfile(os.path.abspath(path)):
+    raise SweepError(f"--config: no such file: {os.path.abspath(path)}")
   workdir = os.path.abspath(workdir)
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise SweepError(f"--workdir: {workdir} exists and is not a directory")
