@@ -52,6 +52,7 @@ from superconv import input_pipeline
 from superconv import metric_writer
 from superconv import models
 from superconv import schedules
+from superconv import storage
 
 log = logging.getLogger("superconv")
 AXIS = input_pipeline.AXIS
@@ -484,7 +485,9 @@ def train_and_evaluate(config, workdir: str,
   the trajectory, NonFiniteError on NaN/Inf (policy "stop"), and
   Interrupted after SIGTERM/SIGINT, once the checkpoint is saved. A signal
   that arrives while starting up (restoring, compiling) takes effect after
-  the first step.
+  the first step. With several processes, a signal that any one of them
+  receives stops all of them together, at the next logging, evaluation or
+  checkpoint step (every config.log_every_steps at the latest).
   """
   with _StopSignals() as stop_signal:
     return _train_and_evaluate(config, workdir, dataset, stop_signal)
@@ -506,7 +509,7 @@ def _train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset,
   restored, incomplete = checkpoint_lib.restore_latest(
       workdir, abstract_train_state(config, run.model, image_shape, run.tx),
       check=_resume_check(config_dict, total, workdir))
-  os.makedirs(workdir, exist_ok=True)
+  storage.makedirs(workdir)
   write_config(config, workdir)
   checkpoint_lib.set_aside(workdir, incomplete)
   if restored is not None:
@@ -588,6 +591,24 @@ def _train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset,
     writer.write(row)
     console.train(row)
 
+  def agreed_stop(sync_point: bool) -> int | None:
+    """The signal to stop with now, the same on every process, or None.
+
+    One process acts on its own signal at the next step. Several processes
+    must stop at the same step (each saves its part of the checkpoint, and
+    one that trains on alone waits forever in a collective), so they agree
+    at the steps where the loop syncs anyway (logging, evaluation,
+    checkpoints): every process contributes the signal it received (0 for
+    none) and all stop if any did.
+    """
+    local = stop_signal.signum
+    if jax.process_count() == 1:
+      return local
+    if not sync_point:
+      return None
+    signals = multihost_utils.process_allgather(np.int32(local or 0))
+    return int(np.max(signals)) or None
+
   def save(step: int) -> None:
     """Checkpoint of `step` (asynchronous); never of a non-finite state."""
     nonlocal last_saved
@@ -612,7 +633,11 @@ def _train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset,
       if step == debug_step:
         os.kill(os.getpid(), debug_signal)
       is_last = step == total
-      stopping = stop_signal.signum is not None and not is_last
+      syncs = (_every(step, config.log_every_steps) or is_last
+               or _every(step, config.checkpoint_every_steps)
+               or _every(step, eval_every))
+      signum = None if is_last else agreed_stop(syncs)
+      stopping = signum is not None
       save_now = (_every(step, config.checkpoint_every_steps) or is_last
                   or stopping)
       eval_now = _every(step, eval_every) or is_last
@@ -631,9 +656,10 @@ def _train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset,
       if save_now:
         save(step)
       if stopping:
-        log.warning("Received %s: saved checkpoint %d; stopping.",
-                    signal.Signals(stop_signal.signum).name, step)
-        raise Interrupted(stop_signal.signum, step)
+        log.warning("%s %s: saved checkpoint %d; stopping.",
+                    "Received" if stop_signal.signum else "Another process"
+                    " received", signal.Signals(signum).name, step)
+        raise Interrupted(signum, step)
   finally:
     # Every asynchronous save completes before returning or raising.
     mngr.wait_until_finished()
@@ -646,9 +672,7 @@ def write_config(config, workdir: str) -> None:
   """workdir/config.json: the resolved config of the run (process 0)."""
   if jax.process_index() != 0:
     return
-  path = os.path.join(workdir, "config.json")
-  with open(path + ".tmp", "w") as f:
-    json.dump(config_to_dict(config), f, indent=2, sort_keys=True)
-    f.write("\n")
-  os.replace(path + ".tmp", path)
+  storage.write_text(storage.join(workdir, "config.json"),
+                     json.dumps(config_to_dict(config), indent=2,
+                                sort_keys=True) + "\n")
 

@@ -108,7 +108,8 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _start(logs, name, config_path, workdir, *, devices, env=None):
+def _start(logs, name, config_path, workdir, *, devices, env=None,
+           args=()):
   full_env = {k: v for k, v in os.environ.items() if k not in _OWN_ENV}
   full_env.update(JAX_PLATFORMS="cpu",
                   XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
@@ -117,12 +118,13 @@ def _start(logs, name, config_path, workdir, *, devices, env=None):
   with out, err:
     return subprocess.Popen(
         [sys.executable, "-m", "superconv.main", "--config", str(config_path),
-         "--workdir", str(workdir)],
+         "--workdir", str(workdir), *args],
         cwd=REPO, env=full_env, stdout=out, stderr=err)
 
 
-def _wait_all(procs: dict, logs) -> None:
-  """Waits for every process; kills all of them on a failure or timeout."""
+def _wait_all(procs: dict, logs, expected: int = 0) -> None:
+  """Waits for every process, which must exit with `expected`; kills all of
+  them on a failure or timeout."""
   deadline = time.time() + TIMEOUT_S
   try:
     for name, proc in procs.items():
@@ -131,7 +133,8 @@ def _wait_all(procs: dict, logs) -> None:
       except subprocess.TimeoutExpired:
         pytest.fail(f"{name} still running after {TIMEOUT_S}s (hung"
                     f" collective?):\n{(logs / f'{name}.err').read_text()[-3000:]}")
-      assert code == 0, (name, (logs / f"{name}.err").read_text()[-3000:])
+      assert code == expected, (name, code,
+                                (logs / f"{name}.err").read_text()[-3000:])
   finally:
     for proc in procs.values():
       if proc.poll() is None:
@@ -139,26 +142,41 @@ def _wait_all(procs: dict, logs) -> None:
         proc.wait()
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-  """Workdirs of the 1-process (W1) and 2-process (W2) runs, and logs."""
-  root = tmp_path_factory.mktemp("multihost")
+def _two_processes(logs, prefix, config_path, workdir, *, args=(),
+                   env1=None):
+  """Processes <prefix>0 and <prefix>1, 2 devices each, one job."""
+  address = f"127.0.0.1:{_free_port()}"
+  procs = {}
+  for pid in range(2):
+    env = {distributed.ADDRESS_ENV: address,
+           distributed.NUM_PROCESSES_ENV: "2",
+           distributed.PROCESS_ID_ENV: str(pid),
+           # The coordinator listens on loopback only.
+           "JAX_COORDINATOR_BIND_ADDRESS": address}
+    if pid == 1:
+      env.update(env1 or {})
+    procs[f"{prefix}{pid}"] = _start(logs, f"{prefix}{pid}", config_path,
+                                     workdir, devices=2, env=env, args=args)
+  return procs
+
+
+def _root(tmp_path_factory, name):
+  """(root, logs, config path) of a fresh directory."""
+  root = tmp_path_factory.mktemp(name)
   logs = root / "logs"
   logs.mkdir()
   config_path = root / "tiny.py"
   config_path.write_text(_CONFIG)
+  return root, logs, config_path
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """Workdirs of the 1-process (W1) and 2-process (W2) runs, and logs."""
+  root, logs, config_path = _root(tmp_path_factory, "multihost")
   w1, w2 = root / "W1", root / "W2"
-  port = _free_port()
-  address = f"127.0.0.1:{port}"
   procs = {"single": _start(logs, "single", config_path, w1, devices=4)}
-  for pid in range(2):
-    procs[f"p{pid}"] = _start(
-        logs, f"p{pid}", config_path, w2, devices=2,
-        env={distributed.ADDRESS_ENV: address,
-             distributed.NUM_PROCESSES_ENV: "2",
-             distributed.PROCESS_ID_ENV: str(pid),
-             # The coordinator listens on loopback only.
-             "JAX_COORDINATOR_BIND_ADDRESS": address})
+  procs.update(_two_processes(logs, "p", config_path, w2))
   _wait_all(procs, logs)
   return w1, w2, logs
 
@@ -219,3 +237,65 @@ def test_files_are_written_once_by_process_0(runs):
   assert "final:" not in (logs / "p1.out").read_text()
   assert final == [l for l in (logs / "single.out").read_text().splitlines()
                    if l.startswith("final:")]
+
+
+# ---------------------------------------------------------------------------
+# A signal to one process stops all of them at the same step
+# ---------------------------------------------------------------------------
+
+# 6 steps; the processes sync (and so agree on stopping) every 2 steps.
+_SIX_STEPS = ("--config.num_steps=6", "--config.log_every_steps=2",
+              "--config.checkpoint_every_steps=100",
+              "--config.eval_every_epochs=100")
+
+
+@pytest.fixture(scope="module")
+def stopped(tmp_path_factory):
+  """SIGTERM to process 1 only, at step 3; then the same command resumes.
+
+  Returns the workdir of the same 2-process run uninterrupted, the workdir
+  of the stopped and resumed run, (checkpoint steps, metrics rows) right
+  after the stop, and the logs. The reference has 2 processes too: resuming
+  is bit-exact, whereas 1 and 2 processes differ by float summation order
+  (about 3e-5 relative after these 6 steps).
+  """
+  root, logs, config_path = _root(tmp_path_factory, "multihost_stop")
+  reference, workdir = root / "REF", root / "STOP"
+  uninterrupted = _two_processes(logs, "u", config_path, reference,
+                                 args=_SIX_STEPS)
+  _wait_all(_two_processes(logs, "s", config_path, workdir, args=_SIX_STEPS,
+                           env1={"SUPERCONV_DEBUG_SIGNAL_AT_STEP": "3"}),
+            logs, expected=128 + 15)  # Both: stopped by SIGTERM.
+  _wait_all(uninterrupted, logs)
+  after_stop = (checkpoint.scan(str(workdir)), _rows(workdir))
+  _wait_all(_two_processes(logs, "r", config_path, workdir, args=_SIX_STEPS),
+            logs)
+  return reference, workdir, after_stop, logs
+
+
+def test_a_signal_to_one_process_stops_all_at_the_same_step(stopped):
+  _, _, (scanned, rows), logs = stopped
+  # Process 1 got SIGTERM at step 3; both stopped at the next sync, step 4,
+  # after saving checkpoint 4 together.
+  assert scanned == ([4], [])
+  assert [r["step"] for r in rows] == [2, 4]
+  assert "Received SIGTERM: saved checkpoint 4" in (logs / "s1.err").read_text()
+  assert ("Another process received SIGTERM: saved checkpoint 4"
+          in (logs / "s0.err").read_text())
+
+
+def test_the_stopped_processes_resume_to_the_uninterrupted_result(stopped):
+  reference, workdir, _, logs = stopped
+  assert "Resumed from checkpoint 4." in (logs / "r0.err").read_text()
+  assert checkpoint.scan(str(workdir)) == ([4, 6], [])
+  _, v1, _ = checkpoint.load(str(reference))
+  _, v2, _ = checkpoint.load(str(workdir))
+  leaves1 = jax.tree_util.tree_leaves_with_path(v1)
+  leaves2 = jax.tree.leaves(v2)
+  assert len(leaves1) == len(leaves2) > 0
+  for (path, a), b in zip(leaves1, leaves2):  # Bit-exact.
+    assert np.array_equal(np.asarray(a), np.asarray(b)), \
+        jax.tree_util.keystr(path)
+  steps = [(r["step"], "eval_loss" in r) for r in _rows(workdir)]
+  assert steps == [(2, False), (4, False), (6, False), (6, True)]
+  assert steps == [(r["step"], "eval_loss" in r) for r in _rows(reference)]
