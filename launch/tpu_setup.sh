@@ -23,7 +23,7 @@ $TPU_COMMON_HELP
                          name like python3.12; apt-get installs it (and its
                          -venv package) when missing
   --jax-spec SPEC        JAX requirement to install (default: 'jax[tpu]')
-  --extras EXTRAS        package extras (default: tfds; '' for none)
+  --extras EXTRAS        package extras (default: tfds,gcs; '' for none)
 
 Example:
   $PROG --tpu-name sc-v4 --zone us-central2-b --project my-proj
@@ -33,7 +33,7 @@ EOF
 REF="HEAD"
 PYTHON="auto"
 JAX_SPEC="jax[tpu]"
-EXTRAS="tfds"
+EXTRAS="tfds,gcs"
 while (($#)); do
   if tpu_common_option "$@"; then shift "$SHIFT"; continue; fi
   case "$1" in

@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import re
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +42,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from superconv import models
+from superconv import storage
 
 log = logging.getLogger("superconv")
 
@@ -81,7 +80,7 @@ class NonFiniteStateError(CheckpointError):
 
 
 def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+  return storage.join(storage.absolute(workdir), CHECKPOINT_DIR)
 
 
 # ----------------------------------------------------------------------------
@@ -160,22 +159,22 @@ def scan(workdir: str) -> tuple[list[int], list[Incomplete]]:
   Reads only directory listings: nothing is restored or written.
   """
   root = checkpoint_dir(workdir)
-  if not os.path.isdir(root):
+  if not storage.isdir(root):
     return [], []
   complete, incomplete = [], []
-  for name in sorted(os.listdir(root)):
-    path = os.path.join(root, name)
+  for name in storage.listdir(root):
+    path = storage.join(root, name)
     if _TMP_MARKER in name:
       incomplete.append(Incomplete(path, "a save that never finished"
                                    " (temporary directory)"))
       continue
     if not re.fullmatch(r"\d+", name):
       continue  # Not ours (e.g. a README); Orbax ignores it too.
-    if not os.path.isdir(path):
+    if not storage.isdir(path):
       incomplete.append(Incomplete(path, "not a directory"))
       continue
     missing = [f for f in (COMMIT_MARKER,) + _ITEMS
-               if not os.path.exists(os.path.join(path, f))]
+               if not storage.exists(storage.join(path, f))]
     if missing:
       incomplete.append(Incomplete(path, f"missing {', '.join(missing)}"))
       continue
@@ -186,7 +185,7 @@ def scan(workdir: str) -> tuple[list[int], list[Incomplete]]:
 def _read_json_items(path: str) -> tuple[dict, dict]:
   """(config, meta) of one step directory; raises if unreadable."""
   items = {"config": ocp.args.JsonRestore()}
-  has_meta = os.path.isdir(os.path.join(path, "meta"))
+  has_meta = storage.isdir(storage.join(path, "meta"))
   if has_meta:
     items["meta"] = ocp.args.JsonRestore()
   with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
@@ -227,7 +226,7 @@ def restore_latest(workdir: str, target=None, step: int | None = None,
   """
   steps, skipped = scan(workdir)
   if step is not None:
-    bad = [s for s in skipped if os.path.basename(s.path) == str(step)]
+    bad = [s for s in skipped if storage.basename(s.path) == str(step)]
     if step not in steps:
       why = f" ({bad[0].reason})" if bad else ""
       raise CheckpointError(
@@ -236,7 +235,7 @@ def restore_latest(workdir: str, target=None, step: int | None = None,
     steps = [step]
   restored = None
   for s in reversed(steps):
-    path = os.path.join(checkpoint_dir(workdir), str(s))
+    path = storage.join(checkpoint_dir(workdir), str(s))
     try:
       config, meta = _read_json_items(path)
     except Exception as e:  # pylint: disable=broad-except
@@ -273,17 +272,18 @@ def set_aside(workdir: str, incomplete: list[Incomplete]) -> None:
   """
   if not incomplete or jax.process_index() != 0:
     return
-  aside = os.path.join(os.path.abspath(workdir), INCOMPLETE_DIR)
-  os.makedirs(aside, exist_ok=True)
+  aside = storage.join(storage.absolute(workdir), INCOMPLETE_DIR)
+  storage.makedirs(aside)
   for item in incomplete:
-    if not os.path.lexists(item.path):
+    if not storage.exists(item.path):
       continue
-    dest = os.path.join(aside, os.path.basename(item.path))
+    name = storage.basename(item.path)
+    dest = storage.join(aside, name)
     k = 1
-    while os.path.lexists(dest):
-      dest = os.path.join(aside, f"{os.path.basename(item.path)}.{k}")
+    while storage.exists(dest):
+      dest = storage.join(aside, f"{name}.{k}")
       k += 1
-    shutil.move(item.path, dest)
+    storage.move(item.path, dest)
     log.warning("Moved incomplete checkpoint %s to %s (delete it when not"
                 " needed).", item.path, dest)
 

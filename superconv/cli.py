@@ -104,8 +104,12 @@ def check_workdir(workdir: str) -> str:
   """Rejects a workdir that is a file or cannot be created/written.
 
   Writes nothing: a missing workdir is created only once every check has
-  passed.
+  passed. A URL (gs://bucket/run) is checked by writing and removing a
+  probe object, through the same file layer the run then uses.
   """
+  from superconv import storage  # pylint: disable=g-import-not-at-top
+  if storage.is_remote(workdir):
+    return _check_remote_workdir(storage.absolute(workdir))
   workdir = os.path.abspath(workdir)
   if os.path.exists(workdir):
     if not os.path.isdir(workdir):
@@ -124,6 +128,28 @@ def check_workdir(workdir: str) -> str:
   if why:
     raise ValueError(f"--workdir: cannot create {workdir} ({parent} is not"
                      f" writable: {why})")
+  return workdir
+
+
+def _check_remote_workdir(workdir: str) -> str:
+  from superconv import storage  # pylint: disable=g-import-not-at-top
+  probe = storage.join(workdir, ".superconv-write-probe")
+  try:
+    if storage.exists(workdir) and not storage.isdir(workdir):
+      raise ValueError(f"--workdir: {workdir} exists and is not a directory")
+    storage.write_text(probe, "")
+    storage.remove(probe)
+  except ValueError:
+    raise
+  except ImportError as e:
+    raise ValueError(
+        f"--workdir: {workdir} needs a file system package for"
+        f" {workdir.split('://')[0]}:// ({e}); for gs:// run"
+        " pip install 'superconv[gcs]' (gcsfs)") from None
+  except Exception as e:  # pylint: disable=broad-except
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    raise ValueError(f"--workdir: cannot write to {workdir}"
+                     f" ({type(e).__name__}: {text})") from None
   return workdir
 
 

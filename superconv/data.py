@@ -38,6 +38,8 @@ from typing import Iterable, Iterator
 import numpy as np
 from PIL import Image
 
+from superconv import storage
+
 logger = logging.getLogger("superconv.data")
 
 TFDS_NAMES = ("cifar10", "cifar100")
@@ -605,10 +607,18 @@ def _load_folder(name: str, path: str, cache_dir: str | None) -> Dataset:
 def _tfds_data_dir(data_dir: str | None) -> str:
   d = (data_dir or os.environ.get("TFDS_DATA_DIR")
        or os.path.join("~", "tensorflow_datasets"))
-  return os.path.abspath(os.path.expanduser(d))
+  return storage.absolute(os.path.expanduser(d))  # gs://... as it is.
 
 
 def _tfds_prepared(data_dir: str, name: str) -> bool:
+  if storage.is_remote(data_dir):
+    from etils import epath  # pylint: disable=g-import-not-at-top
+    try:
+      return any(epath.Path(data_dir).glob(f"{name}/*/dataset_info.json"))
+    except Exception as e:  # pylint: disable=broad-except
+      text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+      raise DataError(f"dataset: cannot list {data_dir}"
+                      f" ({type(e).__name__}: {text})") from None
   return bool(glob.glob(os.path.join(glob.escape(data_dir), name, "*",
                                      "dataset_info.json")))
 

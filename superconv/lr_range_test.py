@@ -50,6 +50,7 @@ import ml_collections
 import numpy as np
 
 from superconv import cli
+from superconv import storage
 from superconv.cli import check_workdir, fail, setup_logging
 
 log = logging.getLogger("superconv")
@@ -925,6 +926,11 @@ def main(argv) -> None:
 
   config = flags.FLAGS.config
   try:
+    if storage.is_remote(flags.FLAGS.workdir):
+      raise ValueError(
+          f"--workdir: {flags.FLAGS.workdir}: the range test writes to a"
+          " local directory (it runs for minutes and keeps no checkpoint);"
+          " copy its three files to the bucket afterwards")
     workdir = check_workdir(flags.FLAGS.workdir)
     validate(config)
     view = training_view(config)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import sys
 import time
+
+from superconv import storage
 
 log = logging.getLogger("superconv")
 
@@ -21,17 +22,16 @@ log = logging.getLogger("superconv")
 def read_jsonl(path: str) -> list[dict]:
   """Rows of a JSONL file; a torn last line (killed run) is ignored."""
   rows = []
-  if not os.path.exists(path):
+  if not storage.exists(path):
     return rows
-  with open(path) as f:
-    for line in f:
-      line = line.strip()
-      if not line:
-        continue
-      try:
-        rows.append(json.loads(line))
-      except json.JSONDecodeError:
-        break
+  for line in storage.read_text(path).splitlines():
+    line = line.strip()
+    if not line:
+      continue
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError:
+      break
   return rows
 
 
@@ -41,15 +41,35 @@ def _jsonable(value):
   return value
 
 
+def _has_module(name: str) -> bool:
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  try:
+    return importlib.util.find_spec(name) is not None
+  except ModuleNotFoundError:  # A missing parent package.
+    return False
+
+
+def _line(row: dict) -> str:
+  return json.dumps({k: _jsonable(v) for k, v in row.items()}) + "\n"
+
+
 class MetricWriter:
-  """Appends metric rows to workdir/metrics.jsonl (+ TensorBoard)."""
+  """Appends metric rows to workdir/metrics.jsonl (+ TensorBoard).
+
+  A local file is appended to and flushed row by row. Objects in a bucket
+  cannot be appended to, so with a gs:// (or other URL) workdir the whole
+  file is rewritten, in one object write, at every row: a few hundred small
+  writes per run, and a preempted run keeps every row it logged.
+  """
 
   def __init__(self, workdir: str, *, enabled: bool = True,
                filename: str = "metrics.jsonl", resume_from_step: int = 0):
     self.enabled = enabled
-    self.path = os.path.join(workdir, filename)
+    self.path = storage.join(workdir, filename)
     self._tb = None
     self._file = None
+    self._remote = storage.is_remote(self.path)
+    self._lines: list[str] = []  # Remote: the file's content so far.
     self.previous_rows = []
     if not enabled:
       return
@@ -60,24 +80,40 @@ class MetricWriter:
                           if r.get("step", 0) <= resume_from_step]
     if resume_from_step == 0:
       self.previous_rows = []
+    self._lines = [json.dumps(r) + "\n" for r in self.previous_rows]
     if self.previous_rows != rows:
-      tmp = self.path + ".tmp"
-      with open(tmp, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in self.previous_rows)
-      os.replace(tmp, self.path)
-    self._file = open(self.path, "a")
+      storage.write_text(self.path, "".join(self._lines))
+    if not self._remote:
+      self._file = open(self.path, "a")
     try:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
     except ImportError:
       log.info("tensorboardX not installed: no TensorBoard event files.")
+    else:
+      tb_dir = storage.join(workdir, "tensorboard")
+      try:
+        if tb_dir.startswith("gs://") and not _has_module("google.cloud"
+                                                          ".storage"):
+          # tensorboardX's own message, before it half-builds a writer.
+          raise ImportError("`google-cloud-storage` must be installed in"
+                            " order to use the 'gs://' protocol")
+        self._tb = SummaryWriter(tb_dir)
+      except Exception as e:  # pylint: disable=broad-except
+        # e.g. gs:// without google-cloud-storage: metrics.jsonl still
+        # holds every row, so the run goes on.
+        log.warning("No TensorBoard event files in %s (%s: %s).", tb_dir,
+                    type(e).__name__, str(e).splitlines()[0] if str(e) else "")
 
   def write(self, row: dict) -> None:
     if not self.enabled:
       return
-    self._file.write(json.dumps({k: _jsonable(v) for k, v in row.items()})
-                     + "\n")
-    self._file.flush()
+    line = _line(row)
+    if self._remote:
+      self._lines.append(line)
+      storage.write_text(self.path, "".join(self._lines))
+    else:
+      self._file.write(line)
+      self._file.flush()
     if self._tb is not None:
       step = row["step"]
       for k, v in row.items():

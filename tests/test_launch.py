@@ -163,7 +163,7 @@ def test_setup_copies_the_repo_to_all_workers_and_installs(fake_bin):
   assert_valid_shell(remote)
   assert "tar -xzf $HOME/superconv.tar.gz -C $HOME/superconv.new" in remote
   assert '-m venv --clear $HOME/superconv-venv' in remote
-  assert ("$HOME/superconv-venv/bin/pip install -q 'jax[tpu]' -e '.[tfds]'"
+  assert ("$HOME/superconv-venv/bin/pip install -q 'jax[tpu]' -e '.[tfds,gcs]'"
           in remote)
 
 

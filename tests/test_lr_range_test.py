@@ -394,6 +394,20 @@ def test_cli_bad_key_is_one_line_naming_it(tmp_path):
   assert not os.listdir(tmp_path)
 
 
+def test_cli_refuses_a_bucket_workdir_before_any_work(tmp_path):
+  cmd = [sys.executable, "-m", "superconv.lr_range_test",
+         "--config", os.path.join(REPO, "configs", "lr_range_test.py"),
+         "--workdir", "gs://bucket/rt"]
+  p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True,
+                     timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu",
+                                           PYTHONPATH=REPO))
+  assert p.returncode == 2
+  assert p.stderr.strip().splitlines()[-1].startswith(
+      "superconv: error: --workdir: gs://bucket/rt: the range test writes to"
+      " a local directory")
+  assert not os.listdir(tmp_path)  # No ./gs:/bucket/rt either.
+
+
 # ---------------------------------------------------------------------------
 # apply_to_config
 # ---------------------------------------------------------------------------
