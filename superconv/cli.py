@@ -15,10 +15,11 @@ import tempfile
 EXIT_BAD_INPUT = 2
 
 
-def fail(message: str, status: int = EXIT_BAD_INPUT):
+def fail(message: str, status: int = EXIT_BAD_INPUT, *,
+         prog: str = "superconv"):
   """One line on stderr, then exit."""
   first = " ".join(str(message).split())
-  sys.stderr.write(f"superconv: error: {first}\n")
+  sys.stderr.write(f"{prog}: error: {first}\n")
   sys.exit(status)
 
 

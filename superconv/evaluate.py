@@ -19,10 +19,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import sys
 
 from absl import app
 from absl import flags
+
+from superconv import cli
 
 FLAGS = flags.FLAGS
 
@@ -105,23 +106,8 @@ def evaluate(workdir: str, step: int | None = None, *,
           "num_devices": num_devices}
 
 
-def _setup_logging() -> None:
-  """Our INFO lines on stderr; libraries only from WARNING (as main.py)."""
-  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
-  absl_logging.set_verbosity(absl_logging.WARNING)
-  if not log.handlers:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(
-        "%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-    log.addHandler(handler)
-  log.setLevel(logging.INFO)
-  log.propagate = False
-
-
 def _fail(message: str) -> None:
-  first = " ".join(str(message).split())
-  sys.stderr.write(f"superconv.evaluate: error: {first}\n")
-  sys.exit(2)
+  cli.fail(message, prog="superconv.evaluate")
 
 
 def _parse_flags(argv):
@@ -134,7 +120,7 @@ def _parse_flags(argv):
 def main(argv):
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])}")
-  _setup_logging()
+  cli.setup_logging()
   # pylint: disable=g-import-not-at-top
   from superconv import checkpoint as checkpoint_lib
   from superconv import data as data_lib
