@@ -53,7 +53,7 @@ import time
 # Same columns as superconv.bench.ROW_KEYS (tests/test_bench.py checks).
 ROW_KEYS = (
     "framework", "model", "params", "global_batch", "dtype",
-    "devices", "device_kind", "backend", "settings", "compile_s",
+    "parallel_seeds", "devices", "device_kind", "backend", "settings", "compile_s",
     "step_images_per_sec", "step_times_s",
     "aug_step_images_per_sec", "aug_step_times_s",
     "loop_images_per_sec", "loop_intervals", "loop_step_ratio",
@@ -436,7 +436,7 @@ def bench_row(args, model: str, batch: int, dtype: str, device: str) -> dict:
           if device.startswith("cuda") else platform.processor() or "cpu")
   row = dict.fromkeys(ROW_KEYS)
   row.update(framework="pytorch", model=model, global_batch=batch,
-             dtype=dtype, devices=1, device_kind=kind,
+             dtype=dtype, parallel_seeds=1, devices=1, device_kind=kind,
              backend=device.split(":")[0], steps=args.steps,
              repeats=args.repeats, warmup=args.warmup,
              peak_tflops=peak_tflops(kind, dtype, args.peak_tflops))
@@ -490,7 +490,8 @@ def _fmt(value, spec: str) -> str:
 # (header, key, format spec, width); negative width = left-aligned.
 TABLE_COLUMNS = (
     ("model", "model", "", -15), ("batch", "global_batch", "", 6),
-    ("dtype", "dtype", "", -8), ("dev", "devices", "", 3),
+    ("dtype", "dtype", "", -8), ("seeds", "parallel_seeds", "", 5),
+    ("dev", "devices", "", 3),
     ("compile s", "compile_s", ".1f", 9),
     ("step img/s", "step_images_per_sec", ",.0f", 10),
     ("aug img/s", "aug_step_images_per_sec", ",.0f", 10),

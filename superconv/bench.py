@@ -172,10 +172,17 @@ def mfu(images_per_sec: float | None, gflops_per_image: float,
 
 
 def make_bare_step(config, num_classes: int):
-  """The pmapped bare step (state donated, like train.make_train_step)."""
-  return train._pmap(functools.partial(  # pylint: disable=protected-access
-      train.step_on_batch, num_classes=num_classes,
-      label_smoothing=config.label_smoothing), donate_state=True)
+  """The pmapped bare step (state donated, like train.make_train_step).
+
+  With config.num_parallel_seeds = K > 1 the step is vmapped over the
+  replica axis of the state, as in training; the replicas share the fixed
+  batch (the cost does not depend on which images they see).
+  """
+  step = functools.partial(train.step_on_batch, num_classes=num_classes,
+                           label_smoothing=config.label_smoothing)
+  if len(train.replica_seeds(config)) > 1:
+    step = jax.vmap(step, in_axes=(0, None, None))
+  return train._pmap(step, donate_state=True)  # pylint: disable=protected-access
 
 
 def fixed_batch(dataset: data_lib.Dataset, aug, *, seed: int, step: int = 0):
@@ -339,6 +346,9 @@ def find_max_batch(fits: Callable[[int], bool], *, start: int, limit: int,
 ROW_KEYS = (
     "framework",  # "jax" | "pytorch"
     "model", "params", "global_batch", "dtype",
+    # Replicas trained in one program (config.num_parallel_seeds); every
+    # images/s below counts all of them (K x global_batch per step).
+    "parallel_seeds",
     "devices", "device_kind", "backend",
     "settings",  # How the step was built (compiler, layout, ...).
     "compile_s",  # Seconds to compile the bare step.
@@ -366,7 +376,7 @@ def empty_row(**values) -> dict:
 
 def bench_config(model: str, batch: int, dtype: str, *, train_size: int,
                  loop_steps: int, log_every: int, weight_decay: float = 5e-4,
-                 seed: int = 0):
+                 seed: int = 0, parallel_seeds: int = 1):
   """A training config for the benchmark (synthetic data).
 
   The schedule is constant (a scalar per step: its shape costs nothing and
@@ -377,6 +387,7 @@ def bench_config(model: str, batch: int, dtype: str, *, train_size: int,
   """
   c = config_lib.base_config()
   c.seed = seed
+  c.num_parallel_seeds = parallel_seeds
   c.dataset = "synthetic"
   c.synthetic_train_size = max(train_size, batch)
   c.model = model
@@ -470,9 +481,13 @@ def measure_loop(config, dataset) -> tuple[float | None, int]:
   with tempfile.TemporaryDirectory(prefix="superconv-bench-") as workdir:
     with _stdout_to_stderr():
       train.train_and_evaluate(config, workdir, dataset)
-    rows = metric_writer.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    seeds = train.replica_seeds(config)
+    logs = (workdir if len(seeds) == 1
+            else train.replica_workdir(workdir, seeds[0]))
+    rows = metric_writer.read_jsonl(os.path.join(logs, "metrics.jsonl"))
   train_rows = [r for r in rows if "steps_per_sec" in r]
-  return (loop_images_per_sec(rows, config.batch_size),
+  # Every replica trains a global batch per step.
+  return (loop_images_per_sec(rows, config.batch_size * len(seeds)),
           max(0, len(train_rows) - 1))
 
 
@@ -480,7 +495,8 @@ def bench_row(model: str, batch: int, dtype: str, *, steps: int,
               repeats: int, warmup: int, train_size: int, log_every: int,
               loop_intervals: int, peak_override: float | None = None,
               run_aug: bool = True, run_loop: bool = True,
-              dataset: data_lib.Dataset | None = None) -> dict:
+              dataset: data_lib.Dataset | None = None,
+              parallel_seeds: int = 1) -> dict:
   """Measures one (model, global batch, dtype) row; see the module doc."""
   devices = jax.local_devices()
   n = len(devices)
@@ -490,7 +506,8 @@ def bench_row(model: str, batch: int, dtype: str, *, steps: int,
   peak = peak_tflops(devices[0].device_kind, dtype, peak_override)
   row = empty_row(
       framework="jax", model=model, params=count_params(model),
-      global_batch=batch, dtype=dtype, devices=n,
+      global_batch=batch, dtype=dtype, parallel_seeds=parallel_seeds,
+      devices=n,
       device_kind=devices[0].device_kind, backend=jax.default_backend(),
       settings=f"XLA, pmap over {n} device(s), jax {jax.__version__}",
       forward_macs=models.forward_macs(model),
@@ -498,7 +515,9 @@ def bench_row(model: str, batch: int, dtype: str, *, steps: int,
       repeats=repeats, warmup=warmup)
   loop_steps = log_every * (loop_intervals + 1)
   config = bench_config(model, batch, dtype, train_size=train_size,
-                        loop_steps=loop_steps, log_every=log_every)
+                        loop_steps=loop_steps, log_every=log_every,
+                        parallel_seeds=parallel_seeds)
+  images_per_step = batch * parallel_seeds
   if dataset is None or len(dataset.train_images) < batch:
     dataset = _synthetic(config)
   config_lib.validate_with_data(
@@ -517,7 +536,7 @@ def bench_row(model: str, batch: int, dtype: str, *, steps: int,
     state, times = time_steps(compiled, state, (x, y), steps=steps,
                               repeats=repeats, warmup=warmup)
     row["step_times_s"] = times
-    row["step_images_per_sec"] = rate(batch, steps, times)
+    row["step_images_per_sec"] = rate(images_per_step, steps, times)
     del state, x, y, compiled
     # --- The real step: batch selection + augmentation on device ------------
     if run_aug:
@@ -529,7 +548,7 @@ def bench_row(model: str, batch: int, dtype: str, *, steps: int,
       state, times = time_steps(p_step, state, (images, labels), steps=steps,
                                 repeats=repeats, warmup=max(1, warmup))
       row["aug_step_times_s"] = times
-      row["aug_step_images_per_sec"] = rate(batch, steps, times)
+      row["aug_step_images_per_sec"] = rate(images_per_step, steps, times)
       del state, images, labels, p_step
     # --- The training loop ---------------------------------------------------
     if run_loop:
@@ -583,6 +602,7 @@ TABLE_COLUMNS = (
     ("model", "model", str, -15),
     ("batch", "global_batch", str, 6),
     ("dtype", "dtype", str, -8),
+    ("seeds", "parallel_seeds", str, 5),
     ("dev", "devices", str, 3),
     ("compile s", "compile_s", _num(".1f"), 9),
     ("step img/s", "step_images_per_sec", _num(",.0f"), 10),
@@ -624,7 +644,11 @@ def format_table(rows: Sequence[dict], columns=TABLE_COLUMNS) -> str:
 
 def compare_rows(jax_rows: Sequence[dict],
                  torch_rows: Sequence[dict]) -> list[dict]:
-  """JAX / PyTorch ratios of each rate, matched by (model, batch, dtype)."""
+  """JAX / PyTorch ratios of each rate, matched by (model, batch, dtype).
+
+  A JAX row with K parallel seeds counts the images of all K replicas, so
+  its ratio is K seeds in one program against one PyTorch run.
+  """
   by_key = {(r["model"], r["global_batch"], r["dtype"]): r for r in torch_rows}
   out = []
   for j in jax_rows:
@@ -632,7 +656,8 @@ def compare_rows(jax_rows: Sequence[dict],
     if t is None:
       continue
     row = {"model": j["model"], "global_batch": j["global_batch"],
-           "dtype": j["dtype"], "torch_settings": t.get("settings")}
+           "dtype": j["dtype"], "parallel_seeds": j.get("parallel_seeds"),
+           "torch_settings": t.get("settings")}
     for what in ("step", "aug_step", "loop"):
       a, b = j.get(f"{what}_images_per_sec"), t.get(f"{what}_images_per_sec")
       row[f"jax_{what}_images_per_sec"] = a
@@ -646,6 +671,7 @@ COMPARE_COLUMNS = (
     ("model", "model", str, -15),
     ("batch", "global_batch", str, 6),
     ("dtype", "dtype", str, -8),
+    ("seeds", "parallel_seeds", str, 5),
     ("jax step", "jax_step_images_per_sec", _num(",.0f"), 9),
     ("torch step", "torch_step_images_per_sec", _num(",.0f"), 10),
     ("ratio", "step_ratio", _num(".2f"), 5),
@@ -806,6 +832,10 @@ def parser() -> argparse.ArgumentParser:
                  + ", ".join(models.MODEL_NAMES))
   p.add_argument("--batch", type=_csv(int), default=[1000],
                  help="comma list of GLOBAL batch sizes (default 1000)")
+  p.add_argument("--parallel-seeds", type=_csv(int), default=[1],
+                 metavar="K", help="comma list of replica counts trained in"
+                 " one program (config.num_parallel_seeds; default 1);"
+                 " images/s count every replica")
   p.add_argument("--dtype", type=_csv(str), default=["bfloat16"],
                  help="comma list of compute dtypes: bfloat16, float32")
   p.add_argument("--steps", type=int, default=20,
@@ -890,6 +920,8 @@ def _validate(args, p: argparse.ArgumentParser) -> None:
   for name in ("steps", "repeats", "log_every", "train_size"):
     if getattr(args, name) < 1:
       p.error(f"--{name.replace('_', '-')}: must be >= 1")
+  if not args.parallel_seeds or min(args.parallel_seeds) < 1:
+    p.error("--parallel-seeds: every K must be >= 1")
   if args.warmup < 0 or args.loop_intervals < 1:
     p.error("--warmup must be >= 0 and --loop-intervals >= 1")
 
@@ -931,21 +963,23 @@ def _timing_table(args, payload: dict) -> None:
   for model in args.model:
     for batch in args.batch:
       for dtype in args.dtype:
-        log.info("Benchmarking %s, global batch %d, %s...", model, batch,
-                 dtype)
-        size = max(batch, args.train_size)
-        if base is None or len(base.train_images) < size:
-          base = data_lib.load("synthetic", synthetic_train_size=size,
-                               synthetic_test_size=max(args.batch))
-        row = bench_row(
-            model, batch, dtype, steps=args.steps, repeats=args.repeats,
-            warmup=args.warmup, train_size=args.train_size,
-            log_every=args.log_every, loop_intervals=args.loop_intervals,
-            peak_override=args.peak_tflops, run_aug=not args.no_aug,
-            run_loop=not args.no_loop,
-            dataset=_sized(base, batch, args.train_size))
-        payload["rows"].append(row)
-        _write_json(args.json, payload)
+        for k in args.parallel_seeds:
+          log.info("Benchmarking %s, global batch %d, %s, %d replica(s)...",
+                   model, batch, dtype, k)
+          size = max(batch, args.train_size)
+          if base is None or len(base.train_images) < size:
+            base = data_lib.load("synthetic", synthetic_train_size=size,
+                                 synthetic_test_size=max(args.batch))
+          row = bench_row(
+              model, batch, dtype, steps=args.steps, repeats=args.repeats,
+              warmup=args.warmup, train_size=args.train_size,
+              log_every=args.log_every, loop_intervals=args.loop_intervals,
+              peak_override=args.peak_tflops, run_aug=not args.no_aug,
+              run_loop=not args.no_loop,
+              dataset=_sized(base, batch, args.train_size),
+              parallel_seeds=k)
+          payload["rows"].append(row)
+          _write_json(args.json, payload)
   print(format_table(payload["rows"]))
 
 

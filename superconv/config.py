@@ -26,6 +26,10 @@ def base_config() -> ml_collections.ConfigDict:
 
   # --- Reproducibility -----------------------------------------------------
   c.seed = 0  # Seeds the initialization, data order and augmentation.
+  # Train K independent replicas in one program, seeds seed .. seed+K-1
+  # (each its own init, data order, augmentation; results equal K separate
+  # runs). Each replica logs to workdir/seed=<s>/; one checkpoint holds all.
+  c.num_parallel_seeds = 1
 
   # --- Data ----------------------------------------------------------------
   # tfds:cifar10 | tfds:cifar100 | folder:<dir or .tar[.gz|.xz]> | synthetic
@@ -166,6 +170,9 @@ def validate_static(config, *, num_devices: int) -> None:
   _check(isinstance(config.validation_size, int) and
          config.validation_size >= 0, "validation_size",
          f"must be a non-negative integer, got {config.validation_size!r}")
+  _check(isinstance(config.num_parallel_seeds, int) and
+         config.num_parallel_seeds >= 1, "num_parallel_seeds",
+         f"must be an integer >= 1, got {config.num_parallel_seeds!r}")
   _check(config.log_every_steps > 0, "log_every_steps", "must be > 0")
   _check(config.eval_every_epochs > 0, "eval_every_epochs", "must be > 0")
   _check(config.checkpoint_every_steps > 0, "checkpoint_every_steps",

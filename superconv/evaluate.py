@@ -97,13 +97,19 @@ def evaluate(workdir: str, step: int | None = None, *,
     log.info("eval_batch_size %d -> %d (a multiple of the %d devices).",
              requested, batch, num_devices)
   state = train.TrainState(
-      step=restored.step, apply_fn=run.model.apply,
+      # Per replica (a vector) in a config.num_parallel_seeds run.
+      step=restored.state.get("step", restored.step), apply_fn=run.model.apply,
       params=restored.state["params"],
       batch_stats=restored.state["batch_stats"], tx=None, opt_state=None)
   evaluator = train.Evaluator(config, ds, aug, eval_batch_size=batch)
-  result = evaluator(input_pipeline.replicate_tree(state))
-  return {"step": restored.step, **result, "eval_batch_size": batch,
-          "num_devices": num_devices}
+  results = evaluator.replicas(input_pipeline.replicate_tree(state))
+  common = {"eval_batch_size": batch, "num_devices": num_devices}
+  if len(results) == 1:
+    return {"step": restored.step, **results[0], **common}
+  # A config.num_parallel_seeds run: one result per replica.
+  return {"step": restored.step, **common, "replicas": [
+      {"seed": seed, **r} for seed, r in zip(train.replica_seeds(config),
+                                              results)]}
 
 
 def _fail(message: str) -> None:
@@ -133,10 +139,12 @@ def main(argv):
     _fail(str(e))
   if FLAGS.json:
     print(json.dumps(result))
-  else:
-    print(f"step {result['step']}: test loss {result['eval_loss']:.6f}"
-          f" test accuracy {result['eval_accuracy']:.4f}"
-          f" ({result['eval_examples']} images, {result['num_devices']}"
+    return
+  for r in result.get("replicas", [result]):
+    seed = f" seed {r['seed']}" if "seed" in r else ""
+    print(f"step {result['step']}{seed}: test loss {r['eval_loss']:.6f}"
+          f" test accuracy {r['eval_accuracy']:.4f}"
+          f" ({r['eval_examples']} images, {result['num_devices']}"
           f" devices, eval batch {result['eval_batch_size']})")
 
 

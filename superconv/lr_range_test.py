@@ -196,6 +196,7 @@ def training_view(config) -> ml_collections.ConfigDict:
   s.max_lr = float(r.max_lr)
   s.warmup = 0.0
   s.cycle_momentum = False
+  view.num_parallel_seeds = 1  # One test, from config.seed's initialization.
   return view
 
 

@@ -107,9 +107,11 @@ def main(argv):
     logging.getLogger("superconv").warning("%s (exit status %d).", e,
                                            e.exit_status)
     sys.exit(e.exit_status)
-  if result and jax.process_index() == 0:
-    print(f"final: test accuracy {result['eval_accuracy']:.4f},"
-          f" test loss {result['eval_loss']:.4f}")
+  if jax.process_index() == 0:
+    for replica in result:
+      which = f" (seed {replica['seed']})" if len(result) > 1 else ""
+      print(f"final{which}: test accuracy {replica['eval_accuracy']:.4f},"
+            f" test loss {replica['eval_loss']:.4f}")
 
 
 def run():

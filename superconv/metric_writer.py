@@ -140,11 +140,12 @@ class Console:
   """One progress line per logged step: step/s and the ETA."""
 
   def __init__(self, total_steps: int, *, enabled: bool = True,
-               stream=sys.stdout):
+               stream=sys.stdout, label: str = ""):
     self.total_steps = total_steps
     self.enabled = enabled
     self.stream = stream
     self.start = time.time()
+    self.prefix = f"[{label}] " if label else ""  # e.g. one replica's seed.
 
   def train(self, row: dict) -> None:
     if not self.enabled:
@@ -153,7 +154,8 @@ class Console:
     rate = row.get("steps_per_sec", 0.0)
     eta = (self.total_steps - step) / rate if rate > 0 else float("nan")
     self.stream.write(
-        f"step {step:>{len(str(self.total_steps))}}/{self.total_steps}"
+        f"{self.prefix}step {step:>{len(str(self.total_steps))}}"
+        f"/{self.total_steps}"
         f" ep {row['epoch']:6.2f} | loss {row['train_loss']:.4f}"
         f" acc {row['train_accuracy']:.4f} | lr {row['learning_rate']:.4g}"
         f" mom {row['momentum']:.3f} | {rate:6.2f} step/s"
@@ -165,7 +167,7 @@ class Console:
     if not self.enabled:
       return
     self.stream.write(
-        f"eval step {row['step']} ep {row['epoch']:.2f}:"
+        f"{self.prefix}eval step {row['step']} ep {row['epoch']:.2f}:"
         f" test loss {row['eval_loss']:.4f}"
         f" test acc {row['eval_accuracy']:.4f}"
         f" ({row['eval_examples']} images, {row['eval_seconds']:.1f}s)\n")

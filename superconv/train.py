@@ -40,6 +40,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from flax.training import train_state as flax_train_state
@@ -123,11 +124,22 @@ def create_model(config, num_classes: int):
   return checkpoint_lib.create_model(config, num_classes, axis_name=AXIS)
 
 
-def _init_fn(config, model, image_shape, tx):
-  """A function of no arguments that builds the initial train state."""
-  init_key = jax.random.fold_in(jax.random.key(config.seed), 0)
+def replica_seeds(config) -> list[int]:
+  """Seeds of the replicas a run trains: seed .. seed + num_parallel_seeds-1."""
+  return [config.seed + k
+          for k in range(int(config.get("num_parallel_seeds", 1)))]
 
-  def init():
+
+def _init_fn(config, model, image_shape, tx):
+  """A function of no arguments that builds the initial train state.
+
+  With several replicas (config.num_parallel_seeds > 1) every leaf gets a
+  leading replica axis; replica k is the state a run with seed
+  config.seed + k starts from.
+  """
+
+  def init_one(seed: int):
+    init_key = jax.random.fold_in(jax.random.key(seed), 0)
     variables = model.init(init_key, jnp.zeros((1,) + tuple(image_shape),
                                                jnp.float32), train=False)
     state = TrainState.create(
@@ -137,11 +149,16 @@ def _init_fn(config, model, image_shape, tx):
     # then trace (and compile) the same train step.
     return state.replace(step=jnp.zeros((), jnp.int32))
 
-  return init
+  seeds = replica_seeds(config)
+  if len(seeds) == 1:
+    return lambda: init_one(seeds[0])
+  return lambda: jax.tree.map(lambda *xs: jnp.stack(xs),
+                              *[init_one(s) for s in seeds])
 
 
 def create_train_state(config, model, image_shape, tx) -> TrainState:
-  """Initial state from config.seed (identical on every host and device)."""
+  """Initial state from config.seed (identical on every host and device);
+  stacked over replicas when config.num_parallel_seeds > 1."""
   return jax.jit(_init_fn(config, model, image_shape, tx))()
 
 
@@ -385,17 +402,31 @@ class Evaluator:
     self.images = input_pipeline.shard(images[rows])
     self.labels = input_pipeline.shard(labels[rows].astype(np.int32))
     self.mask = input_pipeline.shard(mask[rows])
-    self._step = _pmap(functools.partial(
+    self.num_replicas = len(replica_seeds(config))
+    step = functools.partial(
         eval_step, mean=aug.mean, std=aug.std, dtype=aug.dtype,
-        num_classes=dataset.num_classes), donate_state=False)
+        num_classes=dataset.num_classes)
+    if self.num_replicas > 1:
+      step = jax.vmap(step, in_axes=(0, None, None, None))
+    self._step = _pmap(step, donate_state=False)
+
+  def replicas(self, state) -> list[dict]:
+    """Metrics of each replica of `state` (one for a single-seed run)."""
+    totals = jax.device_get(
+        unreplicate(self._step(state, self.images, self.labels, self.mask)))
+    results = []
+    for loss_sum, correct, count in np.stack(totals, -1).reshape(-1, 3):
+      assert int(count) == self.num_images, (count, self.num_images)
+      results.append({"eval_loss": float(loss_sum / count),
+                      "eval_accuracy": float(correct / count),
+                      "eval_examples": int(count)})
+    return results
 
   def __call__(self, state) -> dict:
-    loss_sum, correct, count = jax.device_get(
-        unreplicate(self._step(state, self.images, self.labels, self.mask)))
-    assert int(count) == self.num_images, (count, self.num_images)
-    return {"eval_loss": float(loss_sum / count),
-            "eval_accuracy": float(correct / count),
-            "eval_examples": int(count)}
+    """Metrics of a single-seed state."""
+    if self.num_replicas != 1:
+      raise ValueError("this state holds several replicas: use .replicas()")
+    return self.replicas(state)[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -430,19 +461,68 @@ def setup(config, dataset: data_lib.Dataset) -> Run:
 
 
 def make_train_step(config, dataset, aug):
-  return _pmap(functools.partial(
-      train_step, seed=config.seed, aug=aug, num_classes=dataset.num_classes,
+  """The pmapped train step: (state, images, labels) -> (state, metrics).
+
+  With several replicas, `jax.vmap` maps the same step over the replica
+  axis of the state and over the replicas' seeds (data order and
+  augmentation), inside the one compiled program; metrics get a replica
+  axis too.
+  """
+  step = functools.partial(
+      train_step, aug=aug, num_classes=dataset.num_classes,
       label_smoothing=config.label_smoothing,
       num_shards=jax.device_count(),
-      nan_at_step=int(config.get("debug_nan_at_step", -1))),
-      donate_state=True)
+      nan_at_step=int(config.get("debug_nan_at_step", -1)))
+  seeds = replica_seeds(config)
+  if len(seeds) == 1:
+    return _pmap(functools.partial(step, seed=seeds[0]), donate_state=True)
+
+  def replicas_step(state, images, labels):
+    return jax.vmap(lambda st, seed: step(st, images, labels, seed=seed))(
+        state, jnp.asarray(seeds, jnp.int32))
+
+  return _pmap(replicas_step, donate_state=True)
+
+
+def replica_workdir(workdir: str, seed: int) -> str:
+  """Where replica `seed` of a several-seed run logs (a run directory)."""
+  return storage.join(workdir, f"seed={seed}")
+
+
+def replica_config(config, seed: int):
+  """The config of a separate run equal to replica `seed`."""
+  one = ml_collections.ConfigDict(config_to_dict(config))
+  one.seed = seed
+  one.num_parallel_seeds = 1
+  return one
+
+
+def _train_row(fetched: list[dict], *, step: int, epoch: float, rate: float,
+               batch_size: int, wall_time: float) -> dict:
+  """The metrics row of `step` from the steps' metrics since the last row."""
+  last = fetched[-1]
+  return {
+      "step": step,
+      "epoch": epoch,
+      "train_loss": float(np.mean([m["train_loss"] for m in fetched])),
+      "train_accuracy": float(np.mean([m["train_accuracy"]
+                                       for m in fetched])),
+      "grad_norm": float(last["grad_norm"]),
+      "learning_rate": float(last["learning_rate"]),
+      "momentum": float(last["momentum"]),
+      "nonfinite_steps": int(sum(int(m["nonfinite"]) for m in fetched)),
+      "steps_per_sec": rate,
+      "batch_size": batch_size,
+      "examples_seen": step * batch_size,
+      "wall_time": wall_time,
+  }
 
 
 def _every(step: int, period: int) -> bool:
   return period > 0 and step % period == 0
 
 
-def run_meta(run: Run, dataset: data_lib.Dataset) -> dict:
+def run_meta(run: Run, dataset: data_lib.Dataset, config) -> dict:
   """What a checkpoint records beside the config (checkpoint.py: meta)."""
   return {
       "total_steps": run.total_steps,
@@ -453,6 +533,7 @@ def run_meta(run: Run, dataset: data_lib.Dataset) -> dict:
       "mean": list(run.aug.mean),
       "std": list(run.aug.std),
       "num_devices": jax.device_count(),
+      "replica_seeds": replica_seeds(config),
   }
 
 
@@ -477,10 +558,11 @@ def _resume_check(config_dict: dict, total_steps: int, workdir: str):
 
 
 def train_and_evaluate(config, workdir: str,
-                       dataset: data_lib.Dataset) -> dict:
+                       dataset: data_lib.Dataset) -> list[dict]:
   """Trains (resuming from the latest checkpoint), evaluates, logs.
 
-  Returns the last evaluation's metrics. Raises config.ConfigError (before
+  Returns the last evaluation's metrics, one dict per replica (one for a
+  single-seed run), each with its "seed". Raises config.ConfigError (before
   anything is compiled or written) when resuming with a config that changes
   the trajectory, NonFiniteError on NaN/Inf (policy "stop"), and
   Interrupted after SIGTERM/SIGINT, once the checkpoint is saved. A signal
@@ -494,7 +576,7 @@ def train_and_evaluate(config, workdir: str,
 
 
 def _train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset,
-                        stop_signal: _StopSignals) -> dict:
+                        stop_signal: _StopSignals) -> list[dict]:
   is_chief = jax.process_index() == 0
   run = setup(config, dataset)
   aug, total = run.aug, run.total_steps
@@ -505,7 +587,7 @@ def _train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset,
   # --- State: restored or fresh (nothing compiled or written before) -------
   image_shape = dataset.train_images.shape[1:]
   config_dict = config_to_dict(config)
-  meta = run_meta(run, dataset)
+  meta = run_meta(run, dataset, config)
   restored, incomplete = checkpoint_lib.restore_latest(
       workdir, abstract_train_state(config, run.model, image_shape, run.tx),
       check=_resume_check(config_dict, total, workdir))
@@ -517,7 +599,7 @@ def _train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset,
     log.info("Resumed from checkpoint %d.", restored.step)
   else:
     state = create_train_state(config, run.model, image_shape, run.tx)
-  start_step = int(state.step)
+  start_step = int(np.ravel(state.step)[0])  # The same for every replica.
   if jax.process_count() > 1:
     # A barrier: no process scans the checkpoint directory (manager) before
     # process 0 has set incomplete checkpoints aside, and all resume alike.
@@ -527,10 +609,24 @@ def _train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset,
   state = input_pipeline.replicate_tree(state)
   mngr = checkpoint_lib.manager(workdir, keep=config.keep_checkpoints)
 
-  writer = metric_writer.MetricWriter(workdir, enabled=is_chief,
-                                      resume_from_step=start_step)
-  console = metric_writer.Console(total, enabled=is_chief)
-  previous = writer.previous_rows
+  # One metrics stream per replica: the workdir itself for a single seed,
+  # workdir/seed=<s>/ (with the config.json of a run with that seed) each.
+  seeds = replica_seeds(config)
+  if len(seeds) == 1:
+    writers = [metric_writer.MetricWriter(workdir, enabled=is_chief,
+                                          resume_from_step=start_step)]
+    consoles = [metric_writer.Console(total, enabled=is_chief)]
+  else:
+    writers, consoles = [], []
+    for seed in seeds:
+      replica_dir = replica_workdir(workdir, seed)
+      storage.makedirs(replica_dir)
+      write_config(replica_config(config, seed), replica_dir)
+      writers.append(metric_writer.MetricWriter(
+          replica_dir, enabled=is_chief, resume_from_step=start_step))
+      consoles.append(metric_writer.Console(total, enabled=is_chief,
+                                            label=f"seed {seed}"))
+  previous = writers[0].previous_rows
   wall_offset = float(previous[-1]["wall_time"]) if previous else 0.0
 
   # --- Data on device, compiled steps ---------------------------------------
@@ -543,7 +639,7 @@ def _train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset,
   start = time.time()
   interval_start, interval_steps = time.time(), 0
   pending: list[dict] = []  # Device metrics not yet fetched (no host sync).
-  last_eval: dict = {}
+  last_eval: list[dict] = []
 
   def wall() -> float:
     return wall_offset + time.time() - start
@@ -558,38 +654,31 @@ def _train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset,
     if not pending:
       return
     fetched = jax.device_get([unreplicate(m) for m in pending])
+    # [step][replica] -> dict of scalars.
+    fetched = [[{k: v[r] for k, v in m.items()} for r in range(len(seeds))]
+               if len(seeds) > 1 else [m] for m in fetched]
     first_step = step - len(fetched) + 1
-    for offset, m in enumerate(fetched):
-      if m["nonfinite"] and config.nonfinite_policy == "stop":
-        what = ("loss" if not np.isfinite(m["train_loss"])
-                else "gradients")
-        raise NonFiniteError(
-            f"non-finite {what} at step {first_step + offset}"
-            f" (learning_rate={float(m['learning_rate']):.6g},"
-            f" momentum={float(m['momentum']):.4g}); stopped"
-            f" (nonfinite_policy='stop'), {kept()}")
+    for offset, per_replica in enumerate(fetched):
+      for seed, m in zip(seeds, per_replica):
+        if m["nonfinite"] and config.nonfinite_policy == "stop":
+          what = ("loss" if not np.isfinite(m["train_loss"])
+                  else "gradients")
+          which = f" of seed {seed}" if len(seeds) > 1 else ""
+          raise NonFiniteError(
+              f"non-finite {what}{which} at step {first_step + offset}"
+              f" (learning_rate={float(m['learning_rate']):.6g},"
+              f" momentum={float(m['momentum']):.4g}); stopped"
+              f" (nonfinite_policy='stop'), {kept()}")
     now = time.time()
     rate = interval_steps / max(now - interval_start, 1e-9)
-    last = fetched[-1]
-    row = {
-        "step": step,
-        "epoch": step / spe,
-        "train_loss": float(np.mean([m["train_loss"] for m in fetched])),
-        "train_accuracy": float(np.mean([m["train_accuracy"]
-                                         for m in fetched])),
-        "grad_norm": float(last["grad_norm"]),
-        "learning_rate": float(last["learning_rate"]),
-        "momentum": float(last["momentum"]),
-        "nonfinite_steps": int(sum(int(m["nonfinite"]) for m in fetched)),
-        "steps_per_sec": rate,
-        "batch_size": config.batch_size,
-        "examples_seen": step * config.batch_size,
-        "wall_time": wall(),
-    }
     pending.clear()
     interval_start, interval_steps = now, 0
-    writer.write(row)
-    console.train(row)
+    for r, (writer, console) in enumerate(zip(writers, consoles)):
+      row = _train_row([per_replica[r] for per_replica in fetched],
+                       step=step, epoch=step / spe, rate=rate,
+                       batch_size=config.batch_size, wall_time=wall())
+      writer.write(row)
+      console.train(row)
 
   def agreed_stop(sync_point: bool) -> int | None:
     """The signal to stop with now, the same on every process, or None.
@@ -620,7 +709,7 @@ def _train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset,
 
   try:
     if start_step >= total:  # Already complete: report, change nothing.
-      last_eval = evaluate(state)
+      last_eval = evaluate.replicas(state)
     for step in range(start_step + 1, total + 1):
       state, metrics = p_train_step(state, images, labels)
       pending.append(metrics)
@@ -645,13 +734,15 @@ def _train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset,
         flush(step)
       if eval_now:
         t0 = time.time()
-        last_eval = evaluate(state)
-        eval_row = {"step": step, "epoch": step / spe,
-                    "examples_seen": step * config.batch_size,
-                    "eval_seconds": time.time() - t0, **last_eval,
-                    "wall_time": wall()}
-        writer.write(eval_row)
-        console.eval(eval_row)
+        last_eval = evaluate.replicas(state)
+        seconds = time.time() - t0
+        for result, writer, console in zip(last_eval, writers, consoles):
+          eval_row = {"step": step, "epoch": step / spe,
+                      "examples_seen": step * config.batch_size,
+                      "eval_seconds": seconds, **result,
+                      "wall_time": wall()}
+          writer.write(eval_row)
+          console.eval(eval_row)
         interval_start = time.time()  # Eval time is not training speed.
       if save_now:
         save(step)
@@ -664,8 +755,9 @@ def _train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset,
     # Every asynchronous save completes before returning or raising.
     mngr.wait_until_finished()
     mngr.close()
-    writer.close()
-  return last_eval
+    for writer in writers:
+      writer.close()
+  return [{"seed": seed, **result} for seed, result in zip(seeds, last_eval)]
 
 
 def write_config(config, workdir: str) -> None:

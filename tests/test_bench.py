@@ -95,24 +95,26 @@ def test_empty_row_refuses_unknown_keys():
 def test_table_has_every_column_and_dashes_for_unknowns():
   row = bench.empty_row(
       framework="jax", model="resnet56", global_batch=1000, dtype="bfloat16",
-      devices=1, compile_s=31.25, step_images_per_sec=41234.0,
+      parallel_seeds=4, devices=1, compile_s=31.25, step_images_per_sec=41234.0,
       aug_step_images_per_sec=39000.0, loop_images_per_sec=36500.0,
       train_gflops_per_image=0.753, peak_tflops=989.0,
       peak_memory_bytes=3 * 2 ** 30)
   bench.finish_row(row)
   oom = bench.empty_row(model="resnet18", global_batch=65536,
-                        dtype="float32", devices=1, error="out of memory")
+                        dtype="float32", parallel_seeds=1, devices=1,
+                        error="out of memory")
   table = bench.format_table([row, oom])
   lines = table.splitlines()
-  for header in ("model", "batch", "dtype", "dev", "compile s", "step img/s",
+  for header in ("model", "batch", "dtype", "seeds", "dev", "compile s",
+                 "step img/s",
                  "aug img/s", "loop img/s", "loop/step", "GFLOP/img",
                  "TFLOP/s", "MFU", "peak GiB"):
     assert header in lines[0]
   assert len(lines) == 4  # Header, rule, two rows.
   assert lines[2].split() == [
-      "resnet56", "1000", "bfloat16", "1", "31.2", "41,234", "39,000",
+      "resnet56", "1000", "bfloat16", "4", "1", "31.2", "41,234", "39,000",
       "36,500", "0.89", "0.753", "31.05", "3.1%", "3.00"]
-  assert lines[3].split()[:4] == ["resnet18", "65536", "float32", "1"]
+  assert lines[3].split()[:5] == ["resnet18", "65536", "float32", "1", "1"]
   assert lines[3].split().count("-") == 9
   assert lines[3].endswith("(out of memory)")
   # Fixed width: the numeric columns line up.
@@ -312,3 +314,32 @@ def test_tiny_run_writes_the_documented_json(tmp_path, capsys,
   assert payload["meta"]["backend"] == jax.default_backend()
   table = capsys.readouterr().out
   assert "step img/s" in table and "resnet20" in table
+
+
+def test_parallel_seeds_rows_count_every_replica(tmp_path, compile_cache):
+  del compile_cache
+  out = tmp_path / "bench.json"
+  status = bench.main(TINY_ARGS + [
+      "--parallel-seeds", "1,2", "--steps", "2", "--repeats", "1",
+      "--warmup", "1", "--no-compile-cache", "--json", str(out)])
+  assert status == 0
+  rows = json.loads(out.read_text())["rows"]
+  assert [r["parallel_seeds"] for r in rows] == [1, 2]
+  for row in rows:
+    k = row["parallel_seeds"]
+    # Each step trains K global batches of 8 images: images/s = K * 8 *
+    # steps / the median block time.
+    for what in ("step", "aug_step"):
+      (seconds,) = row[f"{what}_times_s"]
+      assert row[f"{what}_images_per_sec"] == pytest.approx(
+          k * 8 * 2 / seconds), (k, what)
+    assert row["loop_images_per_sec"] > 0
+    assert row["achieved_tflops"] == pytest.approx(
+        row["step_images_per_sec"] * row["train_gflops_per_image"] / 1e3)
+
+
+def test_parallel_seeds_must_be_positive(capsys):
+  with pytest.raises(SystemExit) as e:
+    bench.main(TINY_ARGS + ["--parallel-seeds", "0"])
+  assert e.value.code == 2
+  assert "--parallel-seeds: every K must be >= 1" in capsys.readouterr().err
