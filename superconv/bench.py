@@ -82,13 +82,13 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from superconv import config as config_lib
 from superconv import data as data_lib
 from superconv import input_pipeline
 from superconv import metric_writer
 from superconv import models
+from superconv import storage
 from superconv import train
 
 log = logging.getLogger("superconv")
@@ -899,11 +899,7 @@ def _meta(argv) -> dict:
 def _write_json(path: str | None, payload: dict) -> None:
   if not path:
     return
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(payload, f, indent=2)
-    f.write("\n")
-  os.replace(tmp, path)
+  storage.write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
 def _validate(args, p: argparse.ArgumentParser) -> None:

@@ -42,7 +42,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from typing import Any, Sequence
 
@@ -697,10 +696,7 @@ def write_json(path: str, data: dict) -> None:
       return [clean(v) for v in x]
     return _jsonable(x)
 
-  with open(path + ".tmp", "w") as f:
-    json.dump(clean(data), f, indent=2)
-    f.write("\n")
-  os.replace(path + ".tmp", path)
+  storage.write_text(path, json.dumps(clean(data), indent=2) + "\n")
 
 
 # ============================================================================

@@ -56,11 +56,9 @@ import sys
 import time
 from typing import Sequence
 
-import numpy as np
-
 from superconv import cli
-from superconv import data as data_lib
 from superconv import metric_writer
+from superconv import storage
 
 DONE_FILE = "done.json"
 SWEEP_FILE = "sweep.json"
@@ -203,11 +201,7 @@ def _read_json(path: str):
 
 
 def _write_json(path: str, value) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(value, f, indent=2, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, path)
+  storage.write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
 def is_complete(workdir: str) -> bool:

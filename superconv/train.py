@@ -51,7 +51,6 @@ from superconv import config as config_lib
 from superconv import data as data_lib
 from superconv import input_pipeline
 from superconv import metric_writer
-from superconv import models
 from superconv import schedules
 from superconv import storage
 
