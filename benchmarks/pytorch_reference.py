@@ -53,7 +53,8 @@ import time
 # Same columns as superconv.bench.ROW_KEYS (tests/test_bench.py checks).
 ROW_KEYS = (
     "framework", "model", "params", "global_batch", "dtype",
-    "parallel_seeds", "devices", "device_kind", "backend", "settings", "compile_s",
+    "parallel_seeds", "devices", "device_kind", "backend", "conv_impl", "settings",
+    "compile_s",
     "step_images_per_sec", "step_times_s",
     "aug_step_images_per_sec", "aug_step_times_s",
     "loop_images_per_sec", "loop_intervals", "loop_step_ratio",
@@ -491,7 +492,7 @@ def _fmt(value, spec: str) -> str:
 TABLE_COLUMNS = (
     ("model", "model", "", -15), ("batch", "global_batch", "", 6),
     ("dtype", "dtype", "", -8), ("seeds", "parallel_seeds", "", 5),
-    ("dev", "devices", "", 3),
+    ("dev", "devices", "", 3), ("conv", "conv_impl", "", -7),
     ("compile s", "compile_s", ".1f", 9),
     ("step img/s", "step_images_per_sec", ",.0f", 10),
     ("aug img/s", "aug_step_images_per_sec", ",.0f", 10),

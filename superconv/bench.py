@@ -66,6 +66,7 @@ import argparse
 import contextlib
 import functools
 import gc
+import itertools
 import json
 import logging
 import math
@@ -84,6 +85,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from superconv import config as config_lib
+from superconv import conv as conv_lib
 from superconv import data as data_lib
 from superconv import input_pipeline
 from superconv import metric_writer
@@ -350,6 +352,7 @@ ROW_KEYS = (
     # images/s below counts all of them (K x global_batch per step).
     "parallel_seeds",
     "devices", "device_kind", "backend",
+    "conv_impl",  # superconv.conv implementation, resolved ('xla' | 'chunked').
     "settings",  # How the step was built (compiler, layout, ...).
     "compile_s",  # Seconds to compile the bare step.
     "step_images_per_sec", "step_times_s",  # Bare step.
@@ -376,7 +379,7 @@ def empty_row(**values) -> dict:
 
 def bench_config(model: str, batch: int, dtype: str, *, train_size: int,
                  loop_steps: int, log_every: int, weight_decay: float = 5e-4,
-                 seed: int = 0, parallel_seeds: int = 1):
+                 seed: int = 0, parallel_seeds: int = 1, conv_impl: str = "auto"):
   """A training config for the benchmark (synthetic data).
 
   The schedule is constant (a scalar per step: its shape costs nothing and
@@ -388,6 +391,7 @@ def bench_config(model: str, batch: int, dtype: str, *, train_size: int,
   c = config_lib.base_config()
   c.seed = seed
   c.num_parallel_seeds = parallel_seeds
+  c.conv_impl = conv_impl
   c.dataset = "synthetic"
   c.synthetic_train_size = max(train_size, batch)
   c.model = model
@@ -496,7 +500,7 @@ def bench_row(model: str, batch: int, dtype: str, *, steps: int,
               loop_intervals: int, peak_override: float | None = None,
               run_aug: bool = True, run_loop: bool = True,
               dataset: data_lib.Dataset | None = None,
-              parallel_seeds: int = 1) -> dict:
+              parallel_seeds: int = 1, conv_impl: str = "auto") -> dict:
   """Measures one (model, global batch, dtype) row; see the module doc."""
   devices = jax.local_devices()
   n = len(devices)
@@ -507,7 +511,7 @@ def bench_row(model: str, batch: int, dtype: str, *, steps: int,
   row = empty_row(
       framework="jax", model=model, params=count_params(model),
       global_batch=batch, dtype=dtype, parallel_seeds=parallel_seeds,
-      devices=n,
+      devices=n, conv_impl=conv_lib.resolve(conv_impl),
       device_kind=devices[0].device_kind, backend=jax.default_backend(),
       settings=f"XLA, pmap over {n} device(s), jax {jax.__version__}",
       forward_macs=models.forward_macs(model),
@@ -516,7 +520,7 @@ def bench_row(model: str, batch: int, dtype: str, *, steps: int,
   loop_steps = log_every * (loop_intervals + 1)
   config = bench_config(model, batch, dtype, train_size=train_size,
                         loop_steps=loop_steps, log_every=log_every,
-                        parallel_seeds=parallel_seeds)
+                        parallel_seeds=parallel_seeds, conv_impl=conv_impl)
   images_per_step = batch * parallel_seeds
   if dataset is None or len(dataset.train_images) < batch:
     dataset = _synthetic(config)
@@ -604,6 +608,7 @@ TABLE_COLUMNS = (
     ("dtype", "dtype", str, -8),
     ("seeds", "parallel_seeds", str, 5),
     ("dev", "devices", str, 3),
+    ("conv", "conv_impl", lambda v: v or "-", -7),
     ("compile s", "compile_s", _num(".1f"), 9),
     ("step img/s", "step_images_per_sec", _num(",.0f"), 10),
     ("aug img/s", "aug_step_images_per_sec", _num(",.0f"), 10),
@@ -657,6 +662,7 @@ def compare_rows(jax_rows: Sequence[dict],
       continue
     row = {"model": j["model"], "global_batch": j["global_batch"],
            "dtype": j["dtype"], "parallel_seeds": j.get("parallel_seeds"),
+           "conv_impl": j.get("conv_impl"),
            "torch_settings": t.get("settings")}
     for what in ("step", "aug_step", "loop"):
       a, b = j.get(f"{what}_images_per_sec"), t.get(f"{what}_images_per_sec")
@@ -672,6 +678,7 @@ COMPARE_COLUMNS = (
     ("batch", "global_batch", str, 6),
     ("dtype", "dtype", str, -8),
     ("seeds", "parallel_seeds", str, 5),
+    ("conv", "conv_impl", lambda v: v or "-", -7),
     ("jax step", "jax_step_images_per_sec", _num(",.0f"), 9),
     ("torch step", "torch_step_images_per_sec", _num(",.0f"), 10),
     ("ratio", "step_ratio", _num(".2f"), 5),
@@ -836,6 +843,10 @@ def parser() -> argparse.ArgumentParser:
                  metavar="K", help="comma list of replica counts trained in"
                  " one program (config.num_parallel_seeds; default 1);"
                  " images/s count every replica")
+  p.add_argument("--conv-impl", type=_csv(str), default=["auto"],
+                 help="comma list of convolution implementations"
+                 " (config.conv_impl): auto, xla, chunked; default auto ="
+                 " chunked weight gradients on CPU, xla elsewhere")
   p.add_argument("--dtype", type=_csv(str), default=["bfloat16"],
                  help="comma list of compute dtypes: bfloat16, float32")
   p.add_argument("--steps", type=int, default=20,
@@ -916,6 +927,9 @@ def _validate(args, p: argparse.ArgumentParser) -> None:
   for name in ("steps", "repeats", "log_every", "train_size"):
     if getattr(args, name) < 1:
       p.error(f"--{name.replace('_', '-')}: must be >= 1")
+  for impl in args.conv_impl:
+    if impl not in conv_lib.CONV_IMPLS:
+      p.error(f"--conv-impl: unknown {impl!r}; valid: {', '.join(conv_lib.CONV_IMPLS)}")
   if not args.parallel_seeds or min(args.parallel_seeds) < 1:
     p.error("--parallel-seeds: every K must be >= 1")
   if args.warmup < 0 or args.loop_intervals < 1:
@@ -959,9 +973,10 @@ def _timing_table(args, payload: dict) -> None:
   for model in args.model:
     for batch in args.batch:
       for dtype in args.dtype:
-        for k in args.parallel_seeds:
-          log.info("Benchmarking %s, global batch %d, %s, %d replica(s)...",
-                   model, batch, dtype, k)
+        for k, impl in itertools.product(args.parallel_seeds, args.conv_impl):
+          log.info("Benchmarking %s, global batch %d, %s, %d replica(s),"
+                   " %s convolution...", model, batch, dtype, k,
+                   conv_lib.resolve(impl))
           size = max(batch, args.train_size)
           if base is None or len(base.train_images) < size:
             base = data_lib.load("synthetic", synthetic_train_size=size,
@@ -973,7 +988,7 @@ def _timing_table(args, payload: dict) -> None:
               peak_override=args.peak_tflops, run_aug=not args.no_aug,
               run_loop=not args.no_loop,
               dataset=_sized(base, batch, args.train_size),
-              parallel_seeds=k)
+              parallel_seeds=k, conv_impl=impl)
           payload["rows"].append(row)
           _write_json(args.json, payload)
   print(format_table(payload["rows"]))

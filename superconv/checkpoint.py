@@ -67,6 +67,9 @@ RESUME_SAFE_KEYS = frozenset({
     "data_dir",
     "tfds_download",
     "nonfinite_policy",
+    # The convolution's implementation: the same function, only the float
+    # summation order of weight gradients differs.
+    "conv_impl",
 })
 _DURATION_KEYS = frozenset({"num_steps", "num_epochs"})
 
@@ -348,7 +351,8 @@ def create_model(config, num_classes: int, axis_name: str | None = None):
   return models.create_model(
       config.model, num_classes=num_classes, dtype=jnp.dtype(config.dtype),
       bn_momentum=config.bn_momentum, bn_epsilon=config.bn_epsilon,
-      shortcut=config.shortcut, axis_name=axis_name)
+      shortcut=config.shortcut, axis_name=axis_name,
+      conv_impl=config.get("conv_impl", "auto"))
 
 
 def load(workdir: str, step: int | None = None):

@@ -29,6 +29,8 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from superconv import conv as conv_lib
+
 ModuleDef = Callable[..., nn.Module]
 
 SHORTCUTS: tuple[str, ...] = ("A", "B")
@@ -177,7 +179,8 @@ class PreActBlock(nn.Module):
 def _layer_factories(module: "ResNet", train: bool) -> tuple[ModuleDef, ModuleDef]:
     """Conv and BatchNorm constructors carrying the network's dtype and BN settings."""
     conv = functools.partial(nn.Conv, use_bias=False, dtype=module.dtype,
-                             param_dtype=jnp.float32, kernel_init=_CONV_INIT)
+                             param_dtype=jnp.float32, kernel_init=_CONV_INIT,
+                             conv_general_dilated=conv_lib.conv_for_backend(module.conv_impl))
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,
                              momentum=module.bn_momentum, epsilon=module.bn_epsilon,
                              dtype=module.dtype, param_dtype=jnp.float32,
@@ -207,6 +210,7 @@ class ResNet(nn.Module):
     bn_epsilon: float = 1e-5
     shortcut: str = "B"
     axis_name: str | None = None
+    conv_impl: str = "auto"  # superconv.conv.CONV_IMPLS: 'auto' = chunked weight gradient on CPU
 
     @nn.compact
     def __call__(self, x, train: bool):
@@ -307,7 +311,8 @@ def _lookup(name: str, shortcut: str) -> tuple[_Arch, str]:
 
 
 def create_model(name: str, *, num_classes: int = 10, dtype=jnp.float32, bn_momentum: float = 0.9,
-                 bn_epsilon: float = 1e-5, shortcut: str = "A", axis_name: str | None = None) -> nn.Module:
+                 bn_epsilon: float = 1e-5, shortcut: str = "A", axis_name: str | None = None,
+                 conv_impl: str = "auto") -> nn.Module:
     """Build the Flax module for model ``name`` (one of :data:`MODEL_NAMES`).
 
     Args:
@@ -319,6 +324,11 @@ def create_model(name: str, *, num_classes: int = 10, dtype=jnp.float32, bn_mome
       shortcut: "A" or "B"; only affects resnet20/32/44/56/110.  The
         kuangliu-style resnet18/34/50/preact_resnet18 always use projections.
       axis_name: pmap axis over which training-mode BN averages batch statistics.
+      conv_impl: one of :data:`superconv.conv.CONV_IMPLS`: 'xla' (plain
+        ``lax.conv_general_dilated``), 'chunked' (weight gradient in
+        cache-sized batch chunks, see :mod:`superconv.conv`) or 'auto'
+        (chunked on the CPU backend, xla elsewhere). Same parameters and
+        values; gradients equal up to float summation order.
 
     Returns:
       A module called as ``module.apply(variables, x, train=...)`` on NHWC
@@ -326,12 +336,14 @@ def create_model(name: str, *, num_classes: int = 10, dtype=jnp.float32, bn_mome
       logits of shape [batch, num_classes].
 
     Raises:
-      ValueError: unknown ``name`` or ``shortcut``.
+      ValueError: unknown ``name``, ``shortcut`` or ``conv_impl``.
     """
     arch, shortcut = _lookup(name, shortcut)
+    conv_lib.resolve(conv_impl)  # validates
     return arch.network(stage_sizes=arch.stage_sizes, block_cls=arch.block, widths=arch.widths,
                         num_classes=num_classes, dtype=dtype, bn_momentum=bn_momentum,
-                        bn_epsilon=bn_epsilon, shortcut=shortcut, axis_name=axis_name)
+                        bn_epsilon=bn_epsilon, shortcut=shortcut, axis_name=axis_name,
+                        conv_impl=conv_impl)
 
 
 def forward_macs(name: str, *, num_classes: int = 10, image_size: int = 32, shortcut: str = "A") -> int:

@@ -95,7 +95,8 @@ def test_empty_row_refuses_unknown_keys():
 def test_table_has_every_column_and_dashes_for_unknowns():
   row = bench.empty_row(
       framework="jax", model="resnet56", global_batch=1000, dtype="bfloat16",
-      parallel_seeds=4, devices=1, compile_s=31.25, step_images_per_sec=41234.0,
+      parallel_seeds=4, devices=1, conv_impl="xla", compile_s=31.25,
+      step_images_per_sec=41234.0,
       aug_step_images_per_sec=39000.0, loop_images_per_sec=36500.0,
       train_gflops_per_image=0.753, peak_tflops=989.0,
       peak_memory_bytes=3 * 2 ** 30)
@@ -105,17 +106,17 @@ def test_table_has_every_column_and_dashes_for_unknowns():
                         error="out of memory")
   table = bench.format_table([row, oom])
   lines = table.splitlines()
-  for header in ("model", "batch", "dtype", "seeds", "dev", "compile s",
+  for header in ("model", "batch", "dtype", "seeds", "dev", "conv", "compile s",
                  "step img/s",
                  "aug img/s", "loop img/s", "loop/step", "GFLOP/img",
                  "TFLOP/s", "MFU", "peak GiB"):
     assert header in lines[0]
   assert len(lines) == 4  # Header, rule, two rows.
   assert lines[2].split() == [
-      "resnet56", "1000", "bfloat16", "4", "1", "31.2", "41,234", "39,000",
+      "resnet56", "1000", "bfloat16", "4", "1", "xla", "31.2", "41,234", "39,000",
       "36,500", "0.89", "0.753", "31.05", "3.1%", "3.00"]
   assert lines[3].split()[:5] == ["resnet18", "65536", "float32", "1", "1"]
-  assert lines[3].split().count("-") == 9
+  assert lines[3].split().count("-") == 10
   assert lines[3].endswith("(out of memory)")
   # Fixed width: the numeric columns line up.
   assert len(lines[0]) == len(lines[2])
@@ -297,6 +298,7 @@ def test_tiny_run_writes_the_documented_json(tmp_path, capsys,
       "resnet20", 8, "float32")
   assert row["params"] == 269_722
   assert row["devices"] == jax.local_device_count()
+  assert row["conv_impl"] == ("chunked" if jax.default_backend() == "cpu" else "xla")
   assert row["forward_macs"] == models.forward_macs("resnet20")
   assert row["train_gflops_per_image"] == pytest.approx(
       6 * row["forward_macs"] / 1e9)
@@ -336,6 +338,28 @@ def test_parallel_seeds_rows_count_every_replica(tmp_path, compile_cache):
     assert row["loop_images_per_sec"] > 0
     assert row["achieved_tflops"] == pytest.approx(
         row["step_images_per_sec"] * row["train_gflops_per_image"] / 1e3)
+
+
+def test_conv_impl_rows(tmp_path, capsys, compile_cache):
+  del compile_cache
+  out = tmp_path / "bench.json"
+  status = bench.main(TINY_ARGS + [
+      "--conv-impl", "xla,chunked", "--steps", "1", "--repeats", "1",
+      "--warmup", "0", "--no-aug", "--no-loop", "--no-compile-cache",
+      "--json", str(out)])
+  assert status == 0
+  rows = json.loads(out.read_text())["rows"]
+  assert [r["conv_impl"] for r in rows] == ["xla", "chunked"]
+  assert all(r["step_images_per_sec"] > 0 for r in rows)
+  body = capsys.readouterr().out.splitlines()[2:]
+  assert [line.split()[5] for line in body] == ["xla", "chunked"]
+
+
+def test_conv_impl_must_be_known(capsys):
+  with pytest.raises(SystemExit) as e:
+    bench.main(TINY_ARGS + ["--conv-impl", "fast"])
+  assert e.value.code == 2
+  assert "--conv-impl: unknown 'fast'" in capsys.readouterr().err
 
 
 def test_parallel_seeds_must_be_positive(capsys):

@@ -202,6 +202,7 @@ def run_main(args, *, devices=1, timeout=600):
     ("--config.model=resnet7", "model"),
     ("--config.dataset=imagenet", "dataset"),
     ("--config.dtype=float16", "dtype"),
+    ("--config.conv_impl=fast", "conv_impl"),
 ])
 def test_bad_override_exits_nonzero_naming_the_key(override, key, tmp_path):
   workdir = tmp_path / "run"
