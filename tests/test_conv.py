@@ -86,6 +86,40 @@ def test_value_and_gradients_equal_xla(strides, padding, dn, shapes):
   assert not np.array_equal(gw_got, jnp.zeros_like(gw_got))
 
 
+def test_bfloat16_gradients_equal_xla():
+  conv = conv_lib.make_conv(chunk_bytes=2 * 6 * 6 * 4 * 2)  # 2 images a chunk.
+  kx, kw, kg = jax.random.split(jax.random.key(3), 3)
+  x = jax.random.normal(kx, (7, 6, 6, 4), jnp.bfloat16)
+  w = jax.random.normal(kw, (3, 3, 4, 5), jnp.bfloat16)
+  g = jax.random.normal(kg, (7, 6, 6, 5), jnp.bfloat16)
+
+  def grads(fn):
+    f = lambda x, w: fn(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jax.jit(lambda x, w, g: jax.vjp(f, x, w)[1](g))(x, w, g)
+
+  (gx_want, gw_want), (gx_got, gw_got) = grads(lax.conv_general_dilated), grads(conv)
+  assert gx_got.dtype == gw_got.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(gx_got, gx_want)
+  np.testing.assert_allclose(np.float32(gw_got), np.float32(gw_want), rtol=2e-2,
+                             atol=2e-2 * float(np.abs(np.float32(gw_want)).max()))
+
+
+def test_weight_gradient_inputs_are_stored_once_not_folded_away():
+  # The conditional of conv._materialized must survive XLA's simplifier,
+  # else the chunk transposes recompute their producers (superconv/conv.py).
+  conv = conv_lib.make_conv(chunk_bytes=4 * 4 * 3 * 4)  # 1 image a chunk.
+  x = jnp.ones((3, 4, 4, 3))
+  w = jnp.ones((3, 3, 3, 2))
+
+  def loss(x, w):
+    y = conv(jnp.maximum(x * 2.0, 0.0), w, (1, 1), "SAME",
+             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jnp.sum(y ** 2)
+
+  hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, w).compile().as_text()
+  assert " conditional(" in hlo
+
+
 def test_resnet_gradients_are_the_same_with_either_convolution(monkeypatch):
   # 100 kB chunks: 1, 3 and 6 images at 32x32x16, 16x16x32 and 8x8x64.
   monkeypatch.setattr(conv_lib, "DEFAULT_CHUNK_BYTES", 100_000)
