@@ -47,7 +47,7 @@ def chunk_bounds(batch: int, per_image_bytes: int, chunk_bytes: int) -> list[tup
   if batch <= 0:
     raise ValueError(f"batch must be positive, got {batch}")
   per_chunk = max(1, chunk_bytes // max(1, per_image_bytes))
-  count = min(batch, -(-batch // per_chunk))
+  count = -(-batch // per_chunk)  # <= batch: per_chunk >= 1.
   edges = [batch * k // count for k in range(count + 1)]
   return list(zip(edges[:-1], edges[1:]))
 
