@@ -52,49 +52,70 @@ import time
 
 # Same columns as superconv.bench.ROW_KEYS (tests/test_bench.py checks).
 ROW_KEYS = (
-    "framework", "model", "params", "global_batch", "dtype",
-    "parallel_seeds", "devices", "device_kind", "backend", "conv_impl", "settings",
-    "compile_s",
-    "step_images_per_sec", "step_times_s",
-    "aug_step_images_per_sec", "aug_step_times_s",
-    "loop_images_per_sec", "loop_intervals", "loop_step_ratio",
-    "forward_macs", "train_gflops_per_image",
-    "achieved_tflops", "peak_tflops", "mfu", "loop_mfu",
-    "peak_memory_bytes", "compiled_memory_bytes",
-    "steps", "repeats", "warmup", "error",
+  "framework",
+  "model",
+  "params",
+  "global_batch",
+  "dtype",
+  "parallel_seeds",
+  "devices",
+  "device_kind",
+  "backend",
+  "conv_impl",
+  "settings",
+  "compile_s",
+  "step_images_per_sec",
+  "step_times_s",
+  "aug_step_images_per_sec",
+  "aug_step_times_s",
+  "loop_images_per_sec",
+  "loop_intervals",
+  "loop_step_ratio",
+  "forward_macs",
+  "train_gflops_per_image",
+  "achieved_tflops",
+  "peak_tflops",
+  "mfu",
+  "loop_mfu",
+  "peak_memory_bytes",
+  "compiled_memory_bytes",
+  "steps",
+  "repeats",
+  "warmup",
+  "error",
 )
 
 # Same table as superconv.bench.PEAK_TFLOPS (tests/test_bench.py checks):
 # dense peak TFLOP/s of one device, by lower-case substring of its name.
 PEAK_TFLOPS = (
-    ("h100 pcie", {"bfloat16": 756.0, "float32": 378.0}),
-    ("h100", {"bfloat16": 989.0, "float32": 494.7}),
-    ("h200", {"bfloat16": 989.0, "float32": 494.7}),
-    ("a100", {"bfloat16": 312.0, "float32": 156.0}),
-    ("tpu v4", {"bfloat16": 275.0, "float32": None}),
-    ("tpu v5 lite", {"bfloat16": 197.0, "float32": None}),
-    ("tpu v5e", {"bfloat16": 197.0, "float32": None}),
-    ("tpu v5p", {"bfloat16": 459.0, "float32": None}),
-    ("tpu v5", {"bfloat16": 459.0, "float32": None}),
-    ("tpu v6 lite", {"bfloat16": 918.0, "float32": None}),
-    ("tpu v6e", {"bfloat16": 918.0, "float32": None}),
+  ("h100 pcie", {"bfloat16": 756.0, "float32": 378.0}),
+  ("h100", {"bfloat16": 989.0, "float32": 494.7}),
+  ("h200", {"bfloat16": 989.0, "float32": 494.7}),
+  ("a100", {"bfloat16": 312.0, "float32": 156.0}),
+  ("tpu v4", {"bfloat16": 275.0, "float32": None}),
+  ("tpu v5 lite", {"bfloat16": 197.0, "float32": None}),
+  ("tpu v5e", {"bfloat16": 197.0, "float32": None}),
+  ("tpu v5p", {"bfloat16": 459.0, "float32": None}),
+  ("tpu v5", {"bfloat16": 459.0, "float32": None}),
+  ("tpu v6 lite", {"bfloat16": 918.0, "float32": None}),
+  ("tpu v6e", {"bfloat16": 918.0, "float32": None}),
 )
 
 # superconv.models parameter counts (tests/test_models.py).
 EXPECTED_PARAMS = {
-    "resnet20": 269_722,
-    "resnet32": 464_154,
-    "resnet44": 658_586,
-    "resnet56": 853_018,
-    "resnet110": 1_727_962,
-    "resnet18": 11_173_962,
-    "resnet34": 21_282_122,
+  "resnet20": 269_722,
+  "resnet32": 464_154,
+  "resnet44": 658_586,
+  "resnet56": 853_018,
+  "resnet110": 1_727_962,
+  "resnet18": 11_173_962,
+  "resnet34": 21_282_122,
 }
 MODEL_NAMES = tuple(EXPECTED_PARAMS)
 
 MEAN = (0.4914, 0.4822, 0.4465)  # CIFAR-10 channel statistics ([0, 1] units).
 STD = (0.2470, 0.2435, 0.2616)
-GIB = 2.0 ** 30
+GIB = 2.0**30
 
 
 def peak_tflops(device_kind: str, dtype: str, override=None):
@@ -132,8 +153,7 @@ def build_model(name: str, num_classes: int = 10):
   class BasicBlock(nn.Module):
     """conv3x3-BN-relu-conv3x3-BN + shortcut, relu."""
 
-    def __init__(self, in_planes: int, planes: int, stride: int,
-                 option: str):
+    def __init__(self, in_planes: int, planes: int, stride: int, option: str):
       super().__init__()
       self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
       self.bn1 = nn.BatchNorm2d(planes)
@@ -145,8 +165,9 @@ def build_model(name: str, num_classes: int = 10):
           self.shortcut = OptionA(planes)
         else:
           self.shortcut = nn.Sequential(
-              nn.Conv2d(in_planes, planes, 1, stride, bias=False),
-              nn.BatchNorm2d(planes))
+            nn.Conv2d(in_planes, planes, 1, stride, bias=False),
+            nn.BatchNorm2d(planes),
+          )
 
     def forward(self, x):
       out = F.relu(self.bn1(self.conv1(x)))
@@ -170,8 +191,7 @@ def build_model(name: str, num_classes: int = 10):
       self.linear = nn.Linear(in_planes, num_classes)
       for m in self.modules():
         if isinstance(m, nn.Conv2d):
-          nn.init.kaiming_normal_(m.weight, mode="fan_out",
-                                  nonlinearity="relu")
+          nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x):
       out = F.relu(self.bn1(self.conv1(x)))
@@ -180,13 +200,15 @@ def build_model(name: str, num_classes: int = 10):
       return self.linear(out)
 
   if name not in EXPECTED_PARAMS:
-    raise ValueError(f"--model: {name!r} is not in the PyTorch reference;"
-                     f" valid: {', '.join(MODEL_NAMES)}")
+    raise ValueError(
+      f"--model: {name!r} is not in the PyTorch reference;"
+      f" valid: {', '.join(MODEL_NAMES)}"
+    )
   if name == "resnet18":
     return ResNet((2, 2, 2, 2), (64, 128, 256, 512), "B")
   if name == "resnet34":
     return ResNet((3, 4, 6, 3), (64, 128, 256, 512), "B")
-  n = (int(name[len("resnet"):]) - 2) // 6
+  n = (int(name[len("resnet") :]) - 2) // 6
   return ResNet((n, n, n), (16, 32, 64), "A")
 
 
@@ -199,6 +221,7 @@ def forward_macs(model, image_size: int = 32) -> int:
   (as superconv.models.forward_macs), counted with forward hooks."""
   import torch  # pylint: disable=g-import-not-at-top
   from torch import nn  # pylint: disable=g-import-not-at-top
+
   total = [0]
 
   def conv_hook(m, inputs, out):
@@ -217,8 +240,11 @@ def forward_macs(model, image_size: int = 32) -> int:
   was_training = model.training
   model.eval()
   with torch.no_grad():
-    model(torch.zeros(1, 3, image_size, image_size,
-                      device=next(model.parameters()).device))
+    model(
+      torch.zeros(
+        1, 3, image_size, image_size, device=next(model.parameters()).device
+      )
+    )
   model.train(was_training)
   for h in hooks:
     h.remove()
@@ -238,6 +264,7 @@ def augment(images_u8, padding: int = 4):
   """
   import torch  # pylint: disable=g-import-not-at-top
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+
   n, h, w, _ = images_u8.shape
   dev = images_u8.device
   padded = F.pad(images_u8, (0, 0, padding, padding, padding, padding))
@@ -265,9 +292,11 @@ def normalize(images_u8, mean, std):
 class Bench:
   """Model, optimizer, data and the three timed functions of one row."""
 
-  def __init__(self, args, model_name: str, batch: int, dtype: str,
-               device: str):
+  def __init__(
+    self, args, model_name: str, batch: int, dtype: str, device: str
+  ):
     import torch  # pylint: disable=g-import-not-at-top
+
     self.torch = torch
     self.device = device
     self.batch = batch
@@ -277,8 +306,10 @@ class Bench:
     model = build_model(model_name).to(device)
     params = count_params(model)
     if params != EXPECTED_PARAMS[model_name]:
-      raise AssertionError(f"{model_name}: {params:,} parameters, superconv"
-                           f" has {EXPECTED_PARAMS[model_name]:,}")
+      raise AssertionError(
+        f"{model_name}: {params:,} parameters, superconv"
+        f" has {EXPECTED_PARAMS[model_name]:,}"
+      )
     self.params = params
     self.macs = forward_macs(model)
     if not args.no_channels_last:
@@ -286,14 +317,21 @@ class Bench:
     model.train()
     self.model = model
     try:
-      self.opt = torch.optim.SGD(model.parameters(), lr=args.lr,
-                                 momentum=args.momentum,
-                                 weight_decay=args.weight_decay, fused=True)
+      self.opt = torch.optim.SGD(
+        model.parameters(),
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        fused=True,
+      )
       self.fused = True
     except (RuntimeError, TypeError, ValueError):
-      self.opt = torch.optim.SGD(model.parameters(), lr=args.lr,
-                                 momentum=args.momentum,
-                                 weight_decay=args.weight_decay)
+      self.opt = torch.optim.SGD(
+        model.parameters(),
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+      )
       self.fused = False
     self.forward = model
     self.compiled = "eager (--no-compile)"
@@ -305,16 +343,19 @@ class Bench:
         self.compiled = f"eager (torch.compile failed: {_first_line(e)})"
     g = torch.Generator().manual_seed(0)
     size = max(args.train_size, batch)
-    self.images = torch.randint(0, 256, (size, 32, 32, 3), generator=g,
-                                dtype=torch.uint8).to(device)
+    self.images = torch.randint(
+      0, 256, (size, 32, 32, 3), generator=g, dtype=torch.uint8
+    ).to(device)
     self.labels = torch.randint(0, 10, (size,), generator=g).to(device)
     self.mean = torch.tensor(MEAN, device=device)
     self.std = torch.tensor(STD, device=device)
-    self.fixed_x = normalize(augment(self.images[:batch]), self.mean,
-                             self.std).contiguous(
-                                 memory_format=torch.contiguous_format
-                                 if args.no_channels_last
-                                 else torch.channels_last)
+    self.fixed_x = normalize(
+      augment(self.images[:batch]), self.mean, self.std
+    ).contiguous(
+      memory_format=torch.contiguous_format
+      if args.no_channels_last
+      else torch.channels_last
+    )
     self.fixed_y = self.labels[:batch]
     self.steps_per_epoch = size // batch
     self.perm = None
@@ -327,10 +368,10 @@ class Bench:
   def _autocast(self):
     torch = self.torch
     if self.dtype == "bfloat16":
-      return torch.autocast(device_type=self.device.split(":")[0],
-                            dtype=torch.bfloat16)
-    return torch.autocast(device_type=self.device.split(":")[0],
-                          enabled=False)
+      return torch.autocast(
+        device_type=self.device.split(":")[0], dtype=torch.bfloat16
+      )
+    return torch.autocast(device_type=self.device.split(":")[0], enabled=False)
 
   def train_step(self, x, y):
     """One SGD step; returns the loss (a device tensor, not synced)."""
@@ -348,7 +389,7 @@ class Bench:
     if i == 0:
       self.perm = self.torch.randperm(len(self.images), device=self.device)
     self.step_count += 1
-    idx = self.perm[i * self.batch:(i + 1) * self.batch]
+    idx = self.perm[i * self.batch : (i + 1) * self.batch]
     x = normalize(augment(self.images[idx]), self.mean, self.std)
     if self.args.no_channels_last:
       x = x.contiguous()
@@ -433,14 +474,27 @@ def _mfu(rate, gflops, peak, n):
 def bench_row(args, model: str, batch: int, dtype: str, device: str) -> dict:
   """Measures one (model, batch, dtype) row with the keys of ROW_KEYS."""
   import torch  # pylint: disable=g-import-not-at-top
-  kind = (torch.cuda.get_device_name(torch.device(device))
-          if device.startswith("cuda") else platform.processor() or "cpu")
+
+  kind = (
+    torch.cuda.get_device_name(torch.device(device))
+    if device.startswith("cuda")
+    else platform.processor() or "cpu"
+  )
   row = dict.fromkeys(ROW_KEYS)
-  row.update(framework="pytorch", model=model, global_batch=batch,
-             dtype=dtype, parallel_seeds=1, devices=1, device_kind=kind,
-             backend=device.split(":")[0], steps=args.steps,
-             repeats=args.repeats, warmup=args.warmup,
-             peak_tflops=peak_tflops(kind, dtype, args.peak_tflops))
+  row.update(
+    framework="pytorch",
+    model=model,
+    global_batch=batch,
+    dtype=dtype,
+    parallel_seeds=1,
+    devices=1,
+    device_kind=kind,
+    backend=device.split(":")[0],
+    steps=args.steps,
+    repeats=args.repeats,
+    warmup=args.warmup,
+    peak_tflops=peak_tflops(kind, dtype, args.peak_tflops),
+  )
   if device.startswith("cuda"):
     torch.cuda.reset_peak_memory_stats()
   try:
@@ -449,12 +503,14 @@ def bench_row(args, model: str, batch: int, dtype: str, device: str) -> dict:
     row["train_gflops_per_image"] = 3 * b.macs * 2 / 1e9
     row["compile_s"] = b.first_step()
     row["step_times_s"] = b.time_blocks(b.bare_step)
-    row["step_images_per_sec"] = _median_rate(batch, args.steps,
-                                              row["step_times_s"])
+    row["step_images_per_sec"] = _median_rate(
+      batch, args.steps, row["step_times_s"]
+    )
     if not args.no_aug:
       row["aug_step_times_s"] = b.time_blocks(b.aug_step)
       row["aug_step_images_per_sec"] = _median_rate(
-          batch, args.steps, row["aug_step_times_s"])
+        batch, args.steps, row["aug_step_times_s"]
+      )
     if not args.no_loop:
       row["loop_images_per_sec"], row["loop_intervals"] = b.loop()
     row["settings"] = b.settings()
@@ -490,17 +546,21 @@ def _fmt(value, spec: str) -> str:
 
 # (header, key, format spec, width); negative width = left-aligned.
 TABLE_COLUMNS = (
-    ("model", "model", "", -15), ("batch", "global_batch", "", 6),
-    ("dtype", "dtype", "", -8), ("seeds", "parallel_seeds", "", 5),
-    ("dev", "devices", "", 3), ("conv", "conv_impl", "", -7),
-    ("compile s", "compile_s", ".1f", 9),
-    ("step img/s", "step_images_per_sec", ",.0f", 10),
-    ("aug img/s", "aug_step_images_per_sec", ",.0f", 10),
-    ("loop img/s", "loop_images_per_sec", ",.0f", 10),
-    ("loop/step", "loop_step_ratio", ".2f", 9),
-    ("GFLOP/img", "train_gflops_per_image", ".3f", 9),
-    ("TFLOP/s", "achieved_tflops", ".2f", 8), ("MFU", "mfu", "%", 6),
-    ("peak GiB", "peak_memory_bytes", "GiB", 8),
+  ("model", "model", "", -15),
+  ("batch", "global_batch", "", 6),
+  ("dtype", "dtype", "", -8),
+  ("seeds", "parallel_seeds", "", 5),
+  ("dev", "devices", "", 3),
+  ("conv", "conv_impl", "", -7),
+  ("compile s", "compile_s", ".1f", 9),
+  ("step img/s", "step_images_per_sec", ",.0f", 10),
+  ("aug img/s", "aug_step_images_per_sec", ",.0f", 10),
+  ("loop img/s", "loop_images_per_sec", ",.0f", 10),
+  ("loop/step", "loop_step_ratio", ".2f", 9),
+  ("GFLOP/img", "train_gflops_per_image", ".3f", 9),
+  ("TFLOP/s", "achieved_tflops", ".2f", 8),
+  ("MFU", "mfu", "%", 6),
+  ("peak GiB", "peak_memory_bytes", "GiB", 8),
 )
 
 
@@ -510,11 +570,14 @@ def format_table(rows) -> str:
   def cell(text, width):
     return text.ljust(-width) if width < 0 else text.rjust(width)
 
-  lines = ["  ".join(cell(h, w) for h, _, _, w in TABLE_COLUMNS),
-           "  ".join("-" * abs(w) for _, _, _, w in TABLE_COLUMNS)]
+  lines = [
+    "  ".join(cell(h, w) for h, _, _, w in TABLE_COLUMNS),
+    "  ".join("-" * abs(w) for _, _, _, w in TABLE_COLUMNS),
+  ]
   for row in rows:
-    line = "  ".join(cell(_fmt(row.get(k), s), w)
-                     for _, k, s, w in TABLE_COLUMNS)
+    line = "  ".join(
+      cell(_fmt(row.get(k), s), w) for _, k, s, w in TABLE_COLUMNS
+    )
     if row.get("error"):
       line += f"  ({row['error']})"
     if row.get("settings"):
@@ -526,13 +589,14 @@ def format_table(rows) -> str:
 def _csv(kind):
   def parse(text):
     return [kind(v) for v in text.split(",") if v.strip()]
+
   return parse
 
 
 def parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
-      description=__doc__,
-      formatter_class=argparse.RawDescriptionHelpFormatter)
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument("--model", type=_csv(str), default=["resnet56"])
   p.add_argument("--batch", type=_csv(int), default=[1000])
   p.add_argument("--dtype", type=_csv(str), default=["bfloat16"])
@@ -548,12 +612,19 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--lr", type=float, default=0.1)
   p.add_argument("--momentum", type=float, default=0.9)
   p.add_argument("--weight-decay", type=float, default=5e-4)
-  p.add_argument("--device", default=None,
-                 help="cuda, cuda:N or cpu (default: cuda if available)")
-  p.add_argument("--no-compile", action="store_true",
-                 help="run eagerly (no torch.compile)")
-  p.add_argument("--compile-mode", default="default",
-                 help="torch.compile mode, e.g. max-autotune")
+  p.add_argument(
+    "--device",
+    default=None,
+    help="cuda, cuda:N or cpu (default: cuda if available)",
+  )
+  p.add_argument(
+    "--no-compile", action="store_true", help="run eagerly (no torch.compile)"
+  )
+  p.add_argument(
+    "--compile-mode",
+    default="default",
+    help="torch.compile mode, e.g. max-autotune",
+  )
   p.add_argument("--no-channels-last", action="store_true")
   p.add_argument("--json", default=None)
   return p
@@ -562,6 +633,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
   args = parser().parse_args(argv)
   import torch  # pylint: disable=g-import-not-at-top
+
   device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
   if device.startswith("cuda"):
     torch.backends.cudnn.benchmark = True
@@ -574,12 +646,20 @@ def main(argv=None) -> int:
   for model in args.model:
     for batch in args.batch:
       for dtype in args.dtype:
-        print(f"pytorch: {model}, batch {batch}, {dtype} on {device}...",
-              file=sys.stderr, flush=True)
+        print(
+          f"pytorch: {model}, batch {batch}, {dtype} on {device}...",
+          file=sys.stderr,
+          flush=True,
+        )
         if model not in EXPECTED_PARAMS:
           row = dict.fromkeys(ROW_KEYS)
-          row.update(framework="pytorch", model=model, global_batch=batch,
-                     dtype=dtype, error="not in the PyTorch reference")
+          row.update(
+            framework="pytorch",
+            model=model,
+            global_batch=batch,
+            dtype=dtype,
+            error="not in the PyTorch reference",
+          )
         else:
           row = bench_row(args, model, batch, dtype, device)
         rows.append(row)
@@ -590,10 +670,14 @@ def main(argv=None) -> int:
 
 
 def _write_json(path: str, rows, argv) -> None:
-  payload = {"meta": {"argv": list(sys.argv[1:] if argv is None else argv),
-                      "python": platform.python_version(),
-                      "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
-             "rows": rows}
+  payload = {
+    "meta": {
+      "argv": list(sys.argv[1:] if argv is None else argv),
+      "python": platform.python_version(),
+      "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    },
+    "rows": rows,
+  }
   with open(path + ".tmp", "w") as f:
     json.dump(payload, f, indent=2)
     f.write("\n")

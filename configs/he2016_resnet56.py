@@ -33,7 +33,10 @@ def get_config():
   config.schedule.name = "piecewise"  # Step decay, no warm-up for ResNet-56.
   config.schedule.max_lr = 0.1  # "start with a learning rate of 0.1".
   config.schedule.unit = "steps"  # Boundaries in iterations, as the paper.
-  config.schedule.boundaries = (32_000, 48_000)  # "divide it by 10 at 32k and 48k".
+  config.schedule.boundaries = (
+    32_000,
+    48_000,
+  )  # "divide it by 10 at 32k and 48k".
   config.schedule.decay_factors = (0.1, 0.1)  # Divide by 10 each time.
   config.eval_every_epochs = 5.0  # Test accuracy every 1,950 steps.
   return config

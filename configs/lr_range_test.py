@@ -9,13 +9,14 @@ exactly that run's model, batch, weight decay and momentum:
   configs/lr_range_test.py                 linear (Smith), CPU-sized ResNet-20
   configs/lr_range_test.py:exponential     exponential (fastai), ResNet-20
   configs/lr_range_test.py:exponential,onecycle_resnet56
-                                           exponential on configs/onecycle_resnet56.py
+                            exponential on configs/onecycle_resnet56.py
 
 Run (CIFAR-10, JPEG q75 copy, 2 CPU cores, about 10 minutes each):
   python -m superconv.lr_range_test --config configs/lr_range_test.py \
       --workdir runs/lr_range_linear \
       --config.dataset=folder:../shared/data/cifar10-jpeg.tar.xz
-  python -m superconv.lr_range_test --config configs/lr_range_test.py:exponential \
+  python -m superconv.lr_range_test \
+      --config configs/lr_range_test.py:exponential \
       --workdir runs/lr_range_exponential \
       --config.dataset=folder:../shared/data/cifar10-jpeg.tar.xz
 
@@ -46,11 +47,12 @@ from superconv import lr_range_test
 
 def _training_config(name: str):
   """get_config() of configs/<name>.py (a sibling of this file)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                      f"{name}.py")
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
   if not os.path.isfile(path):
-    raise ValueError(f"--config: no training config {path} (the argument"
-                     " after ':' is mode[,training config name])")
+    raise ValueError(
+      f"--config: no training config {path} (the argument"
+      " after ':' is mode[,training config name])"
+    )
   spec = importlib.util.spec_from_file_location(f"_configs_{name}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -62,8 +64,10 @@ def get_config(arg: str | None = None):
   parts = [p.strip() for p in (arg or "").split(",") if p.strip()]
   mode = parts[0] if parts else "linear"
   if mode not in lr_range_test.MODES:
-    raise ValueError(f"--config: unknown range-test mode {mode!r} after ':';"
-                     f" valid: {', '.join(lr_range_test.MODES)}")
+    raise ValueError(
+      f"--config: unknown range-test mode {mode!r} after ':';"
+      f" valid: {', '.join(lr_range_test.MODES)}"
+    )
   if len(parts) > 1:
     # The training run's own model, data, batch, optimizer and seed.
     config = _training_config(parts[1])

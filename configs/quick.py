@@ -22,7 +22,8 @@ def get_config():
   config.batch_size = 256  # Global batch.
   config.num_epochs = 2.0  # Short: 390 steps of 256 images.
   config.weight_decay = 5e-4  # Stronger decay suits short schedules.
-  config.schedule.name = "one_cycle"  # PyTorch OneCycleLR: cosine rise, cosine anneal.
+  # PyTorch OneCycleLR: cosine rise, cosine anneal.
+  config.schedule.name = "one_cycle"
   config.schedule.max_lr = 0.4  # Peak LR.
   config.schedule.pct_start = 0.25  # A quarter of the run rising.
   config.schedule.cycle_momentum = True  # 0.95 -> 0.85 -> 0.95, as OneCycleLR.

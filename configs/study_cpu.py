@@ -34,8 +34,9 @@ _SCHEDULES = ("onecycle", "piecewise")
 
 def get_config(schedule: str = "onecycle"):
   if schedule not in _SCHEDULES:
-    raise ValueError(f"configs/study_cpu.py:<schedule>: one of {_SCHEDULES},"
-                     f" got {schedule!r}")
+    raise ValueError(
+      f"configs/study_cpu.py:<schedule>: one of {_SCHEDULES}, got {schedule!r}"
+    )
   config = config_lib.base_config()
   config.dataset = "tfds:cifar10"  # Or folder:<CIFAR-10 image folder>.
   config.model = "resnet20"  # Smallest He et al. CIFAR ResNet (0.27M params).

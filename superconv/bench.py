@@ -34,8 +34,8 @@ step and aug are timed device-synchronized (`jax.block_until_ready` after
 median repeat. Compile time is the AOT `lower().compile()` time of the bare
 step (timing runs share a fresh persistent compilation cache, deleted at
 exit, so the loop does not compile again what the steps compiled; see
-`fresh_compile_cache`). Training FLOPs per image are analytic: 3 x forward MACs x 2
-(`models.forward_macs`: convolutions and the classifier; ResNet-56 is
+`fresh_compile_cache`). Training FLOPs per image are analytic: 3 x forward
+MACs x 2 (`models.forward_macs`: convolutions and the classifier; ResNet-56 is
 125.5 M MACs, so 0.753 GFLOP). MFU = achieved FLOP/s / (peak FLOP/s of one
 device x devices), the peak from `PEAK_TFLOPS` (dense, no sparsity) or
 `--peak-tflops`; unknown devices (CPUs) print '-'. Peak memory is the
@@ -63,6 +63,7 @@ load. See benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Sequence
 import contextlib
 import functools
 import gc
@@ -78,7 +79,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -87,15 +87,11 @@ import numpy as np
 from superconv import config as config_lib
 from superconv import conv as conv_lib
 from superconv import data as data_lib
-from superconv import input_pipeline
-from superconv import metric_writer
-from superconv import models
-from superconv import storage
-from superconv import train
+from superconv import input_pipeline, metric_writer, models, storage, train
 
 log = logging.getLogger("superconv")
 AXIS = input_pipeline.AXIS
-GIB = 2.0 ** 30
+GIB = 2.0**30
 
 # ============================================================================
 # Analytic FLOPs, device peaks, MFU
@@ -107,22 +103,23 @@ GIB = 2.0 ** 30
 # (TF32 tensor cores); TPUs run float32 matmuls as several bfloat16 passes
 # and publish no float32 peak (None = unknown).
 PEAK_TFLOPS: tuple[tuple[str, dict[str, float | None]], ...] = (
-    ("h100 pcie", {"bfloat16": 756.0, "float32": 378.0}),
-    ("h100", {"bfloat16": 989.0, "float32": 494.7}),  # SXM
-    ("h200", {"bfloat16": 989.0, "float32": 494.7}),  # SXM
-    ("a100", {"bfloat16": 312.0, "float32": 156.0}),  # SXM/PCIe
-    ("tpu v4", {"bfloat16": 275.0, "float32": None}),
-    ("tpu v5 lite", {"bfloat16": 197.0, "float32": None}),  # v5e
-    ("tpu v5e", {"bfloat16": 197.0, "float32": None}),
-    ("tpu v5p", {"bfloat16": 459.0, "float32": None}),
-    ("tpu v5", {"bfloat16": 459.0, "float32": None}),  # v5p reports "TPU v5"
-    ("tpu v6 lite", {"bfloat16": 918.0, "float32": None}),  # v6e (Trillium)
-    ("tpu v6e", {"bfloat16": 918.0, "float32": None}),
+  ("h100 pcie", {"bfloat16": 756.0, "float32": 378.0}),
+  ("h100", {"bfloat16": 989.0, "float32": 494.7}),  # SXM
+  ("h200", {"bfloat16": 989.0, "float32": 494.7}),  # SXM
+  ("a100", {"bfloat16": 312.0, "float32": 156.0}),  # SXM/PCIe
+  ("tpu v4", {"bfloat16": 275.0, "float32": None}),
+  ("tpu v5 lite", {"bfloat16": 197.0, "float32": None}),  # v5e
+  ("tpu v5e", {"bfloat16": 197.0, "float32": None}),
+  ("tpu v5p", {"bfloat16": 459.0, "float32": None}),
+  ("tpu v5", {"bfloat16": 459.0, "float32": None}),  # v5p reports "TPU v5"
+  ("tpu v6 lite", {"bfloat16": 918.0, "float32": None}),  # v6e (Trillium)
+  ("tpu v6e", {"bfloat16": 918.0, "float32": None}),
 )
 
 
-def peak_tflops(device_kind: str, dtype: str,
-                override: float | None = None) -> float | None:
+def peak_tflops(
+  device_kind: str, dtype: str, override: float | None = None
+) -> float | None:
   """Peak dense TFLOP/s of one device of `device_kind` in `dtype`.
 
   `override` (--peak-tflops) wins; None when the device is not in
@@ -137,30 +134,40 @@ def peak_tflops(device_kind: str, dtype: str,
   return None
 
 
-def train_gflops_per_image(model: str, *, num_classes: int = 10,
-                           image_size: int = 32, shortcut: str = "A") -> float:
+def train_gflops_per_image(
+  model: str,
+  *,
+  num_classes: int = 10,
+  image_size: int = 32,
+  shortcut: str = "A",
+) -> float:
   """Analytic training GFLOPs of one image: 3 passes x MACs x 2 FLOPs.
 
   The backward pass costs about twice the forward (gradients with respect
   to activations and to weights), hence 3 x forward; BN, relu, adds and
   the optimizer update are not counted (as in the usual MFU convention).
   """
-  macs = models.forward_macs(model, num_classes=num_classes,
-                             image_size=image_size, shortcut=shortcut)
+  macs = models.forward_macs(
+    model, num_classes=num_classes, image_size=image_size, shortcut=shortcut
+  )
   return 3 * macs * 2 / 1e9
 
 
-def achieved_tflops(images_per_sec: float | None,
-                    gflops_per_image: float) -> float | None:
+def achieved_tflops(
+  images_per_sec: float | None, gflops_per_image: float
+) -> float | None:
   """Model TFLOP/s achieved at `images_per_sec` (all devices together)."""
   if images_per_sec is None:
     return None
   return images_per_sec * gflops_per_image / 1e3
 
 
-def mfu(images_per_sec: float | None, gflops_per_image: float,
-        peak_tflops_per_device: float | None,
-        num_devices: int) -> float | None:
+def mfu(
+  images_per_sec: float | None,
+  gflops_per_image: float,
+  peak_tflops_per_device: float | None,
+  num_devices: int,
+) -> float | None:
   """Model FLOPs utilization in [0, 1]: achieved / (peak x devices)."""
   tflops = achieved_tflops(images_per_sec, gflops_per_image)
   if tflops is None or not peak_tflops_per_device:
@@ -180,8 +187,11 @@ def make_bare_step(config, num_classes: int):
   replica axis of the state, as in training; the replicas share the fixed
   batch (the cost does not depend on which images they see).
   """
-  step = functools.partial(train.step_on_batch, num_classes=num_classes,
-                           label_smoothing=config.label_smoothing)
+  step = functools.partial(
+    train.step_on_batch,
+    num_classes=num_classes,
+    label_smoothing=config.label_smoothing,
+  )
   if len(train.replica_seeds(config)) > 1:
     step = jax.vmap(step, in_axes=(0, None, None))
   return train._pmap(step, donate_state=True)  # pylint: disable=protected-access
@@ -196,16 +206,30 @@ def fixed_batch(dataset: data_lib.Dataset, aug, *, seed: int, step: int = 0):
   n = jax.local_device_count()
   images = jnp.asarray(dataset.train_images)
   labels = jnp.asarray(dataset.train_labels.astype(np.int32))
-  select = jax.jit(functools.partial(
-      input_pipeline.train_batch, seed=seed, aug=aug, num_shards=n))
-  xs, ys = zip(*[select(images, labels, jnp.int32(step),
-                        shard_index=jnp.int32(i)) for i in range(n)])
+  select = jax.jit(
+    functools.partial(
+      input_pipeline.train_batch, seed=seed, aug=aug, num_shards=n
+    )
+  )
+  xs, ys = zip(
+    *[
+      select(images, labels, jnp.int32(step), shard_index=jnp.int32(i))
+      for i in range(n)
+    ]
+  )
   x, y = jax.device_get((jnp.stack(xs), jnp.stack(ys)))
   return input_pipeline.shard(np.asarray(x)), input_pipeline.shard(y)
 
 
-def time_steps(step_fn: Callable, state, args: Sequence, *, steps: int,
-               repeats: int, warmup: int):
+def time_steps(
+  step_fn: Callable,
+  state,
+  args: Sequence,
+  *,
+  steps: int,
+  repeats: int,
+  warmup: int,
+):
   """Runs `warmup` steps, then `repeats` timed blocks of `steps` steps.
 
   Each block ends with `jax.block_until_ready` on the state and metrics,
@@ -275,15 +299,24 @@ def compiled_memory_bytes(compiled) -> int | None:
     m = compiled.memory_analysis()
     if isinstance(m, (list, tuple)):
       m = m[0]
-    return int(m.argument_size_in_bytes + m.output_size_in_bytes
-               + m.temp_size_in_bytes - m.alias_size_in_bytes)
+    return int(
+      m.argument_size_in_bytes
+      + m.output_size_in_bytes
+      + m.temp_size_in_bytes
+      - m.alias_size_in_bytes
+    )
   except Exception:  # pylint: disable=broad-except
     return None
 
 
-_OOM_MARKERS = ("RESOURCE_EXHAUSTED", "out of memory", "Out of memory",
-                "OutOfMemory", "Resource exhausted",
-                "CUDA_ERROR_OUT_OF_MEMORY")
+_OOM_MARKERS = (
+  "RESOURCE_EXHAUSTED",
+  "out of memory",
+  "Out of memory",
+  "OutOfMemory",
+  "Resource exhausted",
+  "CUDA_ERROR_OUT_OF_MEMORY",
+)
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -295,8 +328,9 @@ def is_out_of_memory(error: BaseException) -> bool:
   return any(m in text for m in _OOM_MARKERS)
 
 
-def find_max_batch(fits: Callable[[int], bool], *, start: int, limit: int,
-                   multiple: int = 1) -> tuple[int, list[tuple[int, bool]]]:
+def find_max_batch(
+  fits: Callable[[int], bool], *, start: int, limit: int, multiple: int = 1
+) -> tuple[int, list[tuple[int, bool]]]:
   """Largest batch (a multiple of `multiple`, <= limit) for which fits().
 
   Doubles from `start` (rounded up to a multiple) while it fits, then
@@ -306,8 +340,9 @@ def find_max_batch(fits: Callable[[int], bool], *, start: int, limit: int,
   (batch, fits) tried, in order.
   """
   if multiple < 1 or limit < multiple:
-    raise ValueError(f"need 1 <= multiple <= limit, got multiple={multiple},"
-                     f" limit={limit}")
+    raise ValueError(
+      f"need 1 <= multiple <= limit, got multiple={multiple}, limit={limit}"
+    )
   trials: list[tuple[int, bool]] = []
   tried: dict[int, bool] = {}
 
@@ -346,25 +381,39 @@ def find_max_batch(fits: Callable[[int], bool], *, start: int, limit: int,
 # Every row (JAX here, PyTorch in benchmarks/pytorch_reference.py) has these
 # keys; None where a value is unknown or was not measured.
 ROW_KEYS = (
-    "framework",  # "jax" | "pytorch"
-    "model", "params", "global_batch", "dtype",
-    # Replicas trained in one program (config.num_parallel_seeds); every
-    # images/s below counts all of them (K x global_batch per step).
-    "parallel_seeds",
-    "devices", "device_kind", "backend",
-    "conv_impl",  # superconv.conv implementation, resolved ('xla' | 'chunked').
-    "settings",  # How the step was built (compiler, layout, ...).
-    "compile_s",  # Seconds to compile the bare step.
-    "step_images_per_sec", "step_times_s",  # Bare step.
-    "aug_step_images_per_sec", "aug_step_times_s",  # Step with augmentation.
-    "loop_images_per_sec", "loop_intervals",  # Training loop.
-    "loop_step_ratio",  # loop / step images/s.
-    "forward_macs", "train_gflops_per_image",
-    "achieved_tflops", "peak_tflops", "mfu",  # From the bare step.
-    "loop_mfu",  # From the loop.
-    "peak_memory_bytes", "compiled_memory_bytes",
-    "steps", "repeats", "warmup",
-    "error",  # None, or why the row has no numbers (e.g. out of memory).
+  "framework",  # "jax" | "pytorch"
+  "model",
+  "params",
+  "global_batch",
+  "dtype",
+  # Replicas trained in one program (config.num_parallel_seeds); every
+  # images/s below counts all of them (K x global_batch per step).
+  "parallel_seeds",
+  "devices",
+  "device_kind",
+  "backend",
+  "conv_impl",  # superconv.conv implementation, resolved ('xla' | 'chunked').
+  "settings",  # How the step was built (compiler, layout, ...).
+  "compile_s",  # Seconds to compile the bare step.
+  "step_images_per_sec",
+  "step_times_s",  # Bare step.
+  "aug_step_images_per_sec",
+  "aug_step_times_s",  # Step with augmentation.
+  "loop_images_per_sec",
+  "loop_intervals",  # Training loop.
+  "loop_step_ratio",  # loop / step images/s.
+  "forward_macs",
+  "train_gflops_per_image",
+  "achieved_tflops",
+  "peak_tflops",
+  "mfu",  # From the bare step.
+  "loop_mfu",  # From the loop.
+  "peak_memory_bytes",
+  "compiled_memory_bytes",
+  "steps",
+  "repeats",
+  "warmup",
+  "error",  # None, or why the row has no numbers (e.g. out of memory).
 )
 
 
@@ -377,9 +426,19 @@ def empty_row(**values) -> dict:
   return row
 
 
-def bench_config(model: str, batch: int, dtype: str, *, train_size: int,
-                 loop_steps: int, log_every: int, weight_decay: float = 5e-4,
-                 seed: int = 0, parallel_seeds: int = 1, conv_impl: str = "auto"):
+def bench_config(
+  model: str,
+  batch: int,
+  dtype: str,
+  *,
+  train_size: int,
+  loop_steps: int,
+  log_every: int,
+  weight_decay: float = 5e-4,
+  seed: int = 0,
+  parallel_seeds: int = 1,
+  conv_impl: str = "auto",
+):
   """A training config for the benchmark (synthetic data).
 
   The schedule is constant (a scalar per step: its shape costs nothing and
@@ -415,8 +474,11 @@ def bench_config(model: str, batch: int, dtype: str, *, train_size: int,
 def count_params(model: str, num_classes: int = 10) -> int:
   """Number of parameters of `model` (BatchNorm statistics excluded)."""
   module = models.create_model(model, num_classes=num_classes)
-  shapes = jax.eval_shape(lambda: module.init(
-      jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
+  shapes = jax.eval_shape(
+    lambda: module.init(
+      jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False
+    )
+  )
   return sum(math.prod(x.shape) for x in jax.tree.leaves(shapes["params"]))
 
 
@@ -436,9 +498,9 @@ def _stdout_to_stderr():
 
 
 _CACHE_OPTIONS = {
-    "jax_compilation_cache_dir": None,  # Set to a fresh temporary directory.
-    "jax_persistent_cache_min_compile_time_secs": 0.0,
-    "jax_persistent_cache_min_entry_size_bytes": -1,
+  "jax_compilation_cache_dir": None,  # Set to a fresh temporary directory.
+  "jax_persistent_cache_min_compile_time_secs": 0.0,
+  "jax_persistent_cache_min_entry_size_bytes": -1,
 }
 
 
@@ -455,6 +517,7 @@ def fresh_compile_cache(enabled: bool = True):
     yield None
     return
   from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=g-import-not-at-top
+
   old = {name: getattr(jax.config, name) for name in _CACHE_OPTIONS}
   with tempfile.TemporaryDirectory(prefix="superconv-bench-xla-") as cache:
     compilation_cache.reset_cache()  # The cache is set up once per process.
@@ -469,15 +532,18 @@ def fresh_compile_cache(enabled: bool = True):
 
 
 def _synthetic(config) -> data_lib.Dataset:
-  return data_lib.load("synthetic",
-                       synthetic_train_size=config.synthetic_train_size,
-                       synthetic_test_size=config.synthetic_test_size)
+  return data_lib.load(
+    "synthetic",
+    synthetic_train_size=config.synthetic_train_size,
+    synthetic_test_size=config.synthetic_test_size,
+  )
 
 
 def initial_state(config, run, dataset):
   """The initial train state (config.seed), in host memory."""
-  return jax.device_get(train.create_train_state(
-      config, run.model, dataset.image_shape, run.tx))
+  return jax.device_get(
+    train.create_train_state(config, run.model, dataset.image_shape, run.tx)
+  )
 
 
 def measure_loop(config, dataset) -> tuple[float | None, int]:
@@ -486,21 +552,36 @@ def measure_loop(config, dataset) -> tuple[float | None, int]:
     with _stdout_to_stderr():
       train.train_and_evaluate(config, workdir, dataset)
     seeds = train.replica_seeds(config)
-    logs = (workdir if len(seeds) == 1
-            else train.replica_workdir(workdir, seeds[0]))
+    logs = (
+      workdir if len(seeds) == 1 else train.replica_workdir(workdir, seeds[0])
+    )
     rows = metric_writer.read_jsonl(os.path.join(logs, "metrics.jsonl"))
   train_rows = [r for r in rows if "steps_per_sec" in r]
   # Every replica trains a global batch per step.
-  return (loop_images_per_sec(rows, config.batch_size * len(seeds)),
-          max(0, len(train_rows) - 1))
+  return (
+    loop_images_per_sec(rows, config.batch_size * len(seeds)),
+    max(0, len(train_rows) - 1),
+  )
 
 
-def bench_row(model: str, batch: int, dtype: str, *, steps: int,
-              repeats: int, warmup: int, train_size: int, log_every: int,
-              loop_intervals: int, peak_override: float | None = None,
-              run_aug: bool = True, run_loop: bool = True,
-              dataset: data_lib.Dataset | None = None,
-              parallel_seeds: int = 1, conv_impl: str = "auto") -> dict:
+def bench_row(
+  model: str,
+  batch: int,
+  dtype: str,
+  *,
+  steps: int,
+  repeats: int,
+  warmup: int,
+  train_size: int,
+  log_every: int,
+  loop_intervals: int,
+  peak_override: float | None = None,
+  run_aug: bool = True,
+  run_loop: bool = True,
+  dataset: data_lib.Dataset | None = None,
+  parallel_seeds: int = 1,
+  conv_impl: str = "auto",
+) -> dict:
   """Measures one (model, global batch, dtype) row; see the module doc."""
   devices = jax.local_devices()
   n = len(devices)
@@ -509,23 +590,41 @@ def bench_row(model: str, batch: int, dtype: str, *, steps: int,
   gflops = train_gflops_per_image(model)
   peak = peak_tflops(devices[0].device_kind, dtype, peak_override)
   row = empty_row(
-      framework="jax", model=model, params=count_params(model),
-      global_batch=batch, dtype=dtype, parallel_seeds=parallel_seeds,
-      devices=n, conv_impl=conv_lib.resolve(conv_impl),
-      device_kind=devices[0].device_kind, backend=jax.default_backend(),
-      settings=f"XLA, pmap over {n} device(s), jax {jax.__version__}",
-      forward_macs=models.forward_macs(model),
-      train_gflops_per_image=gflops, peak_tflops=peak, steps=steps,
-      repeats=repeats, warmup=warmup)
+    framework="jax",
+    model=model,
+    params=count_params(model),
+    global_batch=batch,
+    dtype=dtype,
+    parallel_seeds=parallel_seeds,
+    devices=n,
+    conv_impl=conv_lib.resolve(conv_impl),
+    device_kind=devices[0].device_kind,
+    backend=jax.default_backend(),
+    settings=f"XLA, pmap over {n} device(s), jax {jax.__version__}",
+    forward_macs=models.forward_macs(model),
+    train_gflops_per_image=gflops,
+    peak_tflops=peak,
+    steps=steps,
+    repeats=repeats,
+    warmup=warmup,
+  )
   loop_steps = log_every * (loop_intervals + 1)
-  config = bench_config(model, batch, dtype, train_size=train_size,
-                        loop_steps=loop_steps, log_every=log_every,
-                        parallel_seeds=parallel_seeds, conv_impl=conv_impl)
+  config = bench_config(
+    model,
+    batch,
+    dtype,
+    train_size=train_size,
+    loop_steps=loop_steps,
+    log_every=log_every,
+    parallel_seeds=parallel_seeds,
+    conv_impl=conv_impl,
+  )
   images_per_step = batch * parallel_seeds
   if dataset is None or len(dataset.train_images) < batch:
     dataset = _synthetic(config)
   config_lib.validate_with_data(
-      config, num_train_examples=dataset.train_images.shape[0])
+    config, num_train_examples=dataset.train_images.shape[0]
+  )
   run = train.setup(config, dataset)
   try:
     init = initial_state(config, run, dataset)
@@ -533,24 +632,31 @@ def bench_row(model: str, batch: int, dtype: str, *, steps: int,
     x, y = fixed_batch(dataset, run.aug, seed=config.seed)
     state = input_pipeline.replicate_tree(init)
     t0 = time.perf_counter()
-    compiled = make_bare_step(config, dataset.num_classes).lower(
-        state, x, y).compile()
+    compiled = (
+      make_bare_step(config, dataset.num_classes).lower(state, x, y).compile()
+    )
     row["compile_s"] = time.perf_counter() - t0
     row["compiled_memory_bytes"] = compiled_memory_bytes(compiled)
-    state, times = time_steps(compiled, state, (x, y), steps=steps,
-                              repeats=repeats, warmup=warmup)
+    state, times = time_steps(
+      compiled, state, (x, y), steps=steps, repeats=repeats, warmup=warmup
+    )
     row["step_times_s"] = times
     row["step_images_per_sec"] = rate(images_per_step, steps, times)
     del state, x, y, compiled
     # --- The real step: batch selection + augmentation on device ------------
     if run_aug:
       images = input_pipeline.replicate(dataset.train_images)
-      labels = input_pipeline.replicate(
-          dataset.train_labels.astype(np.int32))
+      labels = input_pipeline.replicate(dataset.train_labels.astype(np.int32))
       state = input_pipeline.replicate_tree(init)
       p_step = train.make_train_step(config, dataset, run.aug)
-      state, times = time_steps(p_step, state, (images, labels), steps=steps,
-                                repeats=repeats, warmup=max(1, warmup))
+      state, times = time_steps(
+        p_step,
+        state,
+        (images, labels),
+        steps=steps,
+        repeats=repeats,
+        warmup=max(1, warmup),
+      )
       row["aug_step_times_s"] = times
       row["aug_step_images_per_sec"] = rate(images_per_step, steps, times)
       del state, images, labels, p_step
@@ -558,13 +664,19 @@ def bench_row(model: str, batch: int, dtype: str, *, steps: int,
     if run_loop:
       gc.collect()
       row["loop_images_per_sec"], row["loop_intervals"] = measure_loop(
-          config, dataset)
+        config, dataset
+      )
   except Exception as e:  # pylint: disable=broad-except
     if not is_out_of_memory(e):
       raise
     row["error"] = "out of memory"
-    log.warning("%s batch %d %s: out of memory (%s)", model, batch, dtype,
-                str(e).splitlines()[0][:200])
+    log.warning(
+      "%s batch %d %s: out of memory (%s)",
+      model,
+      batch,
+      dtype,
+      str(e).splitlines()[0][:200],
+    )
   finally:
     gc.collect()
   row["peak_memory_bytes"] = peak_memory_bytes()
@@ -575,8 +687,11 @@ def bench_row(model: str, batch: int, dtype: str, *, steps: int,
 def finish_row(row: dict) -> dict:
   """Fills the derived fields (ratio, TFLOP/s, MFU) of a measured row."""
   step, loop = row["step_images_per_sec"], row["loop_images_per_sec"]
-  gflops, peak, n = (row["train_gflops_per_image"], row["peak_tflops"],
-                     row["devices"])
+  gflops, peak, n = (
+    row["train_gflops_per_image"],
+    row["peak_tflops"],
+    row["devices"],
+  )
   row["loop_step_ratio"] = loop / step if step and loop else None
   row["achieved_tflops"] = achieved_tflops(step, gflops)
   row["mfu"] = mfu(step, gflops, peak, n)
@@ -603,21 +718,21 @@ def _gib(v):
 
 # (header, row key, formatter, width).
 TABLE_COLUMNS = (
-    ("model", "model", str, -15),
-    ("batch", "global_batch", str, 6),
-    ("dtype", "dtype", str, -8),
-    ("seeds", "parallel_seeds", str, 5),
-    ("dev", "devices", str, 3),
-    ("conv", "conv_impl", str, -7),
-    ("compile s", "compile_s", _num(".1f"), 9),
-    ("step img/s", "step_images_per_sec", _num(",.0f"), 10),
-    ("aug img/s", "aug_step_images_per_sec", _num(",.0f"), 10),
-    ("loop img/s", "loop_images_per_sec", _num(",.0f"), 10),
-    ("loop/step", "loop_step_ratio", _num(".2f"), 9),
-    ("GFLOP/img", "train_gflops_per_image", _num(".3f"), 9),
-    ("TFLOP/s", "achieved_tflops", _num(".2f"), 8),
-    ("MFU", "mfu", _pct, 6),
-    ("peak GiB", "peak_memory_bytes", _gib, 8),
+  ("model", "model", str, -15),
+  ("batch", "global_batch", str, 6),
+  ("dtype", "dtype", str, -8),
+  ("seeds", "parallel_seeds", str, 5),
+  ("dev", "devices", str, 3),
+  ("conv", "conv_impl", str, -7),
+  ("compile s", "compile_s", _num(".1f"), 9),
+  ("step img/s", "step_images_per_sec", _num(",.0f"), 10),
+  ("aug img/s", "aug_step_images_per_sec", _num(",.0f"), 10),
+  ("loop img/s", "loop_images_per_sec", _num(",.0f"), 10),
+  ("loop/step", "loop_step_ratio", _num(".2f"), 9),
+  ("GFLOP/img", "train_gflops_per_image", _num(".3f"), 9),
+  ("TFLOP/s", "achieved_tflops", _num(".2f"), 8),
+  ("MFU", "mfu", _pct, 6),
+  ("peak GiB", "peak_memory_bytes", _gib, 8),
 )
 
 
@@ -631,15 +746,20 @@ def format_table(rows: Sequence[dict], columns=TABLE_COLUMNS) -> str:
   A row with an `error` shows it after the columns.
   """
   lines = ["  ".join(_cell(h, w) for h, _, _, w in columns)]
-  lines.append("  ".join("-" * abs(w) if abs(w) >= len(h) else "-" * len(h)
-                         for h, _, _, w in columns))
+  lines.append(
+    "  ".join(
+      "-" * abs(w) if abs(w) >= len(h) else "-" * len(h)
+      for h, _, _, w in columns
+    )
+  )
   for row in rows:
     cells = []
     for header, key, fmt, width in columns:
       value = row.get(key)
       text = "-" if value is None else fmt(value)
-      cells.append(_cell(text, max(abs(width), len(header))
-                         * (1 if width > 0 else -1)))
+      cells.append(
+        _cell(text, max(abs(width), len(header)) * (1 if width > 0 else -1))
+      )
     line = "  ".join(cells)
     if row.get("error"):
       line += f"  ({row['error']})"
@@ -647,8 +767,9 @@ def format_table(rows: Sequence[dict], columns=TABLE_COLUMNS) -> str:
   return "\n".join(lines)
 
 
-def compare_rows(jax_rows: Sequence[dict],
-                 torch_rows: Sequence[dict]) -> list[dict]:
+def compare_rows(
+  jax_rows: Sequence[dict], torch_rows: Sequence[dict]
+) -> list[dict]:
   """JAX / PyTorch ratios of each rate, matched by (model, batch, dtype).
 
   A JAX row with K parallel seeds counts the images of all K replicas, so
@@ -660,10 +781,14 @@ def compare_rows(jax_rows: Sequence[dict],
     t = by_key.get((j["model"], j["global_batch"], j["dtype"]))
     if t is None:
       continue
-    row = {"model": j["model"], "global_batch": j["global_batch"],
-           "dtype": j["dtype"], "parallel_seeds": j.get("parallel_seeds"),
-           "conv_impl": j.get("conv_impl"),
-           "torch_settings": t.get("settings")}
+    row = {
+      "model": j["model"],
+      "global_batch": j["global_batch"],
+      "dtype": j["dtype"],
+      "parallel_seeds": j.get("parallel_seeds"),
+      "conv_impl": j.get("conv_impl"),
+      "torch_settings": t.get("settings"),
+    }
     for what in ("step", "aug_step", "loop"):
       a, b = j.get(f"{what}_images_per_sec"), t.get(f"{what}_images_per_sec")
       row[f"jax_{what}_images_per_sec"] = a
@@ -674,30 +799,30 @@ def compare_rows(jax_rows: Sequence[dict],
 
 
 COMPARE_COLUMNS = (
-    ("model", "model", str, -15),
-    ("batch", "global_batch", str, 6),
-    ("dtype", "dtype", str, -8),
-    ("seeds", "parallel_seeds", str, 5),
-    ("conv", "conv_impl", str, -7),
-    ("jax step", "jax_step_images_per_sec", _num(",.0f"), 9),
-    ("torch step", "torch_step_images_per_sec", _num(",.0f"), 10),
-    ("ratio", "step_ratio", _num(".2f"), 5),
-    ("jax aug", "jax_aug_step_images_per_sec", _num(",.0f"), 9),
-    ("torch aug", "torch_aug_step_images_per_sec", _num(",.0f"), 9),
-    ("ratio", "aug_step_ratio", _num(".2f"), 5),
-    ("jax loop", "jax_loop_images_per_sec", _num(",.0f"), 9),
-    ("torch loop", "torch_loop_images_per_sec", _num(",.0f"), 10),
-    ("ratio", "loop_ratio", _num(".2f"), 5),
-    ("torch settings", "torch_settings", str, -14),
+  ("model", "model", str, -15),
+  ("batch", "global_batch", str, 6),
+  ("dtype", "dtype", str, -8),
+  ("seeds", "parallel_seeds", str, 5),
+  ("conv", "conv_impl", str, -7),
+  ("jax step", "jax_step_images_per_sec", _num(",.0f"), 9),
+  ("torch step", "torch_step_images_per_sec", _num(",.0f"), 10),
+  ("ratio", "step_ratio", _num(".2f"), 5),
+  ("jax aug", "jax_aug_step_images_per_sec", _num(",.0f"), 9),
+  ("torch aug", "torch_aug_step_images_per_sec", _num(",.0f"), 9),
+  ("ratio", "aug_step_ratio", _num(".2f"), 5),
+  ("jax loop", "jax_loop_images_per_sec", _num(",.0f"), 9),
+  ("torch loop", "torch_loop_images_per_sec", _num(",.0f"), 10),
+  ("ratio", "loop_ratio", _num(".2f"), 5),
+  ("torch settings", "torch_settings", str, -14),
 )
 
 MAX_BATCH_COLUMNS = (
-    ("model", "model", str, -15),
-    ("dtype", "dtype", str, -8),
-    ("dev", "devices", str, 3),
-    ("max batch", "max_batch", str, 9),
-    ("limit", "limit", str, 6),
-    ("trials", "trials_text", str, -5),
+  ("model", "model", str, -15),
+  ("dtype", "dtype", str, -8),
+  ("dev", "devices", str, 3),
+  ("max batch", "max_batch", str, 9),
+  ("limit", "limit", str, 6),
+  ("trials", "trials_text", str, -5),
 )
 
 
@@ -712,18 +837,24 @@ def _tiled(dataset: data_lib.Dataset, size: int) -> data_lib.Dataset:
     return dataset
   reps = -(-size // len(dataset.train_images))
   return data_lib.Dataset(
-      dataset.name, np.concatenate([dataset.train_images] * reps)[:size],
-      np.concatenate([dataset.train_labels] * reps)[:size],
-      dataset.test_images, dataset.test_labels, dataset.class_names)
+    dataset.name,
+    np.concatenate([dataset.train_images] * reps)[:size],
+    np.concatenate([dataset.train_labels] * reps)[:size],
+    dataset.test_images,
+    dataset.test_labels,
+    dataset.class_names,
+  )
 
 
-def train_step_fits(model: str, dtype: str, batch: int, *,
-                    base: data_lib.Dataset, train_size: int) -> bool:
+def train_step_fits(
+  model: str, dtype: str, batch: int, *, base: data_lib.Dataset, train_size: int
+) -> bool:
   """Whether the real training step (data set on device, on-device
   augmentation) compiles and runs two steps at global `batch`."""
   try:
-    config = bench_config(model, batch, dtype, train_size=train_size,
-                          loop_steps=2, log_every=1)
+    config = bench_config(
+      model, batch, dtype, train_size=train_size, loop_steps=2, log_every=1
+    )
     dataset = _tiled(base, max(train_size, batch))
     run = train.setup(config, dataset)
     images = input_pipeline.replicate(dataset.train_images)
@@ -743,22 +874,34 @@ def train_step_fits(model: str, dtype: str, batch: int, *,
     gc.collect()
 
 
-def max_batch_row(model: str, dtype: str, *, start: int, limit: int,
-                  train_size: int) -> dict:
+def max_batch_row(
+  model: str, dtype: str, *, start: int, limit: int, train_size: int
+) -> dict:
   n = jax.local_device_count()
-  base = data_lib.load("synthetic", synthetic_train_size=min(train_size,
-                                                               50_000),
-                       synthetic_test_size=n)
+  base = data_lib.load(
+    "synthetic",
+    synthetic_train_size=min(train_size, 50_000),
+    synthetic_test_size=n,
+  )
   best, trials = find_max_batch(
-      lambda b: train_step_fits(model, dtype, b, base=base,
-                                train_size=train_size),
-      start=start, limit=limit, multiple=n)
-  return {"model": model, "dtype": dtype, "devices": n,
-          "device_kind": jax.local_devices()[0].device_kind,
-          "max_batch": best, "limit": limit, "trials": trials,
-          "trials_text": " ".join(f"{b}{'+' if ok else 'x'}"
-                                  for b, ok in trials),
-          "peak_memory_bytes": peak_memory_bytes()}
+    lambda b: train_step_fits(
+      model, dtype, b, base=base, train_size=train_size
+    ),
+    start=start,
+    limit=limit,
+    multiple=n,
+  )
+  return {
+    "model": model,
+    "dtype": dtype,
+    "devices": n,
+    "device_kind": jax.local_devices()[0].device_kind,
+    "max_batch": best,
+    "limit": limit,
+    "trials": trials,
+    "trials_text": " ".join(f"{b}{'+' if ok else 'x'}" for b, ok in trials),
+    "peak_memory_bytes": peak_memory_bytes(),
+  }
 
 
 # ============================================================================
@@ -773,8 +916,9 @@ def default_torch_script() -> str:
   return os.path.join(repo, "benchmarks", "pytorch_reference.py")
 
 
-def run_pytorch(args, models_: Sequence[str], batches: Sequence[int],
-                dtypes: Sequence[str]) -> list[dict]:
+def run_pytorch(
+  args, models_: Sequence[str], batches: Sequence[int], dtypes: Sequence[str]
+) -> list[dict]:
   """Runs the PyTorch reference in a subprocess; returns its rows."""
   python = args.torch_python or os.environ.get(TORCH_PYTHON_ENV) or "python"
   script = args.torch_script or default_torch_script()
@@ -782,14 +926,30 @@ def run_pytorch(args, models_: Sequence[str], batches: Sequence[int],
     raise RuntimeError(f"--torch-script: no such file: {script}")
   with tempfile.TemporaryDirectory(prefix="superconv-torch-") as tmp:
     out = os.path.join(tmp, "torch.json")
-    cmd = [python, script, "--model", ",".join(models_),
-           "--batch", ",".join(map(str, batches)),
-           "--dtype", ",".join(dtypes), "--steps", str(args.steps),
-           "--repeats", str(args.repeats), "--warmup", str(args.warmup),
-           "--train-size", str(args.train_size),
-           "--log-every", str(args.log_every),
-           "--loop-intervals", str(args.loop_intervals),
-           "--json", out]
+    cmd = [
+      python,
+      script,
+      "--model",
+      ",".join(models_),
+      "--batch",
+      ",".join(map(str, batches)),
+      "--dtype",
+      ",".join(dtypes),
+      "--steps",
+      str(args.steps),
+      "--repeats",
+      str(args.repeats),
+      "--warmup",
+      str(args.warmup),
+      "--train-size",
+      str(args.train_size),
+      "--log-every",
+      str(args.log_every),
+      "--loop-intervals",
+      str(args.loop_intervals),
+      "--json",
+      out,
+    ]
     if args.peak_tflops is not None:
       cmd += ["--peak-tflops", str(args.peak_tflops)]
     if args.no_loop:
@@ -804,13 +964,15 @@ def run_pytorch(args, models_: Sequence[str], batches: Sequence[int],
       done = subprocess.run(cmd, stdout=sys.stderr, check=False)
     except OSError as e:
       raise RuntimeError(
-          f"--torch-python: cannot run {python!r} ({e}); set --torch-python"
-          f" or ${TORCH_PYTHON_ENV} to an interpreter with torch") from None
+        f"--torch-python: cannot run {python!r} ({e}); set --torch-python"
+        f" or ${TORCH_PYTHON_ENV} to an interpreter with torch"
+      ) from None
     if done.returncode != 0:
       raise RuntimeError(
-          f"{script} exited with status {done.returncode} (interpreter"
-          f" {python!r}: set --torch-python or ${TORCH_PYTHON_ENV} to one"
-          " with torch installed)")
+        f"{script} exited with status {done.returncode} (interpreter"
+        f" {python!r}: set --torch-python or ${TORCH_PYTHON_ENV} to one"
+        " with torch installed)"
+      )
     with open(out) as f:
       return json.load(f)["rows"]
 
@@ -826,85 +988,168 @@ def _csv(kind):
       return [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
       raise argparse.ArgumentTypeError(
-          f"expected a comma list of {kind.__name__}, got {text!r}") from None
+        f"expected a comma list of {kind.__name__}, got {text!r}"
+      ) from None
+
   return parse
 
 
 def parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
-      prog="python -m superconv.bench", description=__doc__,
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--model", type=_csv(str), default=["resnet56"],
-                 help="comma list of models (default resnet56); one of: "
-                 + ", ".join(models.MODEL_NAMES))
-  p.add_argument("--batch", type=_csv(int), default=[1000],
-                 help="comma list of GLOBAL batch sizes (default 1000)")
-  p.add_argument("--parallel-seeds", type=_csv(int), default=[1],
-                 metavar="K", help="comma list of replica counts trained in"
-                 " one program (config.num_parallel_seeds; default 1);"
-                 " images/s count every replica")
-  p.add_argument("--conv-impl", type=_csv(str), default=["auto"],
-                 help="comma list of convolution implementations"
-                 " (config.conv_impl): auto, xla, chunked; default auto ="
-                 " chunked weight gradients on CPU, xla elsewhere")
-  p.add_argument("--dtype", type=_csv(str), default=["bfloat16"],
-                 help="comma list of compute dtypes: bfloat16, float32")
-  p.add_argument("--steps", type=int, default=20,
-                 help="steps per timed block (default 20)")
-  p.add_argument("--repeats", type=int, default=5,
-                 help="timed blocks; rates use the median (default 5)")
-  p.add_argument("--warmup", type=int, default=3,
-                 help="untimed steps after compilation (default 3)")
-  p.add_argument("--train-size", type=int, default=50_000,
-                 help="synthetic train images on device (default 50000, as"
-                 " CIFAR; raised to the batch if smaller)")
-  p.add_argument("--log-every", type=int, default=50,
-                 help="loop: log_every_steps, as in real runs (default 50)")
-  p.add_argument("--loop-intervals", type=int, default=5,
-                 help="loop: timed log intervals after the first (default"
-                 " 5): the loop runs log_every x (intervals + 1) steps")
-  p.add_argument("--no-aug", action="store_true",
-                 help="skip the step with on-device augmentation")
-  p.add_argument("--no-loop", action="store_true",
-                 help="skip the training loop")
-  p.add_argument("--no-compile-cache", action="store_true",
-                 help="compile everything the loop repeats again (by"
-                 " default a fresh persistent cache, deleted at exit, lets"
-                 " the loop reuse the timed steps' compilations)")
-  p.add_argument("--peak-tflops", type=float, default=None,
-                 help="peak TFLOP/s of ONE device for MFU (default: from"
-                 " the device table; unknown devices get no MFU)")
-  p.add_argument("--json", default=None,
-                 help="write the rows (and comparison) to this JSON file")
-  p.add_argument("--compare-pytorch", action="store_true",
-                 help="also run benchmarks/pytorch_reference.py and print"
-                 " JAX/PyTorch ratios")
-  p.add_argument("--torch-python", default=None,
-                 help=f"interpreter with torch (default ${TORCH_PYTHON_ENV}"
-                 " or 'python')")
-  p.add_argument("--torch-args", default=None,
-                 help="more arguments for the reference, e.g."
-                 " '--compile-mode max-autotune' or '--no-compile'")
-  p.add_argument("--torch-script", default=None,
-                 help="path of pytorch_reference.py (default: the"
-                 " checkout's benchmarks/)")
-  p.add_argument("--find-max-batch", action="store_true",
-                 help="instead of timing, find the largest global batch"
-                 " that fits, per model and dtype")
-  p.add_argument("--max-batch-limit", type=int, default=None,
-                 help="upper bound of --find-max-batch (default 4096 on CPU,"
-                 " 1048576 elsewhere)")
+    prog="python -m superconv.bench",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  p.add_argument(
+    "--model",
+    type=_csv(str),
+    default=["resnet56"],
+    help="comma list of models (default resnet56); one of: "
+    + ", ".join(models.MODEL_NAMES),
+  )
+  p.add_argument(
+    "--batch",
+    type=_csv(int),
+    default=[1000],
+    help="comma list of GLOBAL batch sizes (default 1000)",
+  )
+  p.add_argument(
+    "--parallel-seeds",
+    type=_csv(int),
+    default=[1],
+    metavar="K",
+    help="comma list of replica counts trained in"
+    " one program (config.num_parallel_seeds; default 1);"
+    " images/s count every replica",
+  )
+  p.add_argument(
+    "--conv-impl",
+    type=_csv(str),
+    default=["auto"],
+    help="comma list of convolution implementations"
+    " (config.conv_impl): auto, xla, chunked; default auto ="
+    " chunked weight gradients on CPU, xla elsewhere",
+  )
+  p.add_argument(
+    "--dtype",
+    type=_csv(str),
+    default=["bfloat16"],
+    help="comma list of compute dtypes: bfloat16, float32",
+  )
+  p.add_argument(
+    "--steps", type=int, default=20, help="steps per timed block (default 20)"
+  )
+  p.add_argument(
+    "--repeats",
+    type=int,
+    default=5,
+    help="timed blocks; rates use the median (default 5)",
+  )
+  p.add_argument(
+    "--warmup",
+    type=int,
+    default=3,
+    help="untimed steps after compilation (default 3)",
+  )
+  p.add_argument(
+    "--train-size",
+    type=int,
+    default=50_000,
+    help="synthetic train images on device (default 50000, as"
+    " CIFAR; raised to the batch if smaller)",
+  )
+  p.add_argument(
+    "--log-every",
+    type=int,
+    default=50,
+    help="loop: log_every_steps, as in real runs (default 50)",
+  )
+  p.add_argument(
+    "--loop-intervals",
+    type=int,
+    default=5,
+    help="loop: timed log intervals after the first (default"
+    " 5): the loop runs log_every x (intervals + 1) steps",
+  )
+  p.add_argument(
+    "--no-aug",
+    action="store_true",
+    help="skip the step with on-device augmentation",
+  )
+  p.add_argument(
+    "--no-loop", action="store_true", help="skip the training loop"
+  )
+  p.add_argument(
+    "--no-compile-cache",
+    action="store_true",
+    help="compile everything the loop repeats again (by"
+    " default a fresh persistent cache, deleted at exit, lets"
+    " the loop reuse the timed steps' compilations)",
+  )
+  p.add_argument(
+    "--peak-tflops",
+    type=float,
+    default=None,
+    help="peak TFLOP/s of ONE device for MFU (default: from"
+    " the device table; unknown devices get no MFU)",
+  )
+  p.add_argument(
+    "--json",
+    default=None,
+    help="write the rows (and comparison) to this JSON file",
+  )
+  p.add_argument(
+    "--compare-pytorch",
+    action="store_true",
+    help="also run benchmarks/pytorch_reference.py and print"
+    " JAX/PyTorch ratios",
+  )
+  p.add_argument(
+    "--torch-python",
+    default=None,
+    help=f"interpreter with torch (default ${TORCH_PYTHON_ENV} or 'python')",
+  )
+  p.add_argument(
+    "--torch-args",
+    default=None,
+    help="more arguments for the reference, e.g."
+    " '--compile-mode max-autotune' or '--no-compile'",
+  )
+  p.add_argument(
+    "--torch-script",
+    default=None,
+    help="path of pytorch_reference.py (default: the checkout's benchmarks/)",
+  )
+  p.add_argument(
+    "--find-max-batch",
+    action="store_true",
+    help="instead of timing, find the largest global batch"
+    " that fits, per model and dtype",
+  )
+  p.add_argument(
+    "--max-batch-limit",
+    type=int,
+    default=None,
+    help="upper bound of --find-max-batch (default 4096 on CPU,"
+    " 1048576 elsewhere)",
+  )
   return p
 
 
 def _meta(argv) -> dict:
-  return {"argv": list(argv), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-          "jax": jax.__version__, "backend": jax.default_backend(),
-          "devices": jax.local_device_count(),
-          "device_kind": jax.local_devices()[0].device_kind,
-          "host": platform.node(), "python": platform.python_version(),
-          "xla_env": {k: v for k, v in os.environ.items()
-                      if k.startswith(("XLA_", "JAX_"))}}
+  return {
+    "argv": list(argv),
+    "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    "jax": jax.__version__,
+    "backend": jax.default_backend(),
+    "devices": jax.local_device_count(),
+    "device_kind": jax.local_devices()[0].device_kind,
+    "host": platform.node(),
+    "python": platform.python_version(),
+    "xla_env": {
+      k: v for k, v in os.environ.items() if k.startswith(("XLA_", "JAX_"))
+    },
+  }
 
 
 def _write_json(path: str | None, payload: dict) -> None:
@@ -929,7 +1174,8 @@ def _validate(args, p: argparse.ArgumentParser) -> None:
       p.error(f"--{name.replace('_', '-')}: must be >= 1")
   for impl in args.conv_impl:
     if impl not in conv_lib.CONV_IMPLS:
-      p.error(f"--conv-impl: unknown {impl!r}; valid: {', '.join(conv_lib.CONV_IMPLS)}")
+      valid = ", ".join(conv_lib.CONV_IMPLS)
+      p.error(f"--conv-impl: unknown {impl!r}; valid: {valid}")
   if not args.parallel_seeds or min(args.parallel_seeds) < 1:
     p.error("--parallel-seeds: every K must be >= 1")
   if args.warmup < 0 or args.loop_intervals < 1:
@@ -955,14 +1201,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _max_batch_table(args, payload: dict) -> int:
   limit = args.max_batch_limit or (
-      4096 if jax.default_backend() == "cpu" else 1 << 20)
+    4096 if jax.default_backend() == "cpu" else 1 << 20
+  )
   payload["max_batch"] = []
   for model in args.model:
     for dtype in args.dtype:
       log.info("Largest batch of %s %s (limit %d)...", model, dtype, limit)
-      payload["max_batch"].append(max_batch_row(
-          model, dtype, start=args.batch[0], limit=limit,
-          train_size=args.train_size))
+      payload["max_batch"].append(
+        max_batch_row(
+          model,
+          dtype,
+          start=args.batch[0],
+          limit=limit,
+          train_size=args.train_size,
+        )
+      )
       _write_json(args.json, payload)
   print(format_table(payload["max_batch"], MAX_BATCH_COLUMNS))
   return 0
@@ -974,21 +1227,39 @@ def _timing_table(args, payload: dict) -> None:
     for batch in args.batch:
       for dtype in args.dtype:
         for k, impl in itertools.product(args.parallel_seeds, args.conv_impl):
-          log.info("Benchmarking %s, global batch %d, %s, %d replica(s),"
-                   " %s convolution...", model, batch, dtype, k,
-                   conv_lib.resolve(impl))
+          log.info(
+            "Benchmarking %s, global batch %d, %s, %d replica(s),"
+            " %s convolution...",
+            model,
+            batch,
+            dtype,
+            k,
+            conv_lib.resolve(impl),
+          )
           size = max(batch, args.train_size)
           if base is None or len(base.train_images) < size:
-            base = data_lib.load("synthetic", synthetic_train_size=size,
-                                 synthetic_test_size=max(args.batch))
+            base = data_lib.load(
+              "synthetic",
+              synthetic_train_size=size,
+              synthetic_test_size=max(args.batch),
+            )
           row = bench_row(
-              model, batch, dtype, steps=args.steps, repeats=args.repeats,
-              warmup=args.warmup, train_size=args.train_size,
-              log_every=args.log_every, loop_intervals=args.loop_intervals,
-              peak_override=args.peak_tflops, run_aug=not args.no_aug,
-              run_loop=not args.no_loop,
-              dataset=_sized(base, batch, args.train_size),
-              parallel_seeds=k, conv_impl=impl)
+            model,
+            batch,
+            dtype,
+            steps=args.steps,
+            repeats=args.repeats,
+            warmup=args.warmup,
+            train_size=args.train_size,
+            log_every=args.log_every,
+            loop_intervals=args.loop_intervals,
+            peak_override=args.peak_tflops,
+            run_aug=not args.no_aug,
+            run_loop=not args.no_loop,
+            dataset=_sized(base, batch, args.train_size),
+            parallel_seeds=k,
+            conv_impl=impl,
+          )
           payload["rows"].append(row)
           _write_json(args.json, payload)
   print(format_table(payload["rows"]))
@@ -1004,9 +1275,14 @@ def _compare_pytorch(args, payload: dict) -> int:
   ours = {r["model"]: r["forward_macs"] for r in jax_rows}
   for t in torch_rows:  # Its MACs come from hooks on the torch modules.
     if t["forward_macs"] is not None and t["forward_macs"] != ours.get(
-        t["model"]):
-      log.warning("%s: PyTorch counts %s forward MACs, superconv %s",
-                  t["model"], t["forward_macs"], ours.get(t["model"]))
+      t["model"]
+    ):
+      log.warning(
+        "%s: PyTorch counts %s forward MACs, superconv %s",
+        t["model"],
+        t["forward_macs"],
+        ours.get(t["model"]),
+      )
   payload["rows"].extend(torch_rows)
   payload["comparison"] = compare_rows(jax_rows, torch_rows)
   _write_json(args.json, payload)
@@ -1017,23 +1293,30 @@ def _compare_pytorch(args, payload: dict) -> int:
   return 0
 
 
-def _sized(base: data_lib.Dataset, batch: int,
-           train_size: int) -> data_lib.Dataset:
+def _sized(
+  base: data_lib.Dataset, batch: int, train_size: int
+) -> data_lib.Dataset:
   """`base` cut to max(batch, train_size) train images (same test split)."""
   size = max(batch, train_size)
   if len(base.train_images) == size:
     return base
-  return data_lib.Dataset(base.name, base.train_images[:size],
-                          base.train_labels[:size], base.test_images[:batch],
-                          base.test_labels[:batch], base.class_names)
+  return data_lib.Dataset(
+    base.name,
+    base.train_images[:size],
+    base.train_labels[:size],
+    base.test_images[:batch],
+    base.test_labels[:batch],
+    base.class_names,
+  )
 
 
 def setup_logging() -> None:
   """Progress lines of superconv's loggers on stderr (command line only)."""
   if not log.handlers:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s",
-                                           "%H:%M:%S"))
+    handler.setFormatter(
+      logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+    )
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False

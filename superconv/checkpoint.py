@@ -41,8 +41,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from superconv import models
-from superconv import storage
+from superconv import models, storage
 
 log = logging.getLogger("superconv")
 
@@ -57,7 +56,8 @@ _ITEMS = ("state", "config")  # Required items; "meta" is optional.
 # or where data is read from, never the training trajectory. Every other
 # field (and every field added later) changes the trajectory unless added
 # here. num_steps/num_epochs are compared through the resolved total steps.
-RESUME_SAFE_KEYS = frozenset({
+RESUME_SAFE_KEYS = frozenset(
+  {
     "log_every_steps",
     "eval_every_epochs",
     "eval_batch_size",
@@ -70,7 +70,8 @@ RESUME_SAFE_KEYS = frozenset({
     # The convolution's implementation: the same function, only the float
     # summation order of weight gradients differs.
     "conv_impl",
-})
+  }
+)
 _DURATION_KEYS = frozenset({"num_steps", "num_epochs"})
 
 
@@ -91,8 +92,9 @@ def checkpoint_dir(workdir: str) -> str:
 # ----------------------------------------------------------------------------
 
 
-def manager(workdir: str, *, keep: int,
-            async_save: bool = True) -> ocp.CheckpointManager:
+def manager(
+  workdir: str, *, keep: int, async_save: bool = True
+) -> ocp.CheckpointManager:
   """The run's CheckpointManager (keeps the `keep` most recent steps).
 
   The final checkpoint of a run is its most recent one, so it is always
@@ -100,8 +102,8 @@ def manager(workdir: str, *, keep: int,
   directory the manager scans.
   """
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep, create=True,
-      enable_async_checkpointing=async_save)
+    max_to_keep=keep, create=True, enable_async_checkpointing=async_save
+  )
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
@@ -115,8 +117,15 @@ def nonfinite_leaves(tree) -> list[str]:
   return bad
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state, config_dict: dict,
-         meta: dict | None = None, *, force: bool = False) -> bool:
+def save(
+  mngr: ocp.CheckpointManager,
+  step: int,
+  state,
+  config_dict: dict,
+  meta: dict | None = None,
+  *,
+  force: bool = False,
+) -> bool:
   """Saves a host copy of `state` (a single, unreplicated train state).
 
   The save is asynchronous; `mngr.wait_until_finished()` completes it.
@@ -126,10 +135,13 @@ def save(mngr: ocp.CheckpointManager, step: int, state, config_dict: dict,
   bad = nonfinite_leaves(host_state)
   if bad:
     raise NonFiniteStateError(
-        f"refusing to save checkpoint {step}: non-finite values in"
-        f" {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}")
-  items = {"state": ocp.args.StandardSave(host_state),
-           "config": ocp.args.JsonSave(config_dict)}
+      f"refusing to save checkpoint {step}: non-finite values in"
+      f" {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}"
+    )
+  items = {
+    "state": ocp.args.StandardSave(host_state),
+    "config": ocp.args.JsonSave(config_dict),
+  }
   if meta is not None:
     items["meta"] = ocp.args.JsonSave(meta)
   return mngr.save(step, args=ocp.args.Composite(**items), force=force)
@@ -143,6 +155,7 @@ def save(mngr: ocp.CheckpointManager, step: int, state, config_dict: dict,
 @dataclasses.dataclass(frozen=True)
 class Incomplete:
   """A checkpoint directory that must never be restored, and why."""
+
   path: str
   reason: str
 
@@ -150,6 +163,7 @@ class Incomplete:
 @dataclasses.dataclass
 class Restored:
   """A restored checkpoint."""
+
   step: int
   state: object  # Host (numpy) train state, or a dict without a target.
   config: dict
@@ -168,16 +182,20 @@ def scan(workdir: str) -> tuple[list[int], list[Incomplete]]:
   for name in storage.listdir(root):
     path = storage.join(root, name)
     if _TMP_MARKER in name:
-      incomplete.append(Incomplete(path, "a save that never finished"
-                                   " (temporary directory)"))
+      incomplete.append(
+        Incomplete(path, "a save that never finished (temporary directory)")
+      )
       continue
     if not re.fullmatch(r"\d+", name):
       continue  # Not ours (e.g. a README); Orbax ignores it too.
     if not storage.isdir(path):
       incomplete.append(Incomplete(path, "not a directory"))
       continue
-    missing = [f for f in (COMMIT_MARKER,) + _ITEMS
-               if not storage.exists(storage.join(path, f))]
+    missing = [
+      f
+      for f in (COMMIT_MARKER,) + _ITEMS
+      if not storage.exists(storage.join(path, f))
+    ]
     if missing:
       incomplete.append(Incomplete(path, f"missing {', '.join(missing)}"))
       continue
@@ -199,8 +217,9 @@ def _read_json_items(path: str) -> tuple[dict, dict]:
 def _restore_state(path: str, target):
   """The train state of one step directory; raises if unreadable."""
   with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-    restored = ckptr.restore(path, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target)))
+    restored = ckptr.restore(
+      path, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+    )
   return restored["state"]
 
 
@@ -209,8 +228,9 @@ def _first_line(e: Exception) -> str:
   return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
 
 
-def restore_latest(workdir: str, target=None, step: int | None = None,
-                   check=None) -> tuple[Restored | None, list[Incomplete]]:
+def restore_latest(
+  workdir: str, target=None, step: int | None = None, check=None
+) -> tuple[Restored | None, list[Incomplete]]:
   """(latest complete checkpoint or None, incomplete checkpoints skipped).
 
   Args:
@@ -233,8 +253,9 @@ def restore_latest(workdir: str, target=None, step: int | None = None,
     if step not in steps:
       why = f" ({bad[0].reason})" if bad else ""
       raise CheckpointError(
-          f"--step: no complete checkpoint {step} in {checkpoint_dir(workdir)}"
-          f"{why}; complete steps: {', '.join(map(str, steps)) or 'none'}")
+        f"--step: no complete checkpoint {step} in {checkpoint_dir(workdir)}"
+        f"{why}; complete steps: {', '.join(map(str, steps)) or 'none'}"
+      )
     steps = [step]
   restored = None
   for s in reversed(steps):
@@ -254,14 +275,19 @@ def restore_latest(workdir: str, target=None, step: int | None = None,
         restored = Restored(s, state, config, meta)
         break
     if step is not None:
-      raise CheckpointError(f"{path}: unreadable checkpoint"
-                            f" ({_first_line(failure)})") from failure
+      raise CheckpointError(
+        f"{path}: unreadable checkpoint ({_first_line(failure)})"
+      ) from failure
     skipped.append(Incomplete(path, f"unreadable ({_first_line(failure)})"))
   for s in skipped:
-    log.warning("Incomplete checkpoint %s (%s): never restored; %s.",
-                s.path, s.reason,
-                f"using step {restored.step}, the latest complete one"
-                if restored else "no complete checkpoint to use")
+    log.warning(
+      "Incomplete checkpoint %s (%s): never restored; %s.",
+      s.path,
+      s.reason,
+      f"using step {restored.step}, the latest complete one"
+      if restored
+      else "no complete checkpoint to use",
+    )
   return restored, skipped
 
 
@@ -287,8 +313,11 @@ def set_aside(workdir: str, incomplete: list[Incomplete]) -> None:
       dest = storage.join(aside, f"{name}.{k}")
       k += 1
     storage.move(item.path, dest)
-    log.warning("Moved incomplete checkpoint %s to %s (delete it when not"
-                " needed).", item.path, dest)
+    log.warning(
+      "Moved incomplete checkpoint %s to %s (delete it when not needed).",
+      item.path,
+      dest,
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -306,9 +335,13 @@ def _flatten(d: dict, prefix: str = "") -> dict:
   return out
 
 
-def config_changes(saved: dict, current: dict, *,
-                   saved_total_steps: int | None = None,
-                   current_total_steps: int | None = None) -> list[str]:
+def config_changes(
+  saved: dict,
+  current: dict,
+  *,
+  saved_total_steps: int | None = None,
+  current_total_steps: int | None = None,
+) -> list[str]:
   """Trajectory-changing differences between two config dicts.
 
   Returns "key (old -> new)" strings, sorted by key; empty when resuming
@@ -317,8 +350,9 @@ def config_changes(saved: dict, current: dict, *,
   (otherwise directly). A key present on one side only is a difference.
   """
   old, new = _flatten(saved), _flatten(current)
-  compare_totals = (saved_total_steps is not None
-                    and current_total_steps is not None)
+  compare_totals = (
+    saved_total_steps is not None and current_total_steps is not None
+  )
   changes = []
   for key in sorted(old.keys() | new.keys()):
     if key in RESUME_SAFE_KEYS or (compare_totals and key in _DURATION_KEYS):
@@ -327,8 +361,10 @@ def config_changes(saved: dict, current: dict, *,
     if a != b:
       changes.append(f"{key} ({a!r} -> {b!r})")
   if compare_totals and saved_total_steps != current_total_steps:
-    changes.append(f"num_steps/num_epochs (total steps {saved_total_steps}"
-                   f" -> {current_total_steps})")
+    changes.append(
+      f"num_steps/num_epochs (total steps {saved_total_steps}"
+      f" -> {current_total_steps})"
+    )
   return changes
 
 
@@ -342,17 +378,23 @@ def restore(workdir: str, step: int | None = None, target=None) -> Restored:
   restored, _ = restore_latest(workdir, target, step=step)
   if restored is None:
     raise CheckpointError(
-        f"--workdir: no complete checkpoint in {checkpoint_dir(workdir)}")
+      f"--workdir: no complete checkpoint in {checkpoint_dir(workdir)}"
+    )
   return restored
 
 
 def create_model(config, num_classes: int, axis_name: str | None = None):
   """The Flax module a config describes."""
   return models.create_model(
-      config.model, num_classes=num_classes, dtype=jnp.dtype(config.dtype),
-      bn_momentum=config.bn_momentum, bn_epsilon=config.bn_epsilon,
-      shortcut=config.shortcut, axis_name=axis_name,
-      conv_impl=config.get("conv_impl", "auto"))
+    config.model,
+    num_classes=num_classes,
+    dtype=jnp.dtype(config.dtype),
+    bn_momentum=config.bn_momentum,
+    bn_epsilon=config.bn_epsilon,
+    shortcut=config.shortcut,
+    axis_name=axis_name,
+    conv_impl=config.get("conv_impl", "auto"),
+  )
 
 
 def load(workdir: str, step: int | None = None):
@@ -379,6 +421,5 @@ def load(workdir: str, step: int | None = None):
   if num_classes is None:  # Checkpoints without meta: the head's width.
     num_classes = np.asarray(state["params"]["head"]["bias"]).shape[-1]
   model = create_model(config, int(num_classes))
-  variables = {"params": state["params"],
-               "batch_stats": state["batch_stats"]}
+  variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
   return model, variables, config

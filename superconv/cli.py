@@ -15,8 +15,9 @@ import tempfile
 EXIT_BAD_INPUT = 2
 
 
-def fail(message: str, status: int = EXIT_BAD_INPUT, *,
-         prog: str = "superconv"):
+def fail(
+  message: str, status: int = EXIT_BAD_INPUT, *, prog: str = "superconv"
+):
   """One line on stderr, then exit."""
   first = " ".join(str(message).split())
   sys.stderr.write(f"{prog}: error: {first}\n")
@@ -42,6 +43,7 @@ def config_file(spec: str) -> tuple[str, str | None]:
 def _unknown_override(argv) -> str | None:
   """Names the first --config.<key> override that the config lacks."""
   import importlib.util  # pylint: disable=g-import-not-at-top
+
   path, arg = config_file(_flag_value(argv, "config") or "")
   spec = importlib.util.spec_from_file_location("_superconv_config", path)
   module = importlib.util.module_from_spec(spec)
@@ -50,7 +52,7 @@ def _unknown_override(argv) -> str | None:
   for arg in argv:
     if not arg.startswith("--config."):
       continue
-    key = arg[len("--config."):].split("=", 1)[0]
+    key = arg[len("--config.") :].split("=", 1)[0]
     node, prefix = config, "config"
     for part in key.split("."):
       if not hasattr(node, "keys") or part not in node:
@@ -63,13 +65,20 @@ def _unknown_override(argv) -> str | None:
 def parse_flags(argv):
   """absl flag parsing, but bad flags give one line and status 2."""
   from absl import flags  # pylint: disable=g-import-not-at-top
+
   spec = _flag_value(argv, "config")
   if spec is not None and not os.path.isfile(config_file(spec)[0]):
     fail(f"--config: no such file: {config_file(spec)[0]}")
   try:
     return flags.FLAGS(argv)
-  except (flags.Error, KeyError, AttributeError, TypeError, ValueError,
-          OSError) as e:
+  except (
+    flags.Error,
+    KeyError,
+    AttributeError,
+    TypeError,
+    ValueError,
+    OSError,
+  ) as e:
     unknown = None
     if isinstance(e, (KeyError, AttributeError)):
       try:
@@ -92,8 +101,7 @@ def _write_probe(directory: str) -> str | None:
   (chattr +i) one. Leaves nothing behind.
   """
   try:
-    fd, path = tempfile.mkstemp(prefix=".superconv-write-probe-",
-                                dir=directory)
+    fd, path = tempfile.mkstemp(prefix=".superconv-write-probe-", dir=directory)
   except OSError as e:
     return e.strerror or type(e).__name__
   os.close(fd)
@@ -109,6 +117,7 @@ def check_workdir(workdir: str) -> str:
   probe object, through the same file layer the run then uses.
   """
   from superconv import storage  # pylint: disable=g-import-not-at-top
+
   if storage.is_remote(workdir):
     return _check_remote_workdir(storage.absolute(workdir))
   workdir = os.path.abspath(workdir)
@@ -123,17 +132,20 @@ def check_workdir(workdir: str) -> str:
   while not os.path.exists(parent):
     parent = os.path.dirname(parent)
   if not os.path.isdir(parent):
-    raise ValueError(f"--workdir: cannot create {workdir} ({parent} is not"
-                     " a directory)")
+    raise ValueError(
+      f"--workdir: cannot create {workdir} ({parent} is not a directory)"
+    )
   why = _write_probe(parent)
   if why:
-    raise ValueError(f"--workdir: cannot create {workdir} ({parent} is not"
-                     f" writable: {why})")
+    raise ValueError(
+      f"--workdir: cannot create {workdir} ({parent} is not writable: {why})"
+    )
   return workdir
 
 
 def _check_remote_workdir(workdir: str) -> str:
   from superconv import storage  # pylint: disable=g-import-not-at-top
+
   probe = storage.join(workdir, ".superconv-write-probe")
   try:
     if storage.exists(workdir) and not storage.isdir(workdir):
@@ -144,25 +156,29 @@ def _check_remote_workdir(workdir: str) -> str:
     raise
   except ImportError as e:
     raise ValueError(
-        f"--workdir: {workdir} needs a file system package for"
-        f" {workdir.split('://')[0]}:// ({e}); for gs:// run"
-        " pip install 'superconv[gcs]' (gcsfs)") from None
+      f"--workdir: {workdir} needs a file system package for"
+      f" {workdir.split('://')[0]}:// ({e}); for gs:// run"
+      " pip install 'superconv[gcs]' (gcsfs)"
+    ) from None
   except Exception as e:  # pylint: disable=broad-except
     text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    raise ValueError(f"--workdir: cannot write to {workdir}"
-                     f" ({type(e).__name__}: {text})") from None
+    raise ValueError(
+      f"--workdir: cannot write to {workdir} ({type(e).__name__}: {text})"
+    ) from None
   return workdir
 
 
 def setup_logging() -> None:
   """Our INFO lines on stderr; libraries (Orbax, JAX) only from WARNING."""
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+
   absl_logging.set_verbosity(absl_logging.WARNING)
   log = logging.getLogger("superconv")
   if not log.handlers:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(
-        "%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    handler.setFormatter(
+      logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    )
     log.addHandler(handler)
   log.setLevel(logging.INFO)
   log.propagate = False

@@ -13,8 +13,7 @@ import ml_collections
 
 from superconv import conv as conv_lib
 from superconv import data as data_lib
-from superconv import models
-from superconv import schedules
+from superconv import models, schedules
 
 
 class ConfigError(ValueError):
@@ -35,22 +34,28 @@ def base_config() -> ml_collections.ConfigDict:
   # --- Data ----------------------------------------------------------------
   # tfds:cifar10 | tfds:cifar100 | folder:<dir or .tar[.gz|.xz]> | synthetic
   c.dataset = "tfds:cifar10"
-  c.data_dir = ""  # TFDS data directory ("" = $TFDS_DATA_DIR or ~/tensorflow_datasets).
-  c.cache_dir = ""  # Decoded-folder cache ("" = $SUPERCONV_CACHE_DIR or ~/.cache/superconv).
+  # TFDS data directory ("" = $TFDS_DATA_DIR or ~/tensorflow_datasets).
+  c.data_dir = ""
+  # Decoded-folder cache ("" = $SUPERCONV_CACHE_DIR or ~/.cache/superconv).
+  c.cache_dir = ""
   c.tfds_download = True  # Let tfds download (and prepare) a missing dataset.
   c.synthetic_train_size = 1024  # Images in the synthetic train split.
   c.synthetic_test_size = 256  # Images in the synthetic test split.
   # Hold out this many train images (the last of a fixed seed-0 permutation)
   # and evaluate on them instead of the test set: for tuning (0 = off).
   c.validation_size = 0
-  c.crop_padding = 4  # Zero padding before the random crop (He et al.); 0 = no crop.
+  # Zero padding before the random crop (He et al.); 0 = no crop.
+  c.crop_padding = 4
   c.random_flip = True  # Random horizontal flip.
 
   # --- Model ---------------------------------------------------------------
   c.model = "resnet56"  # One of superconv.models.MODEL_NAMES.
-  c.shortcut = "A"  # CIFAR ResNets: A = parameter-free zero padding, B = 1x1 projection.
-  c.dtype = "bfloat16"  # Compute dtype: bfloat16 | float32 (params and BN stats stay float32).
-  c.bn_momentum = 0.9  # BatchNorm moving-average factor (Caffe moving_average_fraction).
+  # CIFAR ResNets: A = parameter-free zero padding, B = 1x1 projection.
+  c.shortcut = "A"
+  # Compute dtype: bfloat16 | float32 (params and BN stats stay float32).
+  c.dtype = "bfloat16"
+  # BatchNorm moving-average factor (Caffe moving_average_fraction).
+  c.bn_momentum = 0.9
   c.bn_epsilon = 1e-5  # BatchNorm epsilon.
   # Convolution: auto | xla | chunked. 'chunked' computes each weight
   # gradient in cache-sized batch chunks (2-3x faster on XLA:CPU, see
@@ -59,16 +64,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.conv_impl = "auto"
 
   # --- Duration and batch --------------------------------------------------
-  c.batch_size = 128  # Global batch over all devices (must divide by the device count).
+  # Global batch over all devices (must divide by the device count).
+  c.batch_size = 128
   c.num_epochs = 0.0  # Training length in epochs (used when num_steps == 0).
   c.num_steps = 0  # Training length in steps; overrides num_epochs when > 0.
-  c.eval_batch_size = 1000  # Global evaluation batch (the last batch is padded and masked).
+  # Global evaluation batch (the last batch is padded and masked).
+  c.eval_batch_size = 1000
 
   # --- Optimizer: SGD with momentum ----------------------------------------
   c.momentum = 0.9  # Momentum when the schedule does not cycle it.
   c.nesterov = False  # Nesterov momentum.
   c.weight_decay = 1e-4  # L2 added to the gradient (Caffe / PyTorch SGD style).
-  c.decay_bn_and_bias = True  # Whether BatchNorm scales/offsets and biases decay too.
+  # Whether BatchNorm scales/offsets and biases decay too.
+  c.decay_bn_and_bias = True
   c.label_smoothing = 0.0  # Label smoothing of the cross-entropy targets.
   # NaN/Inf loss or gradients: "stop" (exit non-zero, keep the last good
   # checkpoint) or "skip" (leave the state unchanged, count the step).
@@ -82,8 +90,10 @@ def base_config() -> ml_collections.ConfigDict:
 
   # --- Logging, evaluation, checkpoints -------------------------------------
   c.log_every_steps = 50  # Train metrics row (and console line) every N steps.
-  c.eval_every_epochs = 1.0  # Test-set evaluation every N epochs (and at the end).
-  c.checkpoint_every_steps = 1000  # Orbax checkpoint every N steps (and at the end).
+  # Test-set evaluation every N epochs (and at the end).
+  c.eval_every_epochs = 1.0
+  # Orbax checkpoint every N steps (and at the end).
+  c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3  # Checkpoints kept (the final one always).
   return c
 
@@ -96,8 +106,13 @@ def steps_per_epoch(num_train_examples: int, batch_size: int) -> int:
   return num_train_examples // batch_size
 
 
-def steps(value: float, unit: str, *, steps_per_epoch: int,
-          total_steps: int | None = None) -> int:
+def steps(
+  value: float,
+  unit: str,
+  *,
+  steps_per_epoch: int,
+  total_steps: int | None = None,
+) -> int:
   """Converts a duration to steps; `unit` is 'steps', 'epochs' or 'fraction'.
 
   The one helper for every duration in a config, so a schedule given in
@@ -129,71 +144,121 @@ def _check(condition: bool, key: str, message: str) -> None:
 
 def validate_static(config, *, num_devices: int) -> None:
   """Checks everything that needs no data: run before anything is loaded."""
-  _check(isinstance(config.seed, int) and config.seed >= 0, "seed",
-         f"must be a non-negative integer, got {config.seed!r}")
+  _check(
+    isinstance(config.seed, int) and config.seed >= 0,
+    "seed",
+    f"must be a non-negative integer, got {config.seed!r}",
+  )
   try:
     data_lib.check_spec(config.dataset, data_dir=config.data_dir or None)
   except data_lib.DataError as e:
     raise ConfigError(str(e)) from None
-  _check(config.model in models.MODEL_NAMES, "model",
-         f"unknown {config.model!r}; valid: {', '.join(models.MODEL_NAMES)}")
-  _check(config.shortcut in ("A", "B"), "shortcut",
-         f"must be 'A' or 'B', got {config.shortcut!r}")
-  _check(config.dtype in ("bfloat16", "float32"), "dtype",
-         f"must be 'bfloat16' or 'float32', got {config.dtype!r}")
-  _check(0.0 <= config.bn_momentum < 1.0, "bn_momentum",
-         f"must be in [0, 1), got {config.bn_momentum}")
+  _check(
+    config.model in models.MODEL_NAMES,
+    "model",
+    f"unknown {config.model!r}; valid: {', '.join(models.MODEL_NAMES)}",
+  )
+  _check(
+    config.shortcut in ("A", "B"),
+    "shortcut",
+    f"must be 'A' or 'B', got {config.shortcut!r}",
+  )
+  _check(
+    config.dtype in ("bfloat16", "float32"),
+    "dtype",
+    f"must be 'bfloat16' or 'float32', got {config.dtype!r}",
+  )
+  _check(
+    0.0 <= config.bn_momentum < 1.0,
+    "bn_momentum",
+    f"must be in [0, 1), got {config.bn_momentum}",
+  )
   _check(config.bn_epsilon > 0, "bn_epsilon", "must be > 0")
-  _check(config.conv_impl in conv_lib.CONV_IMPLS, "conv_impl",
-         f"unknown {config.conv_impl!r}; valid: {', '.join(conv_lib.CONV_IMPLS)}")
-  _check(config.batch_size > 0, "batch_size",
-         f"must be positive, got {config.batch_size}")
-  _check(config.batch_size % num_devices == 0, "batch_size",
-         f"{config.batch_size} is not divisible by the {num_devices} devices;"
-         f" use a multiple of {num_devices}")
-  _check(config.eval_batch_size > 0 and
-         config.eval_batch_size % num_devices == 0, "eval_batch_size",
-         f"must be a positive multiple of the {num_devices} devices,"
-         f" got {config.eval_batch_size}")
-  _check(config.num_epochs >= 0, "num_epochs",
-         f"must be >= 0, got {config.num_epochs}")
-  _check(config.num_steps >= 0, "num_steps",
-         f"must be >= 0, got {config.num_steps}")
-  _check(config.num_steps > 0 or config.num_epochs > 0, "num_epochs",
-         "set num_epochs > 0 or num_steps > 0")
+  _check(
+    config.conv_impl in conv_lib.CONV_IMPLS,
+    "conv_impl",
+    f"unknown {config.conv_impl!r}; valid: {', '.join(conv_lib.CONV_IMPLS)}",
+  )
+  _check(
+    config.batch_size > 0,
+    "batch_size",
+    f"must be positive, got {config.batch_size}",
+  )
+  _check(
+    config.batch_size % num_devices == 0,
+    "batch_size",
+    f"{config.batch_size} is not divisible by the {num_devices} devices;"
+    f" use a multiple of {num_devices}",
+  )
+  _check(
+    config.eval_batch_size > 0 and config.eval_batch_size % num_devices == 0,
+    "eval_batch_size",
+    f"must be a positive multiple of the {num_devices} devices,"
+    f" got {config.eval_batch_size}",
+  )
+  _check(
+    config.num_epochs >= 0,
+    "num_epochs",
+    f"must be >= 0, got {config.num_epochs}",
+  )
+  _check(
+    config.num_steps >= 0, "num_steps", f"must be >= 0, got {config.num_steps}"
+  )
+  _check(
+    config.num_steps > 0 or config.num_epochs > 0,
+    "num_epochs",
+    "set num_epochs > 0 or num_steps > 0",
+  )
   _check(config.crop_padding >= 0, "crop_padding", "must be >= 0")
-  _check(0.0 <= config.momentum < 1.0, "momentum",
-         f"must be in [0, 1), got {config.momentum}")
-  _check(config.nonfinite_policy in ("stop", "skip"), "nonfinite_policy",
-         f"must be 'stop' or 'skip', got {config.nonfinite_policy!r}")
-  _check(isinstance(config.debug_nan_at_step, int) and
-         (config.debug_nan_at_step == -1 or config.debug_nan_at_step >= 1),
-         "debug_nan_at_step",
-         f"must be -1 (off) or a step >= 1, got {config.debug_nan_at_step!r}")
+  _check(
+    0.0 <= config.momentum < 1.0,
+    "momentum",
+    f"must be in [0, 1), got {config.momentum}",
+  )
+  _check(
+    config.nonfinite_policy in ("stop", "skip"),
+    "nonfinite_policy",
+    f"must be 'stop' or 'skip', got {config.nonfinite_policy!r}",
+  )
+  _check(
+    isinstance(config.debug_nan_at_step, int)
+    and (config.debug_nan_at_step == -1 or config.debug_nan_at_step >= 1),
+    "debug_nan_at_step",
+    f"must be -1 (off) or a step >= 1, got {config.debug_nan_at_step!r}",
+  )
   _check(config.weight_decay >= 0, "weight_decay", "must be >= 0")
-  _check(0.0 <= config.label_smoothing < 1.0, "label_smoothing",
-         "must be in [0, 1)")
+  _check(
+    0.0 <= config.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)"
+  )
   _check(config.synthetic_train_size > 0, "synthetic_train_size", "must be > 0")
   _check(config.synthetic_test_size > 0, "synthetic_test_size", "must be > 0")
-  _check(isinstance(config.validation_size, int) and
-         config.validation_size >= 0, "validation_size",
-         f"must be a non-negative integer, got {config.validation_size!r}")
-  _check(isinstance(config.num_parallel_seeds, int) and
-         config.num_parallel_seeds >= 1, "num_parallel_seeds",
-         f"must be an integer >= 1, got {config.num_parallel_seeds!r}")
+  _check(
+    isinstance(config.validation_size, int) and config.validation_size >= 0,
+    "validation_size",
+    f"must be a non-negative integer, got {config.validation_size!r}",
+  )
+  _check(
+    isinstance(config.num_parallel_seeds, int)
+    and config.num_parallel_seeds >= 1,
+    "num_parallel_seeds",
+    f"must be an integer >= 1, got {config.num_parallel_seeds!r}",
+  )
   _check(config.log_every_steps > 0, "log_every_steps", "must be > 0")
   _check(config.eval_every_epochs > 0, "eval_every_epochs", "must be > 0")
-  _check(config.checkpoint_every_steps > 0, "checkpoint_every_steps",
-         "must be > 0")
+  _check(
+    config.checkpoint_every_steps > 0, "checkpoint_every_steps", "must be > 0"
+  )
   _check(config.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
 
 
 def validate_with_data(config, *, num_train_examples: int) -> None:
   """Checks what depends on the dataset size (durations, schedule)."""
   spe = steps_per_epoch(num_train_examples, config.batch_size)
-  _check(spe >= 1, "batch_size",
-         f"{config.batch_size} exceeds the {num_train_examples} training"
-         " examples")
+  _check(
+    spe >= 1,
+    "batch_size",
+    f"{config.batch_size} exceeds the {num_train_examples} training examples",
+  )
   n = total_steps(config, num_train_examples)
   _check(n >= 1, "num_epochs", f"gives {n} steps; must give at least one")
   try:

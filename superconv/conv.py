@@ -7,25 +7,25 @@ a second thread. Split into batch chunks whose activations fit in a core's
 L2 cache and summed, the same gradient is 2-3 times faster (ResNet-20
 shapes at batch 128 on a 2-core Xeon: 37 -> 14 ms at 32x32x16,
 21 -> 8.5 ms at 16x16x32). Its inputs are stored once before they are cut
-into chunks (see :func:`_materialized`). The forward convolution and the
+into chunks (see `_materialized`). The forward convolution and the
 input gradient are XLA's own.
 
-:func:`make_conv` returns a drop-in replacement for
-``jax.lax.conv_general_dilated`` (the ``conv_general_dilated`` argument of
-``flax.linen.Conv``): the same parameters, values and input gradient, and a
+`make_conv` returns a drop-in replacement for
+`jax.lax.conv_general_dilated` (the `conv_general_dilated` argument of
+`flax.linen.Conv`): the same parameters, values and input gradient, and a
 weight gradient equal up to float summation order. On GPU/TPU, where the
-compilers do this well, :func:`conv_for_backend` keeps the plain
+compilers do this well, `conv_for_backend` keeps the plain
 convolution.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import functools
-from typing import Callable
 
 import jax
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
 
 # Activation bytes of one weight-gradient chunk: half of a 2 MiB L2.
 DEFAULT_CHUNK_BYTES = 1 << 20
@@ -38,11 +38,13 @@ def _batch_axis(dimension_numbers, ndim: int) -> int:
   return dn.lhs_spec[0]
 
 
-def chunk_bounds(batch: int, per_image_bytes: int, chunk_bytes: int) -> list[tuple[int, int]]:
-  """[start, stop) batch ranges of about ``chunk_bytes`` of activations each.
+def chunk_bounds(
+  batch: int, per_image_bytes: int, chunk_bytes: int
+) -> list[tuple[int, int]]:
+  """[start, stop) batch ranges of about `chunk_bytes` of activations each.
 
   Chunks are as equal as possible (sizes differ by at most one image) and
-  cover ``range(batch)`` exactly once, in order.
+  cover `range(batch)` exactly once, in order.
   """
   if batch <= 0:
     raise ValueError(f"batch must be positive, got {batch}")
@@ -53,43 +55,64 @@ def chunk_bounds(batch: int, per_image_bytes: int, chunk_bytes: int) -> list[tup
 
 
 def _materialized(tree, token):
-  """``tree`` itself, computed once into buffers rather than fused into consumers.
+  """`tree` itself, computed once into buffers, not fused into consumers.
 
   XLA:CPU duplicates cheap elementwise producers into each consumer. The
   consumers of the weight gradient's inputs are transposes of batch chunks,
   and recomputing a residual stage's BatchNorm/ReLU chain inside every
   strided transpose made those transposes 4-10 times slower than copies of
   a stored array (about 130 of 470 ms per ResNet-20 step at batch 128).
-  ``lax.optimization_barrier`` would say this, but the CPU compiler drops
+  `lax.optimization_barrier` would say this, but the CPU compiler drops
   it; a conditional's operands are always buffers. Its predicate is always
-  true, ``(bits | 1) != 0``, but computed from ``token`` so that XLA cannot
+  true, `(bits | 1) != 0`, but computed from `token` so that XLA cannot
   fold the conditional away.
   """
-  bits = lax.bitcast_convert_type(jnp.ravel(token)[0].astype(jnp.float32), jnp.int32)
-  return lax.cond((bits | 1) != 0, lambda t: t,
-                  lambda t: jax.tree.map(jnp.zeros_like, t), tree)
+  bits = lax.bitcast_convert_type(
+    jnp.ravel(token)[0].astype(jnp.float32), jnp.int32
+  )
+  return lax.cond(
+    (bits | 1) != 0,
+    lambda t: t,
+    lambda t: jax.tree.map(jnp.zeros_like, t),
+    tree,
+  )
 
 
 def make_conv(chunk_bytes: int | None = None) -> Callable:
-  """``lax.conv_general_dilated`` whose weight gradient runs in batch chunks.
+  """`lax.conv_general_dilated` whose weight gradient runs in batch chunks.
 
-  ``chunk_bytes``: activation bytes per chunk (default
-  :data:`DEFAULT_CHUNK_BYTES`).
+  `chunk_bytes`: activation bytes per chunk (default
+  `DEFAULT_CHUNK_BYTES`).
   """
   chunk_bytes = DEFAULT_CHUNK_BYTES if chunk_bytes is None else chunk_bytes
   if chunk_bytes <= 0:
     raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
 
-  def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
-                           rhs_dilation=None, dimension_numbers=None,
-                           feature_group_count=1, batch_group_count=1,
-                           precision=None, preferred_element_type=None):
+  def conv_general_dilated(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count=1,
+    batch_group_count=1,
+    precision=None,
+    preferred_element_type=None,
+  ):
     conv = functools.partial(
-        lax.conv_general_dilated, window_strides=window_strides, padding=padding,
-        lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-        batch_group_count=batch_group_count, precision=precision,
-        preferred_element_type=preferred_element_type)
+      lax.conv_general_dilated,
+      window_strides=window_strides,
+      padding=padding,
+      lhs_dilation=lhs_dilation,
+      rhs_dilation=rhs_dilation,
+      dimension_numbers=dimension_numbers,
+      feature_group_count=feature_group_count,
+      batch_group_count=batch_group_count,
+      precision=precision,
+      preferred_element_type=preferred_element_type,
+    )
     if batch_group_count != 1:
       return conv(lhs, rhs)
     axis = _batch_axis(dimension_numbers, lhs.ndim)
@@ -114,7 +137,7 @@ def make_conv(chunk_bytes: int | None = None) -> Callable:
       for start, stop in bounds:
         xs = lax.slice_in_dim(x, start, stop, axis=axis)
         gs = lax.slice_in_dim(g, start, stop, axis=axis)
-        _, vjp_w = jax.vjp(lambda w_: conv(xs, w_), w)
+        _, vjp_w = jax.vjp(lambda w_, xs=xs: conv(xs, w_), w)
         (part,) = vjp_w(gs)
         gw = part if gw is None else gw + part
       return gx, gw
@@ -126,14 +149,22 @@ def make_conv(chunk_bytes: int | None = None) -> Callable:
 
 
 def resolve(impl: str = "auto", backend: str | None = None) -> str:
-  """'xla' or 'chunked': ``impl``, with 'auto' = chunked on the CPU backend."""
+  """'xla' or 'chunked': `impl`, with 'auto' = chunked on the CPU backend."""
   if impl not in CONV_IMPLS:
-    raise ValueError(f"conv_impl: unknown {impl!r}; valid: {', '.join(CONV_IMPLS)}")
+    raise ValueError(
+      f"conv_impl: unknown {impl!r}; valid: {', '.join(CONV_IMPLS)}"
+    )
   if impl == "auto":
     impl = "chunked" if (backend or jax.default_backend()) == "cpu" else "xla"
   return impl
 
 
-def conv_for_backend(impl: str = "auto", backend: str | None = None) -> Callable:
-  """The convolution function for ``impl`` (see :func:`resolve`)."""
-  return make_conv() if resolve(impl, backend) == "chunked" else lax.conv_general_dilated
+def conv_for_backend(
+  impl: str = "auto", backend: str | None = None
+) -> Callable:
+  """The convolution function for `impl` (see `resolve`)."""
+  return (
+    make_conv()
+    if resolve(impl, backend) == "chunked"
+    else lax.conv_general_dilated
+  )

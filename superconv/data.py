@@ -1,4 +1,4 @@
-"""Data sources: whole CIFAR-style data sets as uint8 NHWC arrays in host memory.
+"""Data sources: whole CIFAR-style data sets as uint8 NHWC arrays in memory.
 
 A data set is named by a spec string (the `dataset` config key):
 
@@ -19,6 +19,7 @@ config key or path at fault and what would be valid.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 import dataclasses
 import functools
 import glob
@@ -33,7 +34,6 @@ import tarfile
 import tempfile
 import threading
 import time
-from typing import Iterable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -43,8 +43,9 @@ from superconv import storage
 logger = logging.getLogger("superconv.data")
 
 TFDS_NAMES = ("cifar10", "cifar100")
-VALID_SPECS = ("tfds:cifar10, tfds:cifar100, folder:<dir or .tar[.gz|.xz]>, "
-               "synthetic")
+VALID_SPECS = (
+  "tfds:cifar10, tfds:cifar100, folder:<dir or .tar[.gz|.xz]>, synthetic"
+)
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz")
 SPLITS = ("train", "test")
 
@@ -54,8 +55,12 @@ _PROBE_TIMEOUT_S = 3.0
 
 # Bump when the cache layout or the decoding changes: old entries are ignored.
 _CACHE_VERSION = 1
-_CACHE_FILES = ("train_images.npy", "train_labels.npy", "test_images.npy",
-                "test_labels.npy")
+_CACHE_FILES = (
+  "train_images.npy",
+  "train_labels.npy",
+  "test_images.npy",
+  "test_labels.npy",
+)
 _CACHE_META = "meta.json"
 _TMP_PREFIX = ".tmp-"
 _STALE_TMP_S = 6 * 3600  # Leftovers of interrupted writes older than this go.
@@ -75,6 +80,7 @@ class DataError(ValueError):
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
 class Dataset:
   """A whole data set in host memory."""
+
   name: str  # The spec it came from, e.g. "folder:/x/cifar.tar.xz".
   train_images: np.ndarray  # uint8 [N, H, W, C]
   train_labels: np.ndarray  # int32 [N]
@@ -87,14 +93,20 @@ class Dataset:
       images = getattr(self, f"{split}_images")
       labels = getattr(self, f"{split}_labels")
       if images.dtype != np.uint8 or images.ndim != 4:
-        raise ValueError(f"{split}_images must be uint8 [N, H, W, C], got "
-                         f"{images.dtype} {images.shape}")
+        raise ValueError(
+          f"{split}_images must be uint8 [N, H, W, C], got "
+          f"{images.dtype} {images.shape}"
+        )
       if labels.dtype != np.int32 or labels.shape != images.shape[:1]:
-        raise ValueError(f"{split}_labels must be int32 [{len(images)}], got "
-                         f"{labels.dtype} {labels.shape}")
+        raise ValueError(
+          f"{split}_labels must be int32 [{len(images)}], got "
+          f"{labels.dtype} {labels.shape}"
+        )
     if self.train_images.shape[1:] != self.test_images.shape[1:]:
-      raise ValueError(f"train images {self.train_images.shape[1:]} and test "
-                       f"images {self.test_images.shape[1:]} differ in shape")
+      raise ValueError(
+        f"train images {self.train_images.shape[1:]} and test "
+        f"images {self.test_images.shape[1:]} differ in shape"
+      )
     object.__setattr__(self, "class_names", tuple(self.class_names))
 
   @property
@@ -123,19 +135,25 @@ class Dataset:
     for start in range(0, len(flat), chunk):
       # Channel-major copy: row sums over contiguous memory are ~10x faster
       # than column sums of an [n, 3] array.
-      part = np.ascontiguousarray(flat[start:start + chunk].T).astype(np.uint16)
+      part = np.ascontiguousarray(flat[start : start + chunk].T).astype(
+        np.uint16
+      )
       total += part.sum(axis=1, dtype=np.float64)
       part *= part  # 255**2 = 65025 still fits uint16.
       total_sq += part.sum(axis=1, dtype=np.float64)
     count = float(len(flat))
     mean = total / count
     var = np.maximum(total_sq / count - mean * mean, 0.0)
-    return ((mean / 255.0).astype(np.float32),
-            (np.sqrt(var) / 255.0).astype(np.float32))
+    return (
+      (mean / 255.0).astype(np.float32),
+      (np.sqrt(var) / 255.0).astype(np.float32),
+    )
 
   def __repr__(self) -> str:
-    return (f"Dataset(name={self.name!r}, train={self.train_images.shape}, "
-            f"test={self.test_images.shape}, num_classes={self.num_classes})")
+    return (
+      f"Dataset(name={self.name!r}, train={self.train_images.shape}, "
+      f"test={self.test_images.shape}, num_classes={self.num_classes})"
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -146,23 +164,28 @@ class Dataset:
 def _parse(spec) -> tuple[str, str]:
   """(kind, argument) of a spec; raises DataError for unknown kinds."""
   if not isinstance(spec, str):
-    raise DataError(f"dataset: must be a string, got {spec!r}; valid: "
-                    f"{VALID_SPECS}")
+    raise DataError(
+      f"dataset: must be a string, got {spec!r}; valid: {VALID_SPECS}"
+    )
   spec = spec.strip()
   if spec == "synthetic":
     return "synthetic", ""
   if spec.startswith("tfds:"):
-    name = spec[len("tfds:"):].strip()
+    name = spec[len("tfds:") :].strip()
     if name not in TFDS_NAMES:
-      raise DataError(f"dataset: unknown tfds data set {name!r}; valid: "
-                      f"{', '.join('tfds:' + n for n in TFDS_NAMES)} (or "
-                      f"folder:<dir or .tar[.gz|.xz]>, synthetic)")
+      raise DataError(
+        f"dataset: unknown tfds data set {name!r}; valid: "
+        f"{', '.join('tfds:' + n for n in TFDS_NAMES)} (or "
+        f"folder:<dir or .tar[.gz|.xz]>, synthetic)"
+      )
     return "tfds", name
   if spec.startswith("folder:"):
-    path = spec[len("folder:"):].strip()
+    path = spec[len("folder:") :].strip()
     if not path:
-      raise DataError("dataset: folder: needs a path, e.g. "
-                      "folder:/data/cifar10 or folder:/data/cifar10.tar.xz")
+      raise DataError(
+        "dataset: folder: needs a path, e.g. "
+        "folder:/data/cifar10 or folder:/data/cifar10.tar.xz"
+      )
     return "folder", path
   raise DataError(f"dataset: unknown {spec!r}; valid: {VALID_SPECS}")
 
@@ -177,37 +200,46 @@ def _visible(name: str) -> bool:
 
 def _find_folder_root(path: str) -> str:
   """The directory holding train/ and test/: `path` itself or its only child."""
+
   def has_splits(d):
     return all(os.path.isdir(os.path.join(d, s)) for s in SPLITS)
+
   if has_splits(path):
     return path
   try:
     children = sorted(e for e in os.listdir(path) if _visible(e))
   except OSError as e:
-    raise DataError(f"dataset: cannot list folder {path}: "
-                    f"{e.strerror or e}") from None
+    raise DataError(
+      f"dataset: cannot list folder {path}: {e.strerror or e}"
+    ) from None
   subdirs = [c for c in children if os.path.isdir(os.path.join(path, c))]
   if len(subdirs) == 1 and has_splits(os.path.join(path, subdirs[0])):
     return os.path.join(path, subdirs[0])
   shown = ", ".join(children[:8]) + (", ..." if len(children) > 8 else "")
-  raise DataError(f"dataset: folder {path} must contain train/<class>/ and "
-                  f"test/<class>/ image folders (directly or inside one "
-                  f"top-level directory); found: {shown or 'nothing'}")
+  raise DataError(
+    f"dataset: folder {path} must contain train/<class>/ and "
+    f"test/<class>/ image folders (directly or inside one "
+    f"top-level directory); found: {shown or 'nothing'}"
+  )
 
 
 def _check_folder_path(path: str) -> str:
   """Absolute path of a valid folder source; raises DataError otherwise."""
   full = os.path.abspath(os.path.expanduser(path))
   if not os.path.exists(full):
-    raise DataError(f"dataset: folder path {full} does not exist; expected a "
-                    f"directory or a .tar/.tar.gz/.tgz/.tar.xz file in "
-                    f"image-folder layout (train/<class>/*, test/<class>/*)")
+    raise DataError(
+      f"dataset: folder path {full} does not exist; expected a "
+      f"directory or a .tar/.tar.gz/.tgz/.tar.xz file in "
+      f"image-folder layout (train/<class>/*, test/<class>/*)"
+    )
   if os.path.isdir(full):
     _find_folder_root(full)
     return full
   if not os.path.isfile(full) or not _is_archive_name(full):
-    raise DataError(f"dataset: folder path {full} is neither a directory nor "
-                    f"a .tar/.tar.gz/.tgz/.tar.xz archive")
+    raise DataError(
+      f"dataset: folder path {full} is neither a directory nor "
+      f"a .tar/.tar.gz/.tgz/.tar.xz archive"
+    )
   if not os.access(full, os.R_OK):
     raise DataError(f"dataset: folder archive {full} is not readable")
   return full
@@ -228,8 +260,10 @@ def check_spec(spec: str, *, data_dir: str | None = None) -> None:
   elif kind == "tfds" and data_dir:
     full = os.path.abspath(os.path.expanduser(data_dir))
     if os.path.exists(full) and not os.path.isdir(full):
-      raise DataError(f"data_dir: {full} exists but is not a directory; set "
-                      f"--config.data_dir to a TFDS data directory")
+      raise DataError(
+        f"data_dir: {full} exists but is not a directory; set "
+        f"--config.data_dir to a TFDS data directory"
+      )
 
 
 # ---------------------------------------------------------------------------
@@ -237,10 +271,16 @@ def check_spec(spec: str, *, data_dir: str | None = None) -> None:
 # ---------------------------------------------------------------------------
 
 
-def load(spec: str, *, data_dir: str | None = None,
-         cache_dir: str | None = None, synthetic_train_size: int = 1024,
-         synthetic_test_size: int = 256, synthetic_num_classes: int = 10,
-         download: bool = True) -> Dataset:
+def load(
+  spec: str,
+  *,
+  data_dir: str | None = None,
+  cache_dir: str | None = None,
+  synthetic_train_size: int = 1024,
+  synthetic_test_size: int = 256,
+  synthetic_num_classes: int = 10,
+  download: bool = True,
+) -> Dataset:
   """Loads the data set named by `spec` (see the module docstring).
 
   Args:
@@ -264,11 +304,16 @@ def load(spec: str, *, data_dir: str | None = None,
   name = spec.strip()
   start = time.perf_counter()
   if kind == "synthetic":
-    ds = _load_synthetic(name, synthetic_train_size, synthetic_test_size,
-                         synthetic_num_classes)
-    logger.info("dataset %s: generated %d train + %d test images in %.2f s",
-                name, len(ds.train_images), len(ds.test_images),
-                time.perf_counter() - start)
+    ds = _load_synthetic(
+      name, synthetic_train_size, synthetic_test_size, synthetic_num_classes
+    )
+    logger.info(
+      "dataset %s: generated %d train + %d test images in %.2f s",
+      name,
+      len(ds.train_images),
+      len(ds.test_images),
+      time.perf_counter() - start,
+    )
     return ds
   if kind == "folder":
     return _load_folder(name, arg, cache_dir)
@@ -278,13 +323,19 @@ def load(spec: str, *, data_dir: str | None = None,
 # --- synthetic --------------------------------------------------------------
 
 
-def _load_synthetic(name: str, train_size: int, test_size: int,
-                    num_classes: int) -> Dataset:
-  for key, value, low in (("synthetic_train_size", train_size, 1),
-                          ("synthetic_test_size", test_size, 1),
-                          ("synthetic_num_classes", num_classes, 2)):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
-        or value < low:
+def _load_synthetic(
+  name: str, train_size: int, test_size: int, num_classes: int
+) -> Dataset:
+  for key, value, low in (
+    ("synthetic_train_size", train_size, 1),
+    ("synthetic_test_size", test_size, 1),
+    ("synthetic_num_classes", num_classes, 2),
+  ):
+    if (
+      isinstance(value, bool)
+      or not isinstance(value, (int, np.integer))
+      or value < low
+    ):
       raise DataError(f"{key}: must be an integer >= {low}, got {value!r}")
   # Class prototypes depend only on the number of classes: a flat colour plus
   # a coarse 4x4 pattern (8x8-pixel blocks), in float32 pixel units.
@@ -309,8 +360,14 @@ def _load_synthetic(name: str, train_size: int, test_size: int,
 
   train_images, train_labels = split(1, int(train_size))
   test_images, test_labels = split(2, int(test_size))
-  return Dataset(name, train_images, train_labels, test_images, test_labels,
-                 tuple(f"class_{i}" for i in range(num_classes)))
+  return Dataset(
+    name,
+    train_images,
+    train_labels,
+    test_images,
+    test_labels,
+    tuple(f"class_{i}" for i in range(num_classes)),
+  )
 
 
 # --- folder -----------------------------------------------------------------
@@ -320,8 +377,11 @@ def _load_synthetic(name: str, train_size: int, test_size: int,
 def _image_extensions() -> dict[str, str]:
   """{'.jpg': 'JPEG', '.png': 'PNG', ...} for every format Pillow can read."""
   Image.init()
-  return {ext.lower(): fmt for ext, fmt in Image.registered_extensions().items()
-          if fmt in Image.OPEN}
+  return {
+    ext.lower(): fmt
+    for ext, fmt in Image.registered_extensions().items()
+    if fmt in Image.OPEN
+  }
 
 
 def _decode_image(data: bytes, where: str) -> np.ndarray:
@@ -341,8 +401,9 @@ def _decode_image(data: bytes, where: str) -> np.ndarray:
         im = im.convert("RGB")
       return np.asarray(im, dtype=np.uint8)
   except Exception as e:  # pylint: disable=broad-except
-    raise DataError(f"dataset: cannot decode image {where}: "
-                    f"{type(e).__name__}: {e}") from None
+    raise DataError(
+      f"dataset: cannot decode image {where}: {type(e).__name__}: {e}"
+    ) from None
 
 
 # One image of an image folder: (split, class, file name, display name).
@@ -350,7 +411,9 @@ _Key = tuple[str, str, str, str]
 
 
 def _split_parts(relpath: str) -> list[str]:
-  return [p for p in relpath.replace("\\", "/").split("/") if p not in ("", ".")]
+  return [
+    p for p in relpath.replace("\\", "/").split("/") if p not in ("", ".")
+  ]
 
 
 def _iter_directory(root: str, exts) -> Iterator[tuple[_Key, str, int, int]]:
@@ -361,12 +424,19 @@ def _iter_directory(root: str, exts) -> Iterator[tuple[_Key, str, int, int]]:
       if not _visible(cls_entry.name) or not cls_entry.is_dir():
         continue
       for entry in sorted(os.scandir(cls_entry.path), key=lambda e: e.name):
-        if (not _visible(entry.name) or not entry.is_file()
-            or os.path.splitext(entry.name)[1].lower() not in exts):
+        if (
+          not _visible(entry.name)
+          or not entry.is_file()
+          or os.path.splitext(entry.name)[1].lower() not in exts
+        ):
           continue
         st = entry.stat()
-        key = (split, cls_entry.name, entry.name,
-               os.path.join(split_dir, cls_entry.name, entry.name))
+        key = (
+          split,
+          cls_entry.name,
+          entry.name,
+          os.path.join(split_dir, cls_entry.name, entry.name),
+        )
         yield key, entry.path, st.st_size, st.st_mtime_ns
 
 
@@ -376,8 +446,9 @@ def _read_directory(files) -> Iterator[tuple[_Key, bytes]]:
       with open(path, "rb") as f:
         yield key, f.read()
     except OSError as e:
-      raise DataError(f"dataset: cannot read {path}: {e.strerror or e}") \
-          from None
+      raise DataError(
+        f"dataset: cannot read {path}: {e.strerror or e}"
+      ) from None
 
 
 def _read_archive(path: str, exts) -> Iterator[tuple[_Key, bytes]]:
@@ -405,24 +476,29 @@ def _read_archive(path: str, exts) -> Iterator[tuple[_Key, bytes]]:
           continue
         tops.add(top)
         if len(tops) > 1:
-          shown = ", ".join(sorted("(none)" if t is None else t + "/"
-                                   for t in tops))
-          raise DataError(f"dataset: archive {path} has train/ and test/ "
-                          f"under several top-level directories ({shown}); "
-                          f"expected one image-folder layout")
+          shown = ", ".join(
+            sorted("(none)" if t is None else t + "/" for t in tops)
+          )
+          raise DataError(
+            f"dataset: archive {path} has train/ and test/ "
+            f"under several top-level directories ({shown}); "
+            f"expected one image-folder layout"
+          )
         f = tf.extractfile(member)
         data = f.read() if f is not None else b""
         split, cls, fname = parts[-3:]
         yield (split, cls, fname, f"{path}:{member.name}"), data
   except (tarfile.TarError, EOFError, OSError) as e:
-    raise DataError(f"dataset: cannot read archive {path}: "
-                    f"{type(e).__name__}: {e}") from None
+    raise DataError(
+      f"dataset: cannot read archive {path}: {type(e).__name__}: {e}"
+    ) from None
 
 
 def _assemble(source: str, items: Iterable[tuple[_Key, bytes]]):
   """Decodes (key, bytes) pairs into ((images, labels) per split, classes)."""
   decoded: dict[str, list[tuple[str, str, str, np.ndarray]]] = {
-      s: [] for s in SPLITS}
+    s: [] for s in SPLITS
+  }
   for (split, cls, fname, where), data in items:
     # Looked up at call time (so tests can replace it). Decoding is serial:
     # for 32x32 JPEGs about half the time is Python-level header parsing that
@@ -430,28 +506,33 @@ def _assemble(source: str, items: Iterable[tuple[_Key, bytes]]):
     decoded[split].append((cls, fname, where, _decode_image(data, where)))
   classes = {s: sorted({c for c, _, _, _ in decoded[s]}) for s in SPLITS}
   if not decoded["train"] and not decoded["test"]:
-    raise DataError(f"dataset: no images found in {source}; expected "
-                    f"train/<class>/<image> and test/<class>/<image> files")
+    raise DataError(
+      f"dataset: no images found in {source}; expected "
+      f"train/<class>/<image> and test/<class>/<image> files"
+    )
   if classes["train"] != classes["test"]:
     only_train = sorted(set(classes["train"]) - set(classes["test"]))
     only_test = sorted(set(classes["test"]) - set(classes["train"]))
-    raise DataError(f"dataset: train and test class folders of {source} "
-                    f"differ: only in train: {only_train or 'none'}; only in "
-                    f"test: {only_test or 'none'}")
+    raise DataError(
+      f"dataset: train and test class folders of {source} "
+      f"differ: only in train: {only_train or 'none'}; only in "
+      f"test: {only_test or 'none'}"
+    )
   class_names = classes["train"]
   label_of = {c: i for i, c in enumerate(class_names)}
   shape = None
   out = {}
   for split in SPLITS:
     rows = sorted(decoded[split], key=lambda r: (r[0], r[1]))
-    for cls, fname, where, image in rows:
+    for _cls, _fname, where, image in rows:
       if shape is None:
         shape, first = image.shape, where
       elif image.shape != shape:
         raise DataError(
-            f"dataset: image {where} is {image.shape[1]}x{image.shape[0]} but "
-            f"{first} is {shape[1]}x{shape[0]}; all images of a folder data "
-            f"set must have the same size")
+          f"dataset: image {where} is {image.shape[1]}x{image.shape[0]} but "
+          f"{first} is {shape[1]}x{shape[0]}; all images of a folder data "
+          f"set must have the same size"
+        )
     images = np.empty((len(rows),) + shape, np.uint8)
     for i, row in enumerate(rows):
       images[i] = row[3]
@@ -462,8 +543,9 @@ def _assemble(source: str, items: Iterable[tuple[_Key, bytes]]):
 
 
 def _default_cache_dir() -> str:
-  return (os.environ.get("SUPERCONV_CACHE_DIR")
-          or os.path.join(os.path.expanduser("~"), ".cache", "superconv"))
+  return os.environ.get("SUPERCONV_CACHE_DIR") or os.path.join(
+    os.path.expanduser("~"), ".cache", "superconv"
+  )
 
 
 def _cache_key(path: str, files=None) -> str:
@@ -493,27 +575,38 @@ def _read_cache(entry: str):
   try:
     with open(meta_path) as f:
       meta = json.load(f)
-    arrays = [np.load(os.path.join(entry, n), allow_pickle=False)
-              for n in _CACHE_FILES]
+    arrays = [
+      np.load(os.path.join(entry, n), allow_pickle=False) for n in _CACHE_FILES
+    ]
     if meta.get("version") != _CACHE_VERSION:
       raise ValueError(f"version {meta.get('version')}")
     shape = tuple(meta["image_shape"])
-    for split, images, labels in (("train", *arrays[:2]),
-                                  ("test", *arrays[2:])):
+    for split, images, labels in (
+      ("train", *arrays[:2]),
+      ("test", *arrays[2:]),
+    ):
       n = meta[f"num_{split}"]
-      if (images.dtype != np.uint8 or images.shape != (n,) + shape
-          or labels.dtype != np.int32 or labels.shape != (n,)):
+      if (
+        images.dtype != np.uint8
+        or images.shape != (n,) + shape
+        or labels.dtype != np.int32
+        or labels.shape != (n,)
+      ):
         raise ValueError(f"{split} arrays do not match {_CACHE_META}")
-    return ({"train": tuple(arrays[:2]), "test": tuple(arrays[2:])},
-            tuple(meta["class_names"]))
+    return (
+      {"train": tuple(arrays[:2]), "test": tuple(arrays[2:])},
+      tuple(meta["class_names"]),
+    )
   except (OSError, ValueError, KeyError, TypeError) as e:
-    logger.warning("ignoring unreadable data cache %s (%s); decoding again",
-                   entry, e)
+    logger.warning(
+      "ignoring unreadable data cache %s (%s); decoding again", entry, e
+    )
     return None
 
 
-def _write_cache(cache_dir: str, entry: str, source: str, splits,
-                 class_names) -> bool:
+def _write_cache(
+  cache_dir: str, entry: str, source: str, splits, class_names
+) -> bool:
   """Writes a cache entry atomically (temp dir + rename); False on failure."""
   tmp = None
   try:
@@ -524,13 +617,13 @@ def _write_cache(cache_dir: str, entry: str, source: str, splits,
     for fname, array in zip(_CACHE_FILES, arrays):
       np.save(os.path.join(tmp, fname), array, allow_pickle=False)
     meta = {
-        "version": _CACHE_VERSION,
-        "source": source,
-        "class_names": list(class_names),
-        "num_train": int(len(splits["train"][0])),
-        "num_test": int(len(splits["test"][0])),
-        "image_shape": list(splits["train"][0].shape[1:]),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+      "version": _CACHE_VERSION,
+      "source": source,
+      "class_names": list(class_names),
+      "num_train": int(len(splits["train"][0])),
+      "num_test": int(len(splits["test"][0])),
+      "image_shape": list(splits["train"][0].shape[1:]),
+      "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     with open(os.path.join(tmp, _CACHE_META), "w") as f:
       json.dump(meta, f, indent=1)
@@ -545,10 +638,14 @@ def _write_cache(cache_dir: str, entry: str, source: str, splits,
       raise
     return True
   except OSError as e:
-    logger.warning("cannot write the data cache in %s (%s: %s); continuing "
-                   "without it (set --config.cache_dir or SUPERCONV_CACHE_DIR "
-                   "to a writable directory to cache decoded images)",
-                   cache_dir, type(e).__name__, e.strerror or e)
+    logger.warning(
+      "cannot write the data cache in %s (%s: %s); continuing "
+      "without it (set --config.cache_dir or SUPERCONV_CACHE_DIR "
+      "to a writable directory to cache decoded images)",
+      cache_dir,
+      type(e).__name__,
+      e.strerror or e,
+    )
     if tmp is not None:
       shutil.rmtree(tmp, ignore_errors=True)
     return False
@@ -571,33 +668,48 @@ def _load_folder(name: str, path: str, cache_dir: str | None) -> Dataset:
   if os.path.isdir(path):
     root = _find_folder_root(path)
     files = list(_iter_directory(root, exts))
-    key = _cache_key(path, [(os.path.relpath(p, path), size, mtime)
-                            for _, p, size, mtime in files])
+    key = _cache_key(
+      path,
+      [(os.path.relpath(p, path), size, mtime) for _, p, size, mtime in files],
+    )
   else:
     files = None
     key = _cache_key(path)
-  cache_dir = os.path.abspath(os.path.expanduser(
-      cache_dir or _default_cache_dir()))
+  cache_dir = os.path.abspath(
+    os.path.expanduser(cache_dir or _default_cache_dir())
+  )
   entry = os.path.join(cache_dir, _cache_entry_name(path, key))
 
   cached = _read_cache(entry)
   if cached is not None:
     splits, class_names = cached
-    logger.info("dataset %s: loaded %d train + %d test images from cache %s "
-                "in %.2f s", name, len(splits["train"][0]),
-                len(splits["test"][0]), entry, time.perf_counter() - start)
+    logger.info(
+      "dataset %s: loaded %d train + %d test images from cache %s in %.2f s",
+      name,
+      len(splits["train"][0]),
+      len(splits["test"][0]),
+      entry,
+      time.perf_counter() - start,
+    )
   else:
-    items = (_read_directory(files) if files is not None
-             else _read_archive(path, exts))
+    items = (
+      _read_directory(files) if files is not None else _read_archive(path, exts)
+    )
     splits, class_names = _assemble(path, items)
     decoded_s = time.perf_counter() - start
     cached_ok = _write_cache(cache_dir, entry, path, splits, class_names)
-    logger.info("dataset %s: decoded %d train + %d test images (%s, %d "
-                "classes) from %s in %.1f s%s", name,
-                len(splits["train"][0]), len(splits["test"][0]),
-                "x".join(map(str, splits["train"][0].shape[1:])),
-                len(class_names), path, decoded_s,
-                f"; cached in {entry}" if cached_ok else "")
+    logger.info(
+      "dataset %s: decoded %d train + %d test images (%s, %d "
+      "classes) from %s in %.1f s%s",
+      name,
+      len(splits["train"][0]),
+      len(splits["test"][0]),
+      "x".join(map(str, splits["train"][0].shape[1:])),
+      len(class_names),
+      path,
+      decoded_s,
+      f"; cached in {entry}" if cached_ok else "",
+    )
   return Dataset(name, *splits["train"], *splits["test"], class_names)
 
 
@@ -605,22 +717,30 @@ def _load_folder(name: str, path: str, cache_dir: str | None) -> Dataset:
 
 
 def _tfds_data_dir(data_dir: str | None) -> str:
-  d = (data_dir or os.environ.get("TFDS_DATA_DIR")
-       or os.path.join("~", "tensorflow_datasets"))
+  d = (
+    data_dir
+    or os.environ.get("TFDS_DATA_DIR")
+    or os.path.join("~", "tensorflow_datasets")
+  )
   return storage.absolute(os.path.expanduser(d))  # gs://... as it is.
 
 
 def _tfds_prepared(data_dir: str, name: str) -> bool:
   if storage.is_remote(data_dir):
     from etils import epath  # pylint: disable=g-import-not-at-top
+
     try:
       return any(epath.Path(data_dir).glob(f"{name}/*/dataset_info.json"))
     except Exception as e:  # pylint: disable=broad-except
       text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-      raise DataError(f"dataset: cannot list {data_dir}"
-                      f" ({type(e).__name__}: {text})") from None
-  return bool(glob.glob(os.path.join(glob.escape(data_dir), name, "*",
-                                     "dataset_info.json")))
+      raise DataError(
+        f"dataset: cannot list {data_dir} ({type(e).__name__}: {text})"
+      ) from None
+  return bool(
+    glob.glob(
+      os.path.join(glob.escape(data_dir), name, "*", "dataset_info.json")
+    )
+  )
 
 
 def _can_reach(address: tuple[str, int], timeout: float) -> bool:
@@ -638,58 +758,80 @@ def _can_reach(address: tuple[str, int], timeout: float) -> bool:
     except OSError:
       result.append(False)
 
-  thread = threading.Thread(target=probe, name="superconv-net-probe",
-                            daemon=True)
+  thread = threading.Thread(
+    target=probe, name="superconv-net-probe", daemon=True
+  )
   thread.start()
   thread.join(timeout + 2.0)
   return bool(result and result[0])
 
 
-def _load_tfds(spec: str, name: str, data_dir: str | None,
-               download: bool) -> Dataset:
+def _load_tfds(
+  spec: str, name: str, data_dir: str | None, download: bool
+) -> Dataset:
   start = time.perf_counter()
   data_dir = _tfds_data_dir(data_dir)
   prepared = _tfds_prepared(data_dir, name)
-  folder_hint = (f"prepare it there, set --config.data_dir / TFDS_DATA_DIR, "
-                 f"or use --config.dataset=folder:<dir or .tar.xz> with an "
-                 f"image-folder copy of {name.upper().replace('CIFAR', 'CIFAR-')}")
+  folder_hint = (
+    f"prepare it there, set --config.data_dir / TFDS_DATA_DIR, "
+    f"or use --config.dataset=folder:<dir or .tar.xz> with an "
+    f"image-folder copy of {name.upper().replace('CIFAR', 'CIFAR-')}"
+  )
   if not prepared:
     if not download:
-      raise DataError(f"dataset: {spec} is not prepared in {data_dir} and "
-                      f"downloading is off (tfds_download=False); "
-                      f"{folder_hint}")
+      raise DataError(
+        f"dataset: {spec} is not prepared in {data_dir} and "
+        f"downloading is off (tfds_download=False); "
+        f"{folder_hint}"
+      )
     if not _can_reach(_DOWNLOAD_HOST, _PROBE_TIMEOUT_S):
-      raise DataError(f"dataset: {spec} is not prepared in {data_dir} and "
-                      f"cannot be downloaded (no network: "
-                      f"{_DOWNLOAD_HOST[0]}:{_DOWNLOAD_HOST[1]} unreachable); "
-                      f"{folder_hint}")
+      raise DataError(
+        f"dataset: {spec} is not prepared in {data_dir} and "
+        f"cannot be downloaded (no network: "
+        f"{_DOWNLOAD_HOST[0]}:{_DOWNLOAD_HOST[1]} unreachable); "
+        f"{folder_hint}"
+      )
   try:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise DataError(f"dataset: {spec} needs tensorflow_datasets, which is not "
-                    f"installed ({e}); pip install 'superconv[tfds]', or use "
-                    f"--config.dataset=folder:<dir or .tar.xz> or "
-                    f"--config.dataset=synthetic") from None
+    raise DataError(
+      f"dataset: {spec} needs tensorflow_datasets, which is not "
+      f"installed ({e}); pip install 'superconv[tfds]', or use "
+      f"--config.dataset=folder:<dir or .tar.xz> or "
+      f"--config.dataset=synthetic"
+    ) from None
   try:
     # Prepared data are read with download=False: tfds never touches the
     # network then, so a load cannot hang.
     (train, test), info = tfds.load(
-        name, split=["train", "test"], batch_size=-1, data_dir=data_dir,
-        download=download and not prepared, with_info=True)
+      name,
+      split=["train", "test"],
+      batch_size=-1,
+      data_dir=data_dir,
+      download=download and not prepared,
+      with_info=True,
+    )
     train, test = tfds.as_numpy(train), tfds.as_numpy(test)
     class_names = tuple(info.features["label"].names)
   except Exception as e:  # pylint: disable=broad-except
     message = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    raise DataError(f"dataset: {spec} failed to load from {data_dir}: "
-                    f"{type(e).__name__}: {message}; {folder_hint}") from e
+    raise DataError(
+      f"dataset: {spec} failed to load from {data_dir}: "
+      f"{type(e).__name__}: {message}; {folder_hint}"
+    ) from e
   arrays = []
   for split in (train, test):
     arrays.append(np.asarray(split["image"], dtype=np.uint8))
     arrays.append(np.asarray(split["label"]).astype(np.int32))
   ds = Dataset(spec, *arrays, class_names)
-  logger.info("dataset %s: loaded %d train + %d test images from tfds in %s "
-              "in %.1f s", spec, len(ds.train_images), len(ds.test_images),
-              data_dir, time.perf_counter() - start)
+  logger.info(
+    "dataset %s: loaded %d train + %d test images from tfds in %s in %.1f s",
+    spec,
+    len(ds.train_images),
+    len(ds.test_images),
+    data_dir,
+    time.perf_counter() - start,
+  )
   return ds
 
 
@@ -698,8 +840,9 @@ def _load_tfds(spec: str, name: str, data_dir: str | None,
 # ============================================================================
 
 
-def validation_indices(num_train: int, size: int,
-                       seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def validation_indices(
+  num_train: int, size: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
   """(kept train indices, validation indices) of a train split of num_train.
 
   The validation indices are the last `size` entries of
@@ -711,15 +854,16 @@ def validation_indices(num_train: int, size: int,
   if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
     raise ValueError(f"validation_size: must be an integer, got {size!r}")
   if not 0 < size < num_train:
-    raise ValueError(f"validation_size: must be in [1, {num_train - 1}] for"
-                     f" a train split of {num_train} images, got {size}")
+    raise ValueError(
+      f"validation_size: must be in [1, {num_train - 1}] for"
+      f" a train split of {num_train} images, got {size}"
+    )
   permutation = np.random.default_rng(seed).permutation(num_train)
   cut = num_train - int(size)
   return np.sort(permutation[:cut]), permutation[cut:]
 
 
-def split_validation(dataset: Dataset, size: int,
-                     seed: int = 0) -> Dataset:
+def split_validation(dataset: Dataset, size: int, seed: int = 0) -> Dataset:
   """The dataset with `size` train images held out as its evaluation set.
 
   The returned Dataset trains on the remaining train images and its
@@ -732,8 +876,10 @@ def split_validation(dataset: Dataset, size: int,
     return dataset
   keep, held_out = validation_indices(len(dataset.train_images), size, seed)
   return dataclasses.replace(
-      dataset, name=f"{dataset.name}:validation={size}",
-      train_images=dataset.train_images[keep],
-      train_labels=dataset.train_labels[keep],
-      test_images=dataset.train_images[held_out],
-      test_labels=dataset.train_labels[held_out])
+    dataset,
+    name=f"{dataset.name}:validation={size}",
+    train_images=dataset.train_images[keep],
+    train_labels=dataset.train_labels[keep],
+    test_images=dataset.train_images[held_out],
+    test_labels=dataset.train_labels[held_out],
+  )

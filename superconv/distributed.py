@@ -38,8 +38,7 @@ def _int_env(env, name: str, minimum: int) -> int:
   except ValueError:
     number = minimum - 1
   if number < minimum:
-    raise ValueError(f"{name}: expected an integer >= {minimum}, got"
-                     f" {value!r}")
+    raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
   return number
 
 
@@ -56,22 +55,31 @@ def settings(env=None) -> dict | None:
     raise ValueError(f"{SWITCH_ENV}: expected 0 or 1, got {switch!r}")
   if switch == "0":
     return None
-  explicit = [n for n in (ADDRESS_ENV, NUM_PROCESSES_ENV, PROCESS_ID_ENV)
-              if env.get(n, "").strip()]
+  explicit = [
+    n
+    for n in (ADDRESS_ENV, NUM_PROCESSES_ENV, PROCESS_ID_ENV)
+    if env.get(n, "").strip()
+  ]
   if explicit:
     num_processes = _int_env(env, NUM_PROCESSES_ENV, 1)
     if num_processes > 1:
-      missing = [n for n in (ADDRESS_ENV, PROCESS_ID_ENV)
-                 if n not in explicit]
+      missing = [n for n in (ADDRESS_ENV, PROCESS_ID_ENV) if n not in explicit]
       if missing:
-        raise ValueError(f"{', '.join(missing)}: required when"
-                         f" {NUM_PROCESSES_ENV}={num_processes}")
+        raise ValueError(
+          f"{', '.join(missing)}: required when"
+          f" {NUM_PROCESSES_ENV}={num_processes}"
+        )
       process_id = _int_env(env, PROCESS_ID_ENV, 0)
       if process_id >= num_processes:
-        raise ValueError(f"{PROCESS_ID_ENV}: {process_id} is not below"
-                         f" {NUM_PROCESSES_ENV}={num_processes}")
-      return {"coordinator_address": env[ADDRESS_ENV].strip(),
-              "num_processes": num_processes, "process_id": process_id}
+        raise ValueError(
+          f"{PROCESS_ID_ENV}: {process_id} is not below"
+          f" {NUM_PROCESSES_ENV}={num_processes}"
+        )
+      return {
+        "coordinator_address": env[ADDRESS_ENV].strip(),
+        "num_processes": num_processes,
+        "process_id": process_id,
+      }
     if switch != "1":
       return None
   if switch == "1" or "," in env.get(_TPU_WORKERS_ENV, ""):
@@ -89,10 +97,16 @@ def maybe_initialize(env=None) -> bool:
   if kwargs is None:
     return False
   import jax  # pylint: disable=g-import-not-at-top
+
   # Cross-process collectives of the CPU backend (the multi-process tests
   # run on CPU); the GPU/TPU backends have their own.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(**kwargs)
-  log.info("Process %d of %d, %d local of %d devices.", jax.process_index(),
-           jax.process_count(), jax.local_device_count(), jax.device_count())
+  log.info(
+    "Process %d of %d, %d local of %d devices.",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
   return True

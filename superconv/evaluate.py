@@ -20,8 +20,7 @@ import dataclasses
 import json
 import logging
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 from superconv import cli
 
@@ -32,17 +31,25 @@ def _define_flags() -> None:
   """Defined when run as a program, so that importing this module (for
   `evaluate()`) next to another driver defines no duplicate flags."""
   flags.DEFINE_string("workdir", None, "A training run's directory.")
-  flags.DEFINE_integer("step", None,
-                       "Checkpoint step (default: the latest complete one).")
-  flags.DEFINE_integer("eval_batch_size", 0,
-                       "Global eval batch (0 = the run's config), rounded up"
-                       " to a multiple of the device count.")
-  flags.DEFINE_string("dataset", "",
-                      "Data set spec overriding the run's (same data,"
-                      " another location), e.g."
-                      " folder:/data/cifar10.tar.xz.")
-  flags.DEFINE_string("data_dir", "",
-                      "TFDS data directory overriding the run's.")
+  flags.DEFINE_integer(
+    "step", None, "Checkpoint step (default: the latest complete one)."
+  )
+  flags.DEFINE_integer(
+    "eval_batch_size",
+    0,
+    "Global eval batch (0 = the run's config), rounded up"
+    " to a multiple of the device count.",
+  )
+  flags.DEFINE_string(
+    "dataset",
+    "",
+    "Data set spec overriding the run's (same data,"
+    " another location), e.g."
+    " folder:/data/cifar10.tar.xz.",
+  )
+  flags.DEFINE_string(
+    "data_dir", "", "TFDS data directory overriding the run's."
+  )
   flags.DEFINE_bool("json", False, "Print the result as one JSON object.")
   flags.mark_flags_as_required(["workdir"])
 
@@ -55,9 +62,14 @@ def round_to_devices(batch_size: int, num_devices: int) -> int:
   return max(1, -(-batch_size // num_devices)) * num_devices
 
 
-def evaluate(workdir: str, step: int | None = None, *,
-             eval_batch_size: int = 0, dataset: str = "",
-             data_dir: str = "") -> dict:
+def evaluate(
+  workdir: str,
+  step: int | None = None,
+  *,
+  eval_batch_size: int = 0,
+  dataset: str = "",
+  data_dir: str = "",
+) -> dict:
   """Test metrics of a checkpoint (see the module docstring).
 
   Returns {"step", "eval_loss", "eval_accuracy", "eval_examples",
@@ -67,9 +79,9 @@ def evaluate(workdir: str, step: int | None = None, *,
   # pylint: disable=g-import-not-at-top
   import jax
   import ml_collections
+
   from superconv import checkpoint as checkpoint_lib
-  from superconv import input_pipeline
-  from superconv import train
+  from superconv import input_pipeline, train
   # pylint: enable=g-import-not-at-top
 
   restored = checkpoint_lib.restore(workdir, step)
@@ -84,32 +96,49 @@ def evaluate(workdir: str, step: int | None = None, *,
   meta = restored.meta
   if "mean" in meta:  # Normalize exactly as in training.
     saved = (tuple(meta["mean"]), tuple(meta["std"]))
-    if max(abs(a - b) for a, b in zip(saved[0] + saved[1],
-                                      aug.mean + aug.std)) > 1e-6:
-      log.warning("The train split's mean/std differ from the run's: is %s"
-                  " the data set it trained on? Using the run's.",
-                  config.dataset)
+    if (
+      max(abs(a - b) for a, b in zip(saved[0] + saved[1], aug.mean + aug.std))
+      > 1e-6
+    ):
+      log.warning(
+        "The train split's mean/std differ from the run's: is %s"
+        " the data set it trained on? Using the run's.",
+        config.dataset,
+      )
     aug = dataclasses.replace(aug, mean=saved[0], std=saved[1])
   num_devices = jax.device_count()
   requested = eval_batch_size or config.eval_batch_size
   batch = round_to_devices(requested, num_devices)
   if batch != requested:
-    log.info("eval_batch_size %d -> %d (a multiple of the %d devices).",
-             requested, batch, num_devices)
+    log.info(
+      "eval_batch_size %d -> %d (a multiple of the %d devices).",
+      requested,
+      batch,
+      num_devices,
+    )
   state = train.TrainState(
-      # Per replica (a vector) in a config.num_parallel_seeds run.
-      step=restored.state.get("step", restored.step), apply_fn=run.model.apply,
-      params=restored.state["params"],
-      batch_stats=restored.state["batch_stats"], tx=None, opt_state=None)
+    # Per replica (a vector) in a config.num_parallel_seeds run.
+    step=restored.state.get("step", restored.step),
+    apply_fn=run.model.apply,
+    params=restored.state["params"],
+    batch_stats=restored.state["batch_stats"],
+    tx=None,
+    opt_state=None,
+  )
   evaluator = train.Evaluator(config, ds, aug, eval_batch_size=batch)
   results = evaluator.replicas(input_pipeline.replicate_tree(state))
   common = {"eval_batch_size": batch, "num_devices": num_devices}
   if len(results) == 1:
     return {"step": restored.step, **results[0], **common}
   # A config.num_parallel_seeds run: one result per replica.
-  return {"step": restored.step, **common, "replicas": [
-      {"seed": seed, **r} for seed, r in zip(train.replica_seeds(config),
-                                              results)]}
+  return {
+    "step": restored.step,
+    **common,
+    "replicas": [
+      {"seed": seed, **r}
+      for seed, r in zip(train.replica_seeds(config), results)
+    ],
+  }
 
 
 def _fail(message: str) -> None:
@@ -130,11 +159,16 @@ def main(argv):
   # pylint: disable=g-import-not-at-top
   from superconv import checkpoint as checkpoint_lib
   from superconv import data as data_lib
+
   # pylint: enable=g-import-not-at-top
   try:
-    result = evaluate(FLAGS.workdir, FLAGS.step,
-                      eval_batch_size=FLAGS.eval_batch_size,
-                      dataset=FLAGS.dataset, data_dir=FLAGS.data_dir)
+    result = evaluate(
+      FLAGS.workdir,
+      FLAGS.step,
+      eval_batch_size=FLAGS.eval_batch_size,
+      dataset=FLAGS.dataset,
+      data_dir=FLAGS.data_dir,
+    )
   except (checkpoint_lib.CheckpointError, data_lib.DataError) as e:
     _fail(str(e))
   if FLAGS.json:
@@ -142,10 +176,12 @@ def main(argv):
     return
   for r in result.get("replicas", [result]):
     seed = f" seed {r['seed']}" if "seed" in r else ""
-    print(f"step {result['step']}{seed}: test loss {r['eval_loss']:.6f}"
-          f" test accuracy {r['eval_accuracy']:.4f}"
-          f" ({r['eval_examples']} images, {result['num_devices']}"
-          f" devices, eval batch {result['eval_batch_size']})")
+    print(
+      f"step {result['step']}{seed}: test loss {r['eval_loss']:.6f}"
+      f" test accuracy {r['eval_accuracy']:.4f}"
+      f" ({r['eval_examples']} images, {result['num_devices']}"
+      f" devices, eval batch {result['eval_batch_size']})"
+    )
 
 
 def run():

@@ -37,6 +37,7 @@ _AUGMENT_STREAM = 2
 @dataclasses.dataclass(frozen=True)
 class Augmentation:
   """Static settings of the train-time input function."""
+
   global_batch: int
   steps_per_epoch: int
   mean: tuple[float, ...]  # Per-channel mean of the train split, [0, 1] units.
@@ -66,8 +67,16 @@ def _crop_and_flip(key, image, padding: int, flip: bool):
   return image
 
 
-def train_batch(images, labels, step, *, seed: int, aug: Augmentation,
-                shard_index, num_shards: int):
+def train_batch(
+  images,
+  labels,
+  step,
+  *,
+  seed: int,
+  aug: Augmentation,
+  shard_index,
+  num_shards: int,
+):
   """This shard's part of the global batch of `step`, augmented.
 
   Args:
@@ -86,19 +95,20 @@ def train_batch(images, labels, step, *, seed: int, aug: Augmentation,
   base = jax.random.key(seed)
   epoch = step // aug.steps_per_epoch
   order = jax.random.permutation(
-      jax.random.fold_in(jax.random.fold_in(base, _ORDER_STREAM), epoch),
-      images.shape[0])
+    jax.random.fold_in(jax.random.fold_in(base, _ORDER_STREAM), epoch),
+    images.shape[0],
+  )
   first = (step % aug.steps_per_epoch) * aug.global_batch
   first = first + shard_index * local_batch
   idx = jax.lax.dynamic_slice(order, (first,), (local_batch,))
   x, y = images[idx], labels[idx]
 
-  step_key = jax.random.fold_in(
-      jax.random.fold_in(base, _AUGMENT_STREAM), step)
+  step_key = jax.random.fold_in(jax.random.fold_in(base, _AUGMENT_STREAM), step)
   positions = shard_index * local_batch + jnp.arange(local_batch)
   keys = jax.vmap(jax.random.fold_in, (None, 0))(step_key, positions)
   x = jax.vmap(_crop_and_flip, (0, 0, None, None))(
-      keys, x, aug.crop_padding, aug.random_flip)
+    keys, x, aug.crop_padding, aug.random_flip
+  )
   return normalize(x, aug.mean, aug.std, aug.dtype), y
 
 
@@ -118,7 +128,8 @@ def replicate(x: np.ndarray) -> jax.Array:
   devices, sharding = _pmap_sharding(x.ndim + 1)
   shards = [jax.device_put(x[None], d) for d in devices]
   return jax.make_array_from_single_device_arrays(
-      (len(devices),) + x.shape, sharding, shards)
+    (len(devices),) + x.shape, sharding, shards
+  )
 
 
 def replicate_tree(tree):
@@ -137,12 +148,13 @@ def shard(x: np.ndarray) -> jax.Array:
   devices, sharding = _pmap_sharding(x.ndim)
   if x.shape[0] != len(devices):
     raise ValueError(f"leading axis {x.shape[0]} != {len(devices)} devices")
-  shards = [jax.device_put(x[i:i + 1], d) for i, d in enumerate(devices)]
+  shards = [jax.device_put(x[i : i + 1], d) for i, d in enumerate(devices)]
   return jax.make_array_from_single_device_arrays(x.shape, sharding, shards)
 
 
-def eval_batches(images: np.ndarray, labels: np.ndarray, *, global_batch: int,
-                 num_devices: int):
+def eval_batches(
+  images: np.ndarray, labels: np.ndarray, *, global_batch: int, num_devices: int
+):
   """Pads the test set to whole batches and lays it out per device.
 
   Returns host arrays images [D, B, L, H, W, C], labels [D, B, L] and
@@ -156,7 +168,8 @@ def eval_batches(images: np.ndarray, labels: np.ndarray, *, global_batch: int,
   pad = padded - n
   mask = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
   images = np.concatenate(
-      [images, np.zeros((pad,) + images.shape[1:], images.dtype)])
+    [images, np.zeros((pad,) + images.shape[1:], images.dtype)]
+  )
   labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
   local = global_batch // num_devices
 

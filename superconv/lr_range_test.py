@@ -37,19 +37,19 @@ suggestions, recommendation) and `lr_range_test.png`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import dataclasses
 import json
 import logging
 import math
 import os
 import time
-from typing import Any, Sequence
+from typing import Any
 
 import ml_collections
 import numpy as np
 
-from superconv import cli
-from superconv import storage
+from superconv import cli, storage
 from superconv.cli import check_workdir, fail, setup_logging
 
 log = logging.getLogger("superconv")
@@ -95,8 +95,11 @@ def default_config(mode: str = "linear") -> ml_collections.ConfigDict:
   paper's ResNet-56 tests went to 3.0 over many more steps).
   exponential: fastai's loss test, 1e-4 -> 10 over 400 steps, no evaluation.
   """
-  _check(mode in MODES, "range_test.mode",
-         f"unknown {mode!r}; valid: {', '.join(MODES)}")
+  _check(
+    mode in MODES,
+    "range_test.mode",
+    f"unknown {mode!r}; valid: {', '.join(MODES)}",
+  )
   r = ml_collections.ConfigDict()
   # linear (Smith: LR rises linearly, test accuracy measured) | exponential
   # (fastai lr_find: LR rises geometrically, training loss only).
@@ -104,17 +107,21 @@ def default_config(mode: str = "linear") -> ml_collections.ConfigDict:
   # LR of the first step (exactly). linear: >= 0; exponential: > 0.
   r.min_lr = 0.01 if mode == "linear" else 1e-4
   r.max_lr = 1.5 if mode == "linear" else 10.0  # LR of the last step (exactly).
-  r.num_steps = 300 if mode == "linear" else 400  # Test length; overrides num_epochs when > 0.
+  r.num_steps = (
+    300 if mode == "linear" else 400
+  )  # Test length; overrides num_epochs when > 0.
   r.num_epochs = 0.0  # Test length in epochs (used when num_steps == 0).
   # Test accuracy/loss every N steps and at the last step (0 = never; then
   # only the loss-based suggestions exist).
   r.eval_every = 25 if mode == "linear" else 0
-  r.eval_size = 1000  # Held-out images per evaluation (0 = the whole test/validation split).
+  # Held-out images per evaluation (0 = the whole test/validation split).
+  r.eval_size = 1000
   # random: a fixed random subset (eval_subset_seed) | first: the first
   # eval_size test images (only for a shuffled test split: an image folder's
   # is sorted by class, so its first 1000 CIFAR-10 images are all airplanes).
   r.eval_subset = "random"
-  r.eval_subset_seed = 0  # Seed of the 'random' subset (independent of config.seed).
+  # Seed of the 'random' subset (independent of config.seed).
+  r.eval_subset_seed = 0
   r.beta = 0.98  # EMA factor of the smoothed loss (bias-corrected, as fastai).
   # Stop when the smoothed loss exceeds diverge_factor x its minimum so far
   # (0 = never stop for divergence; NaN/Inf always stops).
@@ -138,44 +145,87 @@ def default_config(mode: str = "linear") -> ml_collections.ConfigDict:
 
 def validate(config) -> None:
   """Checks config.range_test (needs no data); errors name the key."""
-  _check("range_test" in config, "range_test",
-         "missing; start from configs/lr_range_test.py")
+  _check(
+    "range_test" in config,
+    "range_test",
+    "missing; start from configs/lr_range_test.py",
+  )
   r = config.range_test
   p = "range_test."
-  _check(r.mode in MODES, p + "mode",
-         f"unknown {r.mode!r}; valid: {', '.join(MODES)}")
-  _check(math.isfinite(r.max_lr) and r.max_lr > 0, p + "max_lr",
-         f"must be > 0, got {r.max_lr}")
+  _check(
+    r.mode in MODES,
+    p + "mode",
+    f"unknown {r.mode!r}; valid: {', '.join(MODES)}",
+  )
+  _check(
+    math.isfinite(r.max_lr) and r.max_lr > 0,
+    p + "max_lr",
+    f"must be > 0, got {r.max_lr}",
+  )
   if r.mode == "exponential":
-    _check(math.isfinite(r.min_lr) and r.min_lr > 0, p + "min_lr",
-           f"must be > 0 in exponential mode, got {r.min_lr}")
+    _check(
+      math.isfinite(r.min_lr) and r.min_lr > 0,
+      p + "min_lr",
+      f"must be > 0 in exponential mode, got {r.min_lr}",
+    )
   else:
-    _check(math.isfinite(r.min_lr) and r.min_lr >= 0, p + "min_lr",
-           f"must be >= 0, got {r.min_lr}")
-  _check(r.min_lr < r.max_lr, p + "min_lr",
-         f"{r.min_lr} must be below range_test.max_lr ({r.max_lr})")
+    _check(
+      math.isfinite(r.min_lr) and r.min_lr >= 0,
+      p + "min_lr",
+      f"must be >= 0, got {r.min_lr}",
+    )
+  _check(
+    r.min_lr < r.max_lr,
+    p + "min_lr",
+    f"{r.min_lr} must be below range_test.max_lr ({r.max_lr})",
+  )
   _check(r.num_steps >= 0, p + "num_steps", f"must be >= 0, got {r.num_steps}")
-  _check(r.num_epochs >= 0, p + "num_epochs",
-         f"must be >= 0, got {r.num_epochs}")
-  _check(r.num_steps > 0 or r.num_epochs > 0, p + "num_steps",
-         "set range_test.num_steps > 0 or range_test.num_epochs > 0")
-  _check(r.eval_every >= 0, p + "eval_every",
-         f"must be >= 0 steps, got {r.eval_every}")
+  _check(
+    r.num_epochs >= 0, p + "num_epochs", f"must be >= 0, got {r.num_epochs}"
+  )
+  _check(
+    r.num_steps > 0 or r.num_epochs > 0,
+    p + "num_steps",
+    "set range_test.num_steps > 0 or range_test.num_epochs > 0",
+  )
+  _check(
+    r.eval_every >= 0,
+    p + "eval_every",
+    f"must be >= 0 steps, got {r.eval_every}",
+  )
   _check(r.eval_size >= 0, p + "eval_size", f"must be >= 0, got {r.eval_size}")
-  _check(r.eval_subset in EVAL_SUBSETS, p + "eval_subset",
-         f"unknown {r.eval_subset!r}; valid: {', '.join(EVAL_SUBSETS)}")
+  _check(
+    r.eval_subset in EVAL_SUBSETS,
+    p + "eval_subset",
+    f"unknown {r.eval_subset!r}; valid: {', '.join(EVAL_SUBSETS)}",
+  )
   _check(0 <= r.beta < 1, p + "beta", f"must be in [0, 1), got {r.beta}")
-  _check(r.diverge_factor == 0 or r.diverge_factor > 1, p + "diverge_factor",
-         f"must be > 1 (or 0 = never), got {r.diverge_factor}")
-  _check(0 <= r.skip_start < 1, p + "skip_start",
-         f"must be a fraction in [0, 1), got {r.skip_start}")
+  _check(
+    r.diverge_factor == 0 or r.diverge_factor > 1,
+    p + "diverge_factor",
+    f"must be > 1 (or 0 = never), got {r.diverge_factor}",
+  )
+  _check(
+    0 <= r.skip_start < 1,
+    p + "skip_start",
+    f"must be a fraction in [0, 1), got {r.skip_start}",
+  )
   _check(r.skip_end >= 0, p + "skip_end", f"must be >= 0, got {r.skip_end}")
-  _check(r.plateau_tolerance >= 0, p + "plateau_tolerance",
-         f"must be >= 0, got {r.plateau_tolerance}")
-  _check(r.recommend in ("",) + SUGGESTIONS, p + "recommend",
-         f"unknown {r.recommend!r}; valid: '', {', '.join(SUGGESTIONS)}")
-  _check(r.div_factor == 0 or r.div_factor >= 1, p + "div_factor",
-         f"must be >= 1 (or 0 = the mode's), got {r.div_factor}")
+  _check(
+    r.plateau_tolerance >= 0,
+    p + "plateau_tolerance",
+    f"must be >= 0, got {r.plateau_tolerance}",
+  )
+  _check(
+    r.recommend in ("",) + SUGGESTIONS,
+    p + "recommend",
+    f"unknown {r.recommend!r}; valid: '', {', '.join(SUGGESTIONS)}",
+  )
+  _check(
+    r.div_factor == 0 or r.div_factor >= 1,
+    p + "div_factor",
+    f"must be >= 1 (or 0 = the mode's), got {r.div_factor}",
+  )
 
 
 def training_view(config) -> ml_collections.ConfigDict:
@@ -202,6 +252,7 @@ def training_view(config) -> ml_collections.ConfigDict:
 def num_steps(config, num_train_examples: int) -> int:
   """Steps of the test (the project's one epochs-to-steps helper)."""
   from superconv import config as config_lib  # pylint: disable=g-import-not-at-top
+
   return config_lib.total_steps(training_view(config), num_train_examples)
 
 
@@ -210,18 +261,25 @@ def num_steps(config, num_train_examples: int) -> int:
 # ============================================================================
 
 
-def lr_values(mode: str, min_lr: float, max_lr: float,
-              num_steps: int) -> np.ndarray:
+def lr_values(
+  mode: str, min_lr: float, max_lr: float, num_steps: int
+) -> np.ndarray:
   """The LR of each step i = 0 .. num_steps - 1, in float64.
 
   linear: min_lr + (max_lr - min_lr) i / (num_steps - 1) (np.linspace);
   exponential: min_lr (max_lr / min_lr)^(i / (num_steps - 1)) (np.geomspace).
   Both return min_lr and max_lr exactly at the first and last step.
   """
-  _check(mode in MODES, "range_test.mode",
-         f"unknown {mode!r}; valid: {', '.join(MODES)}")
-  _check(num_steps >= 2, "range_test.num_steps",
-         f"the test needs at least 2 steps, got {num_steps}")
+  _check(
+    mode in MODES,
+    "range_test.mode",
+    f"unknown {mode!r}; valid: {', '.join(MODES)}",
+  )
+  _check(
+    num_steps >= 2,
+    "range_test.num_steps",
+    f"the test needs at least 2 steps, got {num_steps}",
+  )
   if mode == "linear":
     return np.linspace(min_lr, max_lr, num_steps, dtype=np.float64)
   return np.geomspace(min_lr, max_lr, num_steps, dtype=np.float64)
@@ -236,8 +294,8 @@ def lr_schedule(mode: str, min_lr: float, max_lr: float, num_steps: int):
   exactly and every value in between to float32 precision.
   """
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  table = jnp.asarray(lr_values(mode, min_lr, max_lr, num_steps),
-                      jnp.float32)
+
+  table = jnp.asarray(lr_values(mode, min_lr, max_lr, num_steps), jnp.float32)
 
   def schedule(count):
     return table[jnp.clip(count, 0, num_steps - 1)]
@@ -275,18 +333,21 @@ class LossMonitor:
       self.smoothed = math.nan
       return "nonfinite"
     self.avg = self.beta * self.avg + (1 - self.beta) * loss
-    self.smoothed = self.avg / (1 - self.beta ** self.count)
+    self.smoothed = self.avg / (1 - self.beta**self.count)
     if not math.isfinite(self.smoothed):
       return "nonfinite"
     self.best = min(self.best, self.smoothed)
-    if (self.diverge_factor > 0
-        and self.smoothed > self.diverge_factor * self.best):
+    if (
+      self.diverge_factor > 0
+      and self.smoothed > self.diverge_factor * self.best
+    ):
       return "diverged"
     return None
 
 
-def smooth_and_stop(losses: Sequence[float], beta: float = 0.98,
-                    diverge_factor: float = 4.0):
+def smooth_and_stop(
+  losses: Sequence[float], beta: float = 0.98, diverge_factor: float = 4.0
+):
   """Runs `LossMonitor` over a loss sequence.
 
   Returns (reason, smoothed): reason in STOP_REASONS; smoothed holds one
@@ -308,17 +369,26 @@ def smooth_and_stop(losses: Sequence[float], beta: float = 0.98,
 # ============================================================================
 
 
-def window(num_recorded: int, num_planned: int, skip_start: float = 0.1,
-           skip_end: int = 5) -> slice:
+def window(
+  num_recorded: int,
+  num_planned: int,
+  skip_start: float = 0.1,
+  skip_end: int = 5,
+) -> slice:
   """The points the loss-based suggestions look at, as fastai:
   lrs[num_planned // 10 : -5] for skip_start = 0.1, skip_end = 5."""
   return slice(int(num_planned * skip_start), max(num_recorded - skip_end, 0))
 
 
 def _point(name: str, lrs, losses, index: int, lr: float, **extra) -> dict:
-  return {"name": name, "lr": float(lr), "index": int(index),
-          "at_lr": float(lrs[index]), "smoothed_loss": float(losses[index]),
-          **extra}
+  return {
+    "name": name,
+    "lr": float(lr),
+    "index": int(index),
+    "at_lr": float(lrs[index]),
+    "smoothed_loss": float(losses[index]),
+    **extra,
+  }
 
 
 def steepest(lrs, losses, *, log_x: bool) -> dict | None:
@@ -377,9 +447,17 @@ def valley(lrs, losses) -> dict | None:
   sections = (end - start) / 3
   i = min(max(start + int(sections) + int(sections / 2), 0), n - 1)
   first = max(start + 1, 0)  # The valley's first point (if contiguous).
-  return _point("valley", lrs, losses, i, lrs[i], valley_start=first,
-                valley_end=end, valley_start_lr=float(lrs[first]),
-                valley_end_lr=float(lrs[end]))
+  return _point(
+    "valley",
+    lrs,
+    losses,
+    i,
+    lrs[i],
+    valley_start=first,
+    valley_end=end,
+    valley_start_lr=float(lrs[first]),
+    valley_end_lr=float(lrs[end]),
+  )
 
 
 def binomial_se(accuracy: float, n: int) -> float:
@@ -387,9 +465,15 @@ def binomial_se(accuracy: float, n: int) -> float:
   return math.sqrt(max(accuracy * (1 - accuracy), 0.0) / max(n, 1))
 
 
-def smith(eval_lrs, eval_accuracies, *, eval_size: int,
-          tolerance: float = 0.0, div_factor: float = 4.0,
-          num_classes: int = 0) -> dict | None:
+def smith(
+  eval_lrs,
+  eval_accuracies,
+  *,
+  eval_size: int,
+  tolerance: float = 0.0,
+  div_factor: float = 4.0,
+  num_classes: int = 0,
+) -> dict | None:
   """Smith's rule on test accuracy against LR (linear test).
 
   max_lr: the first LR at which the accuracy comes within `tolerance` of its
@@ -411,11 +495,18 @@ def smith(eval_lrs, eval_accuracies, *, eval_size: int,
   peak = int(np.argmax(acc))
   tol = tolerance or binomial_se(acc[peak], eval_size)
   i = int(np.argmax(acc >= acc[peak] - tol))  # First within tol (<= peak).
-  out = {"name": "smith", "lr": float(lrs[i]), "max_lr": float(lrs[i]),
-         "min_lr": float(lrs[i] / div_factor), "index": i,
-         "accuracy": float(acc[i]), "peak_lr": float(lrs[peak]),
-         "peak_accuracy": float(acc[peak]), "tolerance": float(tol),
-         "still_rising": bool(peak == len(acc) - 1)}
+  out = {
+    "name": "smith",
+    "lr": float(lrs[i]),
+    "max_lr": float(lrs[i]),
+    "min_lr": float(lrs[i] / div_factor),
+    "index": i,
+    "accuracy": float(acc[i]),
+    "peak_lr": float(lrs[peak]),
+    "peak_accuracy": float(acc[peak]),
+    "tolerance": float(tol),
+    "still_rising": bool(peak == len(acc) - 1),
+  }
   if num_classes:
     chance = 1.0 / num_classes
     above = acc > chance + 2 * binomial_se(chance, eval_size)
@@ -423,11 +514,21 @@ def smith(eval_lrs, eval_accuracies, *, eval_size: int,
   return out
 
 
-def suggest(mode: str, lrs, smoothed, *, num_planned: int,
-            skip_start: float = 0.1, skip_end: int = 5, eval_lrs=(),
-            eval_accuracies=(), eval_size: int = 0,
-            plateau_tolerance: float = 0.0, div_factor: float = 0.0,
-            num_classes: int = 0) -> dict:
+def suggest(
+  mode: str,
+  lrs,
+  smoothed,
+  *,
+  num_planned: int,
+  skip_start: float = 0.1,
+  skip_end: int = 5,
+  eval_lrs=(),
+  eval_accuracies=(),
+  eval_size: int = 0,
+  plateau_tolerance: float = 0.0,
+  div_factor: float = 0.0,
+  num_classes: int = 0,
+) -> dict:
   """Every suggestion of a test: {name: dict or None}.
 
   The loss-based ones see the smoothed losses inside `window` (non-finite
@@ -451,16 +552,24 @@ def suggest(mode: str, lrs, smoothed, *, num_planned: int,
             s[key] = int(idx[s[key]])
   else:
     out.update(steepest=None, min_loss_div_10=None, valley=None)
-  out["smith"] = (smith(eval_lrs, eval_accuracies, eval_size=eval_size,
-                        tolerance=plateau_tolerance,
-                        div_factor=div_factor or DIV_FACTOR["linear"],
-                        num_classes=num_classes)
-                  if len(eval_lrs) else None)
+  out["smith"] = (
+    smith(
+      eval_lrs,
+      eval_accuracies,
+      eval_size=eval_size,
+      tolerance=plateau_tolerance,
+      div_factor=div_factor or DIV_FACTOR["linear"],
+      num_classes=num_classes,
+    )
+    if len(eval_lrs)
+    else None
+  )
   return out
 
 
-def recommend(mode: str, suggestions: dict, *, rule: str = "",
-              div_factor: float = 0.0) -> dict | None:
+def recommend(
+  mode: str, suggestions: dict, *, rule: str = "", div_factor: float = 0.0
+) -> dict | None:
   """The recommended (min_lr, max_lr) and the rule that produced it.
 
   linear: Smith's rule (max_lr where test accuracy stops rising, min_lr =
@@ -475,18 +584,24 @@ def recommend(mode: str, suggestions: dict, *, rule: str = "",
   when no suggestion exists.
   """
   wanted = rule or DEFAULT_RULE[mode]
-  order = [wanted] + [r for r in ("smith", "min_loss_div_10", "valley",
-                                  "steepest") if r != wanted]
+  order = [wanted] + [
+    r for r in ("smith", "min_loss_div_10", "valley", "steepest") if r != wanted
+  ]
   for name in order:
     s = suggestions.get(name)
     if s is None:
       continue
     div = div_factor or DIV_FACTOR[mode]
     max_lr = float(s["max_lr"] if name == "smith" else s["lr"])
-    return {"rule": name, "max_lr": max_lr, "min_lr": max_lr / div,
-            "div_factor": float(div),
-            "fallback": None if name == wanted else
-                        f"{wanted} gave no value; used {name}"}
+    return {
+      "rule": name,
+      "max_lr": max_lr,
+      "min_lr": max_lr / div,
+      "div_factor": float(div),
+      "fallback": None
+      if name == wanted
+      else f"{wanted} gave no value; used {name}",
+    }
   return None
 
 
@@ -505,8 +620,11 @@ def eval_subset(dataset, size: int, subset: str, seed: int):
     index = np.arange(size)
   else:
     index = np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
-  return dataclasses.replace(dataset, test_images=dataset.test_images[index],
-                             test_labels=dataset.test_labels[index])
+  return dataclasses.replace(
+    dataset,
+    test_images=dataset.test_images[index],
+    test_labels=dataset.test_labels[index],
+  )
 
 
 def _float32(value) -> float:
@@ -526,8 +644,11 @@ def run(config, workdir: str, dataset) -> dict:
   (the content of lr_range_test.json)."""
   import jax  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
-  from superconv import input_pipeline  # pylint: disable=g-import-not-at-top
-  from superconv import train  # pylint: disable=g-import-not-at-top
+
+  from superconv import (
+    input_pipeline,  # pylint: disable=g-import-not-at-top
+    train,  # pylint: disable=g-import-not-at-top
+  )
 
   validate(config)
   r = config.range_test
@@ -535,21 +656,30 @@ def run(config, workdir: str, dataset) -> dict:
   setup = train.setup(view, dataset)
   n = setup.total_steps
   lr_fn = lr_schedule(r.mode, r.min_lr, r.max_lr, n)
-  tx = train.make_optimizer(view, lr_fn, optax.constant_schedule(
-      view.momentum))
+  tx = train.make_optimizer(view, lr_fn, optax.constant_schedule(view.momentum))
   state = train.create_train_state(view, setup.model, dataset.image_shape, tx)
   state = input_pipeline.replicate_tree(state)
   images = input_pipeline.replicate(dataset.train_images)
   labels = input_pipeline.replicate(dataset.train_labels.astype(np.int32))
   p_step = train.make_train_step(view, dataset, setup.aug)
-  held_out = eval_subset(dataset, r.eval_size, r.eval_subset,
-                         r.eval_subset_seed)
-  evaluate = (train.Evaluator(view, held_out, setup.aug)
-              if r.eval_every > 0 else None)
-  log.info("LR range test (%s): %d steps of batch %d, lr %g -> %g%s.",
-           r.mode, n, view.batch_size, r.min_lr, r.max_lr,
-           f", eval on {held_out.test_images.shape[0]} held-out images every"
-           f" {r.eval_every} steps" if evaluate else "")
+  held_out = eval_subset(
+    dataset, r.eval_size, r.eval_subset, r.eval_subset_seed
+  )
+  evaluate = (
+    train.Evaluator(view, held_out, setup.aug) if r.eval_every > 0 else None
+  )
+  log.info(
+    "LR range test (%s): %d steps of batch %d, lr %g -> %g%s.",
+    r.mode,
+    n,
+    view.batch_size,
+    r.min_lr,
+    r.max_lr,
+    f", eval on {held_out.test_images.shape[0]} held-out images every"
+    f" {r.eval_every} steps"
+    if evaluate
+    else "",
+  )
 
   is_chief = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
@@ -565,23 +695,34 @@ def run(config, workdir: str, dataset) -> dict:
     m = jax.device_get(train.unreplicate(metrics))
     loss = float(m["train_loss"])
     stop = monitor.update(loss)
-    row = {"step": step, "lr": _float32(m["learning_rate"]), "loss": loss,
-           "smoothed_loss": monitor.smoothed,
-           "train_accuracy": float(m["train_accuracy"]),
-           "momentum": _float32(m["momentum"]),
-           "grad_norm": float(m["grad_norm"])}
+    row = {
+      "step": step,
+      "lr": _float32(m["learning_rate"]),
+      "loss": loss,
+      "smoothed_loss": monitor.smoothed,
+      "train_accuracy": float(m["train_accuracy"]),
+      "momentum": _float32(m["momentum"]),
+      "grad_norm": float(m["grad_norm"]),
+    }
     row.update(evals.pop(step, {}))
     rows.append(row)
     if jsonl:
       jsonl.write(json.dumps({k: _jsonable(v) for k, v in row.items()}) + "\n")
       jsonl.flush()
-    if (step % max(view.log_every_steps, 1) == 0 or "eval_accuracy" in row
-        or stop or step == n):
-      text = (f"step {step}/{n} lr {row['lr']:.4g} loss {loss:.4f}"
-              f" smoothed {monitor.smoothed:.4f}")
+    if (
+      step % max(view.log_every_steps, 1) == 0
+      or "eval_accuracy" in row
+      or stop
+      or step == n
+    ):
+      text = (
+        f"step {step}/{n} lr {row['lr']:.4g} loss {loss:.4f}"
+        f" smoothed {monitor.smoothed:.4f}"
+      )
       if "eval_accuracy" in row:
-        text += (f" | test acc {row['eval_accuracy']:.4f}"
-                 f" loss {row['eval_loss']:.4f}")
+        text += (
+          f" | test acc {row['eval_accuracy']:.4f} loss {row['eval_loss']:.4f}"
+        )
       log.info("%s (%.1fs)", text, time.time() - start)
     return stop
 
@@ -597,8 +738,9 @@ def run(config, workdir: str, dataset) -> dict:
         if reason != "completed":
           break
       if evaluate and (step % r.eval_every == 0 or step == n):
-        evals[step] = {k: v for k, v in evaluate(state).items()
-                       if k != "eval_examples"}
+        evals[step] = {
+          k: v for k, v in evaluate(state).items() if k != "eval_examples"
+        }
       previous = metrics
     else:
       reason = record(n, previous) or reason
@@ -611,80 +753,121 @@ def run(config, workdir: str, dataset) -> dict:
   if evaluate:
     counts = np.bincount(held_out.test_labels, minlength=dataset.num_classes)
     if counts.min() < 0.5 * counts.mean():
-      notes.append(f"range_test.eval_subset: the {counts.sum()} held-out"
-                   f" images cover the classes unevenly ({counts.min()} to"
-                   f" {counts.max()} per class); use 'random' or a larger"
-                   " eval_size")
-  summary = summarize(config, rows, reason=reason, num_planned=n, notes=notes,
-                      steps_per_epoch=setup.steps_per_epoch,
-                      num_classes=dataset.num_classes,
-                      eval_size=held_out.test_images.shape[0] if evaluate
-                      else 0, seconds=seconds, dataset=dataset.name)
+      notes.append(
+        f"range_test.eval_subset: the {counts.sum()} held-out"
+        f" images cover the classes unevenly ({counts.min()} to"
+        f" {counts.max()} per class); use 'random' or a larger"
+        " eval_size"
+      )
+  summary = summarize(
+    config,
+    rows,
+    reason=reason,
+    num_planned=n,
+    notes=notes,
+    steps_per_epoch=setup.steps_per_epoch,
+    num_classes=dataset.num_classes,
+    eval_size=held_out.test_images.shape[0] if evaluate else 0,
+    seconds=seconds,
+    dataset=dataset.name,
+  )
   if is_chief:
     write_json(os.path.join(workdir, JSON_NAME), summary)
     plot(rows, summary, os.path.join(workdir, PNG_NAME))
   return summary
 
 
-def summarize(config, rows: list[dict], *, reason: str, num_planned: int,
-              steps_per_epoch: int, num_classes: int, eval_size: int,
-              seconds: float = 0.0, dataset: str = "",
-              notes: Sequence[str] = ()) -> dict:
+def summarize(
+  config,
+  rows: list[dict],
+  *,
+  reason: str,
+  num_planned: int,
+  steps_per_epoch: int,
+  num_classes: int,
+  eval_size: int,
+  seconds: float = 0.0,
+  dataset: str = "",
+  notes: Sequence[str] = (),
+) -> dict:
   """lr_range_test.json's content from the recorded rows."""
   r = config.range_test
   lrs = np.array([row["lr"] for row in rows], np.float64)
   smoothed = np.array([row["smoothed_loss"] for row in rows], np.float64)
   ev = [row for row in rows if "eval_accuracy" in row]
   suggestions = suggest(
-      r.mode, lrs, smoothed, num_planned=num_planned,
-      skip_start=r.skip_start, skip_end=r.skip_end,
-      eval_lrs=[row["lr"] for row in ev],
-      eval_accuracies=[row["eval_accuracy"] for row in ev],
-      eval_size=eval_size, plateau_tolerance=r.plateau_tolerance,
-      div_factor=r.div_factor, num_classes=num_classes)
-  rec = recommend(r.mode, suggestions, rule=r.recommend,
-                  div_factor=r.div_factor)
+    r.mode,
+    lrs,
+    smoothed,
+    num_planned=num_planned,
+    skip_start=r.skip_start,
+    skip_end=r.skip_end,
+    eval_lrs=[row["lr"] for row in ev],
+    eval_accuracies=[row["eval_accuracy"] for row in ev],
+    eval_size=eval_size,
+    plateau_tolerance=r.plateau_tolerance,
+    div_factor=r.div_factor,
+    num_classes=num_classes,
+  )
+  rec = recommend(
+    r.mode, suggestions, rule=r.recommend, div_factor=r.div_factor
+  )
   notes = list(notes)
   finite = smoothed[np.isfinite(smoothed)]
-  if reason == "completed" and r.mode == "exponential" and len(finite) and (
-      finite[-1] <= 1.5 * finite.min()):
-    notes.append("the loss never rose: range_test.max_lr may be too low to"
-                 " show where training breaks down")
-  if (suggestions.get("smith") and suggestions["smith"]["still_rising"]
-      and reason == "completed"):
-    notes.append("test accuracy was still rising at the last evaluation:"
-                 " raise range_test.max_lr or run longer")
+  if (
+    reason == "completed"
+    and r.mode == "exponential"
+    and len(finite)
+    and (finite[-1] <= 1.5 * finite.min())
+  ):
+    notes.append(
+      "the loss never rose: range_test.max_lr may be too low to"
+      " show where training breaks down"
+    )
+  if (
+    suggestions.get("smith")
+    and suggestions["smith"]["still_rising"]
+    and reason == "completed"
+  ):
+    notes.append(
+      "test accuracy was still rising at the last evaluation:"
+      " raise range_test.max_lr or run longer"
+    )
   if rows and reason != "completed" and len(rows) < 0.2 * num_planned:
-    notes.append(f"stopped ({reason}) after {len(rows)} of {num_planned}"
-                 " steps: lower range_test.max_lr or range_test.min_lr")
+    notes.append(
+      f"stopped ({reason}) after {len(rows)} of {num_planned}"
+      " steps: lower range_test.max_lr or range_test.min_lr"
+    )
   if suggestions["valley"] is None:
-    notes.append("too few finite points for the loss-based suggestions:"
-                 " lower range_test.skip_start/skip_end or run longer")
+    notes.append(
+      "too few finite points for the loss-based suggestions:"
+      " lower range_test.skip_start/skip_end or run longer"
+    )
   i_min = int(np.nanargmin(smoothed)) if len(finite) else None
   min_loss = float(smoothed[i_min]) if i_min is not None else None
   min_loss_lr = float(lrs[i_min]) if i_min is not None else None
   return {
-      "mode": r.mode,
-      "settings": json.loads(r.to_json_best_effort()),
-      "dataset": dataset,
-      "model": config.model,
-      "batch_size": config.batch_size,
-      "seed": config.seed,
-      "weight_decay": config.weight_decay,
-      "momentum": config.momentum,
-      "steps_planned": num_planned,
-      "steps_run": len(rows),
-      "steps_per_epoch": steps_per_epoch,
-      "eval_size": eval_size,
-      "stop_reason": reason,
-      "stop_lr": float(lrs[-1]) if len(rows) else None,
-      "min_smoothed_loss": min_loss,
-      "min_smoothed_loss_lr": min_loss_lr,
-      "seconds": round(seconds, 1),
-      "suggestions": suggestions,
-      "recommendation": rec,
-      "notes": notes,
-      "config": json.loads(config.to_json_best_effort()),
+    "mode": r.mode,
+    "settings": json.loads(r.to_json_best_effort()),
+    "dataset": dataset,
+    "model": config.model,
+    "batch_size": config.batch_size,
+    "seed": config.seed,
+    "weight_decay": config.weight_decay,
+    "momentum": config.momentum,
+    "steps_planned": num_planned,
+    "steps_run": len(rows),
+    "steps_per_epoch": steps_per_epoch,
+    "eval_size": eval_size,
+    "stop_reason": reason,
+    "stop_lr": float(lrs[-1]) if len(rows) else None,
+    "min_smoothed_loss": min_loss,
+    "min_smoothed_loss_lr": min_loss_lr,
+    "seconds": round(seconds, 1),
+    "suggestions": suggestions,
+    "recommendation": rec,
+    "notes": notes,
+    "config": json.loads(config.to_json_best_effort()),
   }
 
 
@@ -703,10 +886,18 @@ def write_json(path: str, data: dict) -> None:
 # The plot
 # ============================================================================
 
-_COLORS = {"steepest": "tab:orange", "min_loss_div_10": "tab:purple",
-           "valley": "tab:green", "smith": "tab:red"}
-_LABELS = {"steepest": "steepest", "min_loss_div_10": "min loss / 10",
-           "valley": "valley", "smith": "Smith max_lr"}
+_COLORS = {
+  "steepest": "tab:orange",
+  "min_loss_div_10": "tab:purple",
+  "valley": "tab:green",
+  "smith": "tab:red",
+}
+_LABELS = {
+  "steepest": "steepest",
+  "min_loss_div_10": "min loss / 10",
+  "valley": "valley",
+  "smith": "Smith max_lr",
+}
 
 
 def plot(rows: list[dict], summary: dict, out: str, title: str = "") -> None:
@@ -714,34 +905,42 @@ def plot(rows: list[dict], summary: dict, out: str, title: str = "") -> None:
   vertical lines and the recommended range shaded; a second panel with the
   held-out test accuracy (and loss) when measured."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
   mode = summary["mode"]
   lrs = np.array([row["lr"] for row in rows], np.float64)
   loss = np.array([float(row["loss"]) for row in rows], np.float64)
-  smoothed = np.array([float(row["smoothed_loss"]) for row in rows],
-                      np.float64)
+  smoothed = np.array([float(row["smoothed_loss"]) for row in rows], np.float64)
   ev = [row for row in rows if "eval_accuracy" in row]
   panels = 2 if ev else 1
-  fig, axes = plt.subplots(panels, 1, figsize=(10, 4.6 * panels), dpi=110,
-                           sharex=True, squeeze=False)
+  fig, axes = plt.subplots(
+    panels, 1, figsize=(10, 4.6 * panels), dpi=110, sharex=True, squeeze=False
+  )
   axes = axes[:, 0]
   ax = axes[0]
   curve = smoothed
   loss_lines = [
-      ax.plot(lrs, loss, color="0.72", lw=0.7,
-              label="training loss (each step)")[0],
-      ax.plot(lrs, smoothed, color="tab:blue", lw=2,
-              label=f"smoothed: bias-corrected EMA, beta"
-                    f" {summary['settings']['beta']:g}")[0]]
+    ax.plot(lrs, loss, color="0.72", lw=0.7, label="training loss (each step)")[
+      0
+    ],
+    ax.plot(
+      lrs,
+      smoothed,
+      color="tab:blue",
+      lw=2,
+      label=f"smoothed: bias-corrected EMA, beta"
+      f" {summary['settings']['beta']:g}",
+    )[0],
+  ]
   finite = np.isfinite(curve)
   if finite.any():
     lo = float(np.nanmin(curve))
     i_min = int(np.nanargmin(curve))
     first = int(np.argmax(finite))
-    hi = max(float(np.nanmax(curve[first:i_min + 1])), lo * 1.05)
-    raw = loss[:i_min + 1][np.isfinite(loss[:i_min + 1])]
+    hi = max(float(np.nanmax(curve[first : i_min + 1])), lo * 1.05)
+    raw = loss[: i_min + 1][np.isfinite(loss[: i_min + 1])]
     if len(raw) > 10:  # Room for most of the per-step noise.
       lo = min(lo, float(np.percentile(raw, 2)))
       hi = max(hi, float(np.percentile(raw, 99)))
@@ -752,8 +951,9 @@ def plot(rows: list[dict], summary: dict, out: str, title: str = "") -> None:
   rec = summary.get("recommendation")
   if rec:
     for a in axes:
-      a.axvspan(rec["min_lr"], rec["max_lr"], color="tab:green", alpha=0.08,
-                lw=0)
+      a.axvspan(
+        rec["min_lr"], rec["max_lr"], color="tab:green", alpha=0.08, lw=0
+      )
   suggestions = summary["suggestions"]
   handles = []
   for name in SUGGESTIONS:
@@ -763,47 +963,86 @@ def plot(rows: list[dict], summary: dict, out: str, title: str = "") -> None:
     lr = s["max_lr"] if name == "smith" else s["lr"]
     star = " *" if rec and rec["rule"] == name else ""
     for a in axes:
-      line = a.axvline(lr, color=_COLORS[name], lw=1.4,
-                       ls="-" if star else "--",
-                       label=f"{_LABELS[name]}: {lr:.3g}{star}")
+      line = a.axvline(
+        lr,
+        color=_COLORS[name],
+        lw=1.4,
+        ls="-" if star else "--",
+        label=f"{_LABELS[name]}: {lr:.3g}{star}",
+      )
     handles.append(line)
     if name != "smith":
-      ax.plot([s["at_lr"]], [s["smoothed_loss"]], "o", color=_COLORS[name],
-              ms=5, zorder=5)
+      ax.plot(
+        [s["at_lr"]],
+        [s["smoothed_loss"]],
+        "o",
+        color=_COLORS[name],
+        ms=5,
+        zorder=5,
+      )
   ax.set_ylabel("training loss")
   ax.grid(alpha=0.3, which="both" if mode == "exponential" else "major")
-  first_legend = ax.legend(handles=loss_lines, loc="upper right", fontsize=8,
-                           framealpha=0.85)
+  first_legend = ax.legend(
+    handles=loss_lines, loc="upper right", fontsize=8, framealpha=0.85
+  )
   ax.add_artist(first_legend)
   if handles:
-    ax.legend(handles=handles, loc="upper left", fontsize=8,
-              title="suggested LR (* = recommended max_lr)",
-              title_fontsize=8, framealpha=0.85)
+    ax.legend(
+      handles=handles,
+      loc="upper left",
+      fontsize=8,
+      title="suggested LR (* = recommended max_lr)",
+      title_fontsize=8,
+      framealpha=0.85,
+    )
   stop = summary["stop_reason"]
-  text = (f"{mode} test, {summary['steps_run']}/{summary['steps_planned']}"
-          f" steps, stop: {stop}")
+  text = (
+    f"{mode} test, {summary['steps_run']}/{summary['steps_planned']}"
+    f" steps, stop: {stop}"
+  )
   if rec:
-    text += (f"\nrecommended: max_lr {rec['max_lr']:.3g},"
-             f" min_lr {rec['min_lr']:.3g} ({rec['rule']},"
-             f" / {rec['div_factor']:g})")
+    text += (
+      f"\nrecommended: max_lr {rec['max_lr']:.3g},"
+      f" min_lr {rec['min_lr']:.3g} ({rec['rule']},"
+      f" / {rec['div_factor']:g})"
+    )
   ax.set_title(text.replace("\n", "; "), fontsize=9)
   if ev:
     a2 = axes[1]
     elr = np.array([row["lr"] for row in ev])
     acc = np.array([row["eval_accuracy"] for row in ev])
-    a2.plot(elr, acc, "o-", color="tab:red", lw=1.6, ms=4,
-            label=f"test accuracy ({summary['eval_size']} held-out images)")
+    a2.plot(
+      elr,
+      acc,
+      "o-",
+      color="tab:red",
+      lw=1.6,
+      ms=4,
+      label=f"test accuracy ({summary['eval_size']} held-out images)",
+    )
     sm = suggestions.get("smith")
     if sm:
-      a2.axhspan(sm["peak_accuracy"] - sm["tolerance"], sm["peak_accuracy"],
-                 color="tab:red", alpha=0.08, lw=0,
-                 label=f"within {sm['tolerance']:.3f} of the peak")
+      a2.axhspan(
+        sm["peak_accuracy"] - sm["tolerance"],
+        sm["peak_accuracy"],
+        color="tab:red",
+        alpha=0.08,
+        lw=0,
+        label=f"within {sm['tolerance']:.3f} of the peak",
+      )
     a2.set_ylabel("test accuracy", color="tab:red")
     a2.grid(alpha=0.3)
     a3 = a2.twinx()
     eval_loss = np.array([float(row["eval_loss"]) for row in ev])
-    a3.plot(elr, eval_loss, "s--", color="0.45", lw=1, ms=3,
-            label="test loss (right axis)")
+    a3.plot(
+      elr,
+      eval_loss,
+      "s--",
+      color="0.45",
+      lw=1,
+      ms=3,
+      label="test loss (right axis)",
+    )
     a3.set_ylabel("test loss", color="0.45")
     finite_loss = eval_loss[np.isfinite(eval_loss)]
     if len(finite_loss) > 2:  # Early evaluations (stale BN statistics) can
@@ -812,16 +1051,24 @@ def plot(rows: list[dict], summary: dict, out: str, title: str = "") -> None:
         a3.set_ylim(0, top)
     h1, l1 = a2.get_legend_handles_labels()
     h3, l3 = a3.get_legend_handles_labels()
-    keep = [(h, l) for h, l in zip(h1 + h3, l1 + l3)
-            if not l.split(":")[0] in _LABELS.values()]
+    keep = [
+      (h, l)
+      for h, l in zip(h1 + h3, l1 + l3)
+      if l.split(":")[0] not in _LABELS.values()
+    ]
     a2.legend(*zip(*keep), loc="upper left", fontsize=8, framealpha=0.85)
-  axes[-1].set_xlabel("learning rate" + (" (log scale)"
-                                         if mode == "exponential" else ""))
-  fig.suptitle(title or f"LR range test: {summary['model']},"
-               f" {os.path.basename(summary['dataset'].split(':', 1)[-1])},"
-               f" batch {summary['batch_size']}, wd"
-               f" {summary['weight_decay']:g}, momentum"
-               f" {summary['momentum']:g}", fontsize=11)
+  axes[-1].set_xlabel(
+    "learning rate" + (" (log scale)" if mode == "exponential" else "")
+  )
+  fig.suptitle(
+    title
+    or f"LR range test: {summary['model']},"
+    f" {os.path.basename(summary['dataset'].split(':', 1)[-1])},"
+    f" batch {summary['batch_size']}, wd"
+    f" {summary['weight_decay']:g}, momentum"
+    f" {summary['momentum']:g}",
+    fontsize=11,
+  )
   fig.tight_layout()
   fig.savefig(out)
   plt.close(fig)
@@ -850,17 +1097,24 @@ def apply_to_config(config, path: str) -> dict:
   source = os.path.abspath(os.path.expanduser(path))
   if os.path.isdir(source):
     source = os.path.join(source, JSON_NAME)
-  _check(os.path.isfile(source), key, f"no such file: {source} (give a range"
-         f" test's workdir or its {JSON_NAME})")
+  _check(
+    os.path.isfile(source),
+    key,
+    f"no such file: {source} (give a range test's workdir or its {JSON_NAME})",
+  )
   try:
     with open(source) as f:
       data = json.load(f)
     rec = data["recommendation"]
   except (OSError, ValueError, KeyError, TypeError) as e:
-    raise RangeTestError(f"{key}: {source} is not a range-test result"
-                         f" ({type(e).__name__}: {e})") from None
-  _check(isinstance(rec, dict) and rec.get("max_lr"), key,
-         f"{source} has no recommendation (notes: {data.get('notes')})")
+    raise RangeTestError(
+      f"{key}: {source} is not a range-test result ({type(e).__name__}: {e})"
+    ) from None
+  _check(
+    isinstance(rec, dict) and rec.get("max_lr"),
+    key,
+    f"{source} has no recommendation (notes: {data.get('notes')})",
+  )
   max_lr, min_lr = float(rec["max_lr"]), float(rec["min_lr"])
   s = config.schedule
   written = {"schedule.max_lr": max_lr}
@@ -874,8 +1128,14 @@ def apply_to_config(config, path: str) -> dict:
     s[name.split(".", 1)[1]] = value
   if "lr_from_range_test" in s:
     s.lr_from_range_test = source
-  return {"max_lr": max_lr, "min_lr": min_lr, "source": source,
-          "rule": rec.get("rule"), "mode": data.get("mode"), "set": written}
+  return {
+    "max_lr": max_lr,
+    "min_lr": min_lr,
+    "source": source,
+    "rule": rec.get("rule"),
+    "mode": data.get("mode"),
+    "set": written,
+  }
 
 
 # ============================================================================
@@ -885,24 +1145,30 @@ def apply_to_config(config, path: str) -> dict:
 
 def format_summary(summary: dict) -> str:
   """The console report: stop reason, suggestions, recommendation."""
-  lines = [f"stopped: {summary['stop_reason']} after {summary['steps_run']}"
-           f" of {summary['steps_planned']} steps"
-           f" (lr {summary['stop_lr']:.4g})"]
+  lines = [
+    f"stopped: {summary['stop_reason']} after {summary['steps_run']}"
+    f" of {summary['steps_planned']} steps"
+    f" (lr {summary['stop_lr']:.4g})"
+  ]
   for name in SUGGESTIONS:
     s = summary["suggestions"].get(name)
     if s is None:
       lines.append(f"  {name:<16} -")
     elif name == "smith":
-      lines.append(f"  {name:<16} max_lr {s['max_lr']:.4g} (test acc"
-                   f" {s['accuracy']:.4f}; peak {s['peak_accuracy']:.4f} at lr"
-                   f" {s['peak_lr']:.4g})")
+      lines.append(
+        f"  {name:<16} max_lr {s['max_lr']:.4g} (test acc"
+        f" {s['accuracy']:.4f}; peak {s['peak_accuracy']:.4f} at lr"
+        f" {s['peak_lr']:.4g})"
+      )
     else:
       lines.append(f"  {name:<16} {s['lr']:.4g}")
   rec = summary["recommendation"]
   if rec:
-    lines.append(f"recommended: max_lr {rec['max_lr']:.4g}, min_lr"
-                 f" {rec['min_lr']:.4g} (rule {rec['rule']}, max_lr /"
-                 f" {rec['div_factor']:g})")
+    lines.append(
+      f"recommended: max_lr {rec['max_lr']:.4g}, min_lr"
+      f" {rec['min_lr']:.4g} (rule {rec['rule']}, max_lr /"
+      f" {rec['div_factor']:g})"
+    )
   lines += [f"note: {n}" for n in summary["notes"]]
   return "\n".join(lines)
 
@@ -910,9 +1176,12 @@ def format_summary(summary: dict) -> str:
 def main(argv) -> None:
   del argv
   from absl import flags  # pylint: disable=g-import-not-at-top
+
   setup_logging()
   import jax  # pylint: disable=g-import-not-at-top
+
   from superconv import distributed  # pylint: disable=g-import-not-at-top
+
   try:
     distributed.maybe_initialize()
   except ValueError as e:
@@ -925,9 +1194,10 @@ def main(argv) -> None:
   try:
     if storage.is_remote(flags.FLAGS.workdir):
       raise ValueError(
-          f"--workdir: {flags.FLAGS.workdir}: the range test writes to a"
-          " local directory (it runs for minutes and keeps no checkpoint);"
-          " copy its three files to the bucket afterwards")
+        f"--workdir: {flags.FLAGS.workdir}: the range test writes to a"
+        " local directory (it runs for minutes and keeps no checkpoint);"
+        " copy its three files to the bucket afterwards"
+      )
     workdir = check_workdir(flags.FLAGS.workdir)
     validate(config)
     view = training_view(config)
@@ -936,27 +1206,36 @@ def main(argv) -> None:
     # from a validation split of the train images, not from the test set.
     dataset = train.load_dataset(view)
     config_lib.validate_with_data(
-        view, num_train_examples=dataset.train_images.shape[0])
-    _check(num_steps(config, dataset.train_images.shape[0]) >= 2,
-           "range_test.num_steps", "the test needs at least 2 steps")
+      view, num_train_examples=dataset.train_images.shape[0]
+    )
+    _check(
+      num_steps(config, dataset.train_images.shape[0]) >= 2,
+      "range_test.num_steps",
+      "the test needs at least 2 steps",
+    )
   except (config_lib.ConfigError, data_lib.DataError, ValueError) as e:
     fail(str(e))
   summary = run(config, workdir, dataset)
   if jax.process_index() == 0:
     print(format_summary(summary))
-    print(f"wrote {os.path.join(workdir, JSON_NAME)}, {JSONL_NAME},"
-          f" {PNG_NAME}")
+    print(f"wrote {os.path.join(workdir, JSON_NAME)}, {JSONL_NAME}, {PNG_NAME}")
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import (
+    app,  # pylint: disable=g-import-not-at-top
+    flags,  # pylint: disable=g-import-not-at-top
+  )
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
   config_flags.DEFINE_config_file(
-      "config", None, "Range-test config (configs/lr_range_test.py[:mode]).",
-      lock_config=True)
-  flags.DEFINE_string("workdir", None,
-                      "Directory for lr_range_test.{jsonl,json,png}.")
+    "config",
+    None,
+    "Range-test config (configs/lr_range_test.py[:mode]).",
+    lock_config=True,
+  )
+  flags.DEFINE_string(
+    "workdir", None, "Directory for lr_range_test.{jsonl,json,png}."
+  )
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main, flags_parser=cli.parse_flags)

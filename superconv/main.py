@@ -39,8 +39,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from absl import app
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
 from superconv import cli
@@ -48,10 +47,11 @@ from superconv.cli import check_workdir, fail, setup_logging
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file (configs/<x>.py).",
-    lock_config=True)
-flags.DEFINE_string("workdir", None,
-                    "Directory for checkpoints, metrics and config.json.")
+  "config", None, "Experiment config file (configs/<x>.py).", lock_config=True
+)
+flags.DEFINE_string(
+  "workdir", None, "Directory for checkpoints, metrics and config.json."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 EXIT_BAD_INPUT = cli.EXIT_BAD_INPUT
@@ -70,7 +70,9 @@ def main(argv):
     fail(str(e))
   # Imported here so that `--help`, flag and workdir errors need no JAX.
   import jax  # pylint: disable=g-import-not-at-top
+
   from superconv import distributed  # pylint: disable=g-import-not-at-top
+
   try:  # Before the first use of a JAX backend (jax.device_count()).
     distributed.maybe_initialize()
   except ValueError as e:
@@ -84,15 +86,20 @@ def main(argv):
     config_lib.validate_static(config, num_devices=jax.device_count())
     if config.schedule.lr_from_range_test:
       from superconv import lr_range_test  # pylint: disable=g-import-not-at-top
+
       provenance = lr_range_test.apply_to_config(
-          config, config.schedule.lr_from_range_test)
+        config, config.schedule.lr_from_range_test
+      )
       logging.getLogger("superconv").info(
-          "Learning rates from the range test %s (rule %s): %s.",
-          provenance["source"], provenance["rule"],
-          ", ".join(f"{k} = {v:.4g}" for k, v in provenance["set"].items()))
+        "Learning rates from the range test %s (rule %s): %s.",
+        provenance["source"],
+        provenance["rule"],
+        ", ".join(f"{k} = {v:.4g}" for k, v in provenance["set"].items()),
+      )
     dataset = train.load_dataset(config)
     config_lib.validate_with_data(
-        config, num_train_examples=dataset.train_images.shape[0])
+      config, num_train_examples=dataset.train_images.shape[0]
+    )
   except (config_lib.ConfigError, data_lib.DataError, ValueError) as e:
     fail(str(e))
 
@@ -104,14 +111,17 @@ def main(argv):
   except train.NonFiniteError as e:
     fail(str(e), status=EXIT_NONFINITE)
   except train.Interrupted as e:
-    logging.getLogger("superconv").warning("%s (exit status %d).", e,
-                                           e.exit_status)
+    logging.getLogger("superconv").warning(
+      "%s (exit status %d).", e, e.exit_status
+    )
     sys.exit(e.exit_status)
   if jax.process_index() == 0:
     for replica in result:
       which = f" (seed {replica['seed']})" if len(result) > 1 else ""
-      print(f"final{which}: test accuracy {replica['eval_accuracy']:.4f},"
-            f" test loss {replica['eval_loss']:.4f}")
+      print(
+        f"final{which}: test accuracy {replica['eval_accuracy']:.4f},"
+        f" test loss {replica['eval_loss']:.4f}"
+      )
 
 
 def run():

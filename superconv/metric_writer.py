@@ -43,6 +43,7 @@ def _jsonable(value):
 
 def _has_module(name: str) -> bool:
   import importlib.util  # pylint: disable=g-import-not-at-top
+
   try:
     return importlib.util.find_spec(name) is not None
   except ModuleNotFoundError:  # A missing parent package.
@@ -62,8 +63,14 @@ class MetricWriter:
   writes per run, and a preempted run keeps every row it logged.
   """
 
-  def __init__(self, workdir: str, *, enabled: bool = True,
-               filename: str = "metrics.jsonl", resume_from_step: int = 0):
+  def __init__(
+    self,
+    workdir: str,
+    *,
+    enabled: bool = True,
+    filename: str = "metrics.jsonl",
+    resume_from_step: int = 0,
+  ):
     self.enabled = enabled
     self.path = storage.join(workdir, filename)
     self._tb = None
@@ -76,8 +83,9 @@ class MetricWriter:
     # On resume, rows past the restored step are dropped: they are logged
     # again by the resumed run, so every step appears once.
     rows = read_jsonl(self.path)
-    self.previous_rows = [r for r in rows
-                          if r.get("step", 0) <= resume_from_step]
+    self.previous_rows = [
+      r for r in rows if r.get("step", 0) <= resume_from_step
+    ]
     if resume_from_step == 0:
       self.previous_rows = []
     self._lines = [json.dumps(r) + "\n" for r in self.previous_rows]
@@ -92,17 +100,24 @@ class MetricWriter:
     else:
       tb_dir = storage.join(workdir, "tensorboard")
       try:
-        if tb_dir.startswith("gs://") and not _has_module("google.cloud"
-                                                          ".storage"):
+        if tb_dir.startswith("gs://") and not _has_module(
+          "google.cloud.storage"
+        ):
           # tensorboardX's own message, before it half-builds a writer.
-          raise ImportError("`google-cloud-storage` must be installed in"
-                            " order to use the 'gs://' protocol")
+          raise ImportError(
+            "`google-cloud-storage` must be installed in"
+            " order to use the 'gs://' protocol"
+          )
         self._tb = SummaryWriter(tb_dir)
       except Exception as e:  # pylint: disable=broad-except
         # e.g. gs:// without google-cloud-storage: metrics.jsonl still
         # holds every row, so the run goes on.
-        log.warning("No TensorBoard event files in %s (%s: %s).", tb_dir,
-                    type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+        log.warning(
+          "No TensorBoard event files in %s (%s: %s).",
+          tb_dir,
+          type(e).__name__,
+          str(e).splitlines()[0] if str(e) else "",
+        )
 
   def write(self, row: dict) -> None:
     if not self.enabled:
@@ -139,8 +154,14 @@ def format_seconds(seconds: float) -> str:
 class Console:
   """One progress line per logged step: step/s and the ETA."""
 
-  def __init__(self, total_steps: int, *, enabled: bool = True,
-               stream=sys.stdout, label: str = ""):
+  def __init__(
+    self,
+    total_steps: int,
+    *,
+    enabled: bool = True,
+    stream=sys.stdout,
+    label: str = "",
+  ):
     self.total_steps = total_steps
     self.enabled = enabled
     self.stream = stream
@@ -154,21 +175,23 @@ class Console:
     rate = row.get("steps_per_sec", 0.0)
     eta = (self.total_steps - step) / rate if rate > 0 else float("nan")
     self.stream.write(
-        f"{self.prefix}step {step:>{len(str(self.total_steps))}}"
-        f"/{self.total_steps}"
-        f" ep {row['epoch']:6.2f} | loss {row['train_loss']:.4f}"
-        f" acc {row['train_accuracy']:.4f} | lr {row['learning_rate']:.4g}"
-        f" mom {row['momentum']:.3f} | {rate:6.2f} step/s"
-        f" {rate * row.get('batch_size', 0):7.0f} img/s"
-        f" | ETA {format_seconds(eta) if math.isfinite(eta) else '?'}\n")
+      f"{self.prefix}step {step:>{len(str(self.total_steps))}}"
+      f"/{self.total_steps}"
+      f" ep {row['epoch']:6.2f} | loss {row['train_loss']:.4f}"
+      f" acc {row['train_accuracy']:.4f} | lr {row['learning_rate']:.4g}"
+      f" mom {row['momentum']:.3f} | {rate:6.2f} step/s"
+      f" {rate * row.get('batch_size', 0):7.0f} img/s"
+      f" | ETA {format_seconds(eta) if math.isfinite(eta) else '?'}\n"
+    )
     self.stream.flush()
 
   def eval(self, row: dict) -> None:
     if not self.enabled:
       return
     self.stream.write(
-        f"{self.prefix}eval step {row['step']} ep {row['epoch']:.2f}:"
-        f" test loss {row['eval_loss']:.4f}"
-        f" test acc {row['eval_accuracy']:.4f}"
-        f" ({row['eval_examples']} images, {row['eval_seconds']:.1f}s)\n")
+      f"{self.prefix}eval step {row['step']} ep {row['epoch']:.2f}:"
+      f" test loss {row['eval_loss']:.4f}"
+      f" test acc {row['eval_accuracy']:.4f}"
+      f" ({row['eval_examples']} images, {row['eval_seconds']:.1f}s)\n"
+    )
     self.stream.flush()

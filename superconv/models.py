@@ -2,29 +2,30 @@
 
 Two families are provided:
 
-* ``resnet20/32/44/56/110`` -- the CIFAR ResNets of He et al. 2016 ("Deep
+* `resnet20/32/44/56/110` -- the CIFAR ResNets of He et al. 2016 ("Deep
   Residual Learning for Image Recognition", section 4.2): 6n+2 layers, three
-  stages of ``n`` BasicBlocks with 16/32/64 channels.  The default shortcut is
+  stages of `n` BasicBlocks with 16/32/64 channels.  The default shortcut is
   option "A" (parameter-free subsample + zero-pad), as in the paper and in
   akamaster/pytorch_resnet_cifar10; option "B" uses a 1x1 conv + BN projection
   where the shape changes.
-* ``resnet18/34/50`` and ``preact_resnet18`` -- the ImageNet ResNets adapted to
+* `resnet18/34/50` and `preact_resnet18` -- the ImageNet ResNets adapted to
   32x32 inputs as in kuangliu/pytorch-cifar: 3x3 stride-1 stem, no max-pool,
   four stages with 64/128/256/512 channels and projection shortcuts.
 
-A single table (``_ARCHS``) describes every architecture; it drives both the
-Flax modules built by :func:`create_model` and the analytic multiply-accumulate
-count of :func:`forward_macs` (each block class knows its own MAC formula).
+A single table (`_ARCHS`) describes every architecture; it drives both the
+Flax modules built by `create_model` and the analytic multiply-accumulate
+count of `forward_macs` (each block class knows its own MAC formula).
 
-All models take float NHWC images, compute in ``dtype`` (e.g. bfloat16) with
+All models take float NHWC images, compute in `dtype` (e.g. bfloat16) with
 float32 parameters and batch statistics, and return float32 logits.  Padding
 is explicit (1 pixel for 3x3 convs, none for 1x1 convs) so stride-2 layers
-match PyTorch's ``padding=1`` exactly rather than XLA's asymmetric "SAME".
+match PyTorch's `padding=1` exactly rather than XLA's asymmetric "SAME".
 """
 
+from collections.abc import Callable, Sequence
 import dataclasses
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -42,327 +43,418 @@ _IN_CHANNELS = 3  # RGB input, used by the analytic MAC count.
 
 
 def _out_size(size: int, strides: int) -> int:
-    """Spatial output size of a 3x3/pad-1 or 1x1/pad-0 conv: ceil(size / strides)."""
-    return -(-size // strides)
+  """Output size of a 3x3/pad-1 or 1x1/pad-0 conv: ceil(size / strides)."""
+  return -(-size // strides)
 
 
 def _needs_projection(in_ch: int, out_ch: int, strides: int) -> bool:
-    """Whether a residual shortcut must change the shape of its input."""
-    return strides != 1 or in_ch != out_ch
+  """Whether a residual shortcut must change the shape of its input."""
+  return strides != 1 or in_ch != out_ch
 
 
-def _shortcut(x, out_ch: int, strides: int, kind: str, conv: ModuleDef, norm: ModuleDef | None):
-    """Residual shortcut from ``x`` to ``out_ch`` channels at ``strides``.
+def _shortcut(
+  x,
+  out_ch: int,
+  strides: int,
+  kind: str,
+  conv: ModuleDef,
+  norm: ModuleDef | None,
+):
+  """Residual shortcut from `x` to `out_ch` channels at `strides`.
 
-    Identity when the shape is unchanged.  Otherwise option "A" subsamples
-    spatially (``x[:, ::s, ::s, :]``) and zero-pads the missing channels evenly
-    on both sides (``planes // 4`` per side when the width doubles); option "B"
-    projects with a bias-free 1x1 conv, followed by BN unless ``norm`` is None.
-    """
-    in_ch = x.shape[-1]
-    if not _needs_projection(in_ch, out_ch, strides):
-        return x
-    if kind == "A":
-        extra = out_ch - in_ch
-        if extra < 0:
-            raise ValueError(f"shortcut 'A' cannot reduce channels ({in_ch} -> {out_ch})")
-        x = x[:, ::strides, ::strides, :]
-        return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
-    x = conv(out_ch, (1, 1), strides, padding=0, name="shortcut_conv")(x)
-    if norm is not None:
-        x = norm(name="shortcut_bn")(x)
+  Identity when the shape is unchanged.  Otherwise option "A" subsamples
+  spatially (`x[:, ::s, ::s, :]`) and zero-pads the missing channels evenly
+  on both sides (`planes // 4` per side when the width doubles); option "B"
+  projects with a bias-free 1x1 conv, followed by BN unless `norm` is None.
+  """
+  in_ch = x.shape[-1]
+  if not _needs_projection(in_ch, out_ch, strides):
     return x
+  if kind == "A":
+    extra = out_ch - in_ch
+    if extra < 0:
+      raise ValueError(
+        f"shortcut 'A' cannot reduce channels ({in_ch} -> {out_ch})"
+      )
+    x = x[:, ::strides, ::strides, :]
+    return jnp.pad(
+      x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2))
+    )
+  x = conv(out_ch, (1, 1), strides, padding=0, name="shortcut_conv")(x)
+  if norm is not None:
+    x = norm(name="shortcut_bn")(x)
+  return x
 
 
-def _projection_macs(h: int, w: int, in_ch: int, out_ch: int, strides: int, kind: str) -> int:
-    """MACs of the 1x1 projection shortcut (zero for identity or option "A")."""
-    if kind == "B" and _needs_projection(in_ch, out_ch, strides):
-        return _out_size(h, strides) * _out_size(w, strides) * in_ch * out_ch
-    return 0
+def _projection_macs(
+  h: int, w: int, in_ch: int, out_ch: int, strides: int, kind: str
+) -> int:
+  """MACs of the 1x1 projection shortcut (zero for identity or option "A")."""
+  if kind == "B" and _needs_projection(in_ch, out_ch, strides):
+    return _out_size(h, strides) * _out_size(w, strides) * in_ch * out_ch
+  return 0
 
 
 class BasicBlock(nn.Module):
-    """Post-activation basic block: conv3x3-BN-relu-conv3x3-BN, + shortcut, relu.
+  """Post-activation basic block: conv3x3-BN-relu-conv3x3-BN, + shortcut, relu.
 
-    ``conv`` and ``norm`` are partially applied ``nn.Conv`` / ``nn.BatchNorm``
-    constructors carrying dtype, initialisers and train/eval mode.
-    """
+  `conv` and `norm` are partially applied `nn.Conv` / `nn.BatchNorm`
+  constructors carrying dtype, initialisers and train/eval mode.
+  """
 
-    planes: int
-    strides: int
-    conv: ModuleDef
-    norm: ModuleDef
-    shortcut: str = "B"
+  planes: int
+  strides: int
+  conv: ModuleDef
+  norm: ModuleDef
+  shortcut: str = "B"
 
-    expansion = 1  # output channels = expansion * planes (class constant, not a field)
+  # output channels = expansion * planes (class constant, not a field)
+  expansion = 1
 
-    @nn.compact
-    def __call__(self, x):
-        y = self.conv(self.planes, (3, 3), self.strides, padding=1, name="conv1")(x)
-        y = nn.relu(self.norm(name="bn1")(y))
-        y = self.conv(self.planes, (3, 3), 1, padding=1, name="conv2")(y)
-        y = self.norm(name="bn2")(y)
-        return nn.relu(y + _shortcut(x, self.planes, self.strides, self.shortcut, self.conv, self.norm))
+  @nn.compact
+  def __call__(self, x):
+    y = self.conv(self.planes, (3, 3), self.strides, padding=1, name="conv1")(x)
+    y = nn.relu(self.norm(name="bn1")(y))
+    y = self.conv(self.planes, (3, 3), 1, padding=1, name="conv2")(y)
+    y = self.norm(name="bn2")(y)
+    return nn.relu(
+      y
+      + _shortcut(
+        x, self.planes, self.strides, self.shortcut, self.conv, self.norm
+      )
+    )
 
-    @staticmethod
-    def macs(h: int, w: int, in_ch: int, planes: int, strides: int, shortcut: str) -> int:
-        """Forward MACs of one block on an ``h`` x ``w`` x ``in_ch`` input."""
-        ho, wo = _out_size(h, strides), _out_size(w, strides)
-        return (ho * wo * 9 * (in_ch * planes + planes * planes)
-                + _projection_macs(h, w, in_ch, planes, strides, shortcut))
+  @staticmethod
+  def macs(
+    h: int, w: int, in_ch: int, planes: int, strides: int, shortcut: str
+  ) -> int:
+    """Forward MACs of one block on an `h` x `w` x `in_ch` input."""
+    ho, wo = _out_size(h, strides), _out_size(w, strides)
+    return ho * wo * 9 * (in_ch * planes + planes * planes) + _projection_macs(
+      h, w, in_ch, planes, strides, shortcut
+    )
 
 
 class Bottleneck(nn.Module):
-    """Bottleneck block (expansion 4), stride on the 3x3 conv (as kuangliu / torchvision v1.5).
+  """Bottleneck block (expansion 4), stride on the 3x3 conv.
 
-    conv1x1-BN-relu-conv3x3(stride)-BN-relu-conv1x1(4*planes)-BN, + shortcut, relu.
-    """
+  As kuangliu's and torchvision v1.5's.
 
-    planes: int
-    strides: int
-    conv: ModuleDef
-    norm: ModuleDef
-    shortcut: str = "B"
+  conv1x1-BN-relu-conv3x3(stride)-BN-relu-conv1x1(4*planes)-BN, + shortcut,
+  relu.
+  """
 
-    expansion = 4  # output channels = expansion * planes (class constant, not a field)
+  planes: int
+  strides: int
+  conv: ModuleDef
+  norm: ModuleDef
+  shortcut: str = "B"
 
-    @nn.compact
-    def __call__(self, x):
-        out_ch = self.planes * self.expansion
-        y = self.conv(self.planes, (1, 1), 1, padding=0, name="conv1")(x)
-        y = nn.relu(self.norm(name="bn1")(y))
-        y = self.conv(self.planes, (3, 3), self.strides, padding=1, name="conv2")(y)
-        y = nn.relu(self.norm(name="bn2")(y))
-        y = self.conv(out_ch, (1, 1), 1, padding=0, name="conv3")(y)
-        y = self.norm(name="bn3")(y)
-        return nn.relu(y + _shortcut(x, out_ch, self.strides, self.shortcut, self.conv, self.norm))
+  # output channels = expansion * planes (class constant, not a field)
+  expansion = 4
 
-    @staticmethod
-    def macs(h: int, w: int, in_ch: int, planes: int, strides: int, shortcut: str) -> int:
-        """Forward MACs of one block on an ``h`` x ``w`` x ``in_ch`` input."""
-        ho, wo = _out_size(h, strides), _out_size(w, strides)
-        out_ch = planes * Bottleneck.expansion
-        return (h * w * in_ch * planes
-                + ho * wo * (9 * planes * planes + planes * out_ch)
-                + _projection_macs(h, w, in_ch, out_ch, strides, shortcut))
+  @nn.compact
+  def __call__(self, x):
+    out_ch = self.planes * self.expansion
+    y = self.conv(self.planes, (1, 1), 1, padding=0, name="conv1")(x)
+    y = nn.relu(self.norm(name="bn1")(y))
+    y = self.conv(self.planes, (3, 3), self.strides, padding=1, name="conv2")(y)
+    y = nn.relu(self.norm(name="bn2")(y))
+    y = self.conv(out_ch, (1, 1), 1, padding=0, name="conv3")(y)
+    y = self.norm(name="bn3")(y)
+    return nn.relu(
+      y
+      + _shortcut(x, out_ch, self.strides, self.shortcut, self.conv, self.norm)
+    )
+
+  @staticmethod
+  def macs(
+    h: int, w: int, in_ch: int, planes: int, strides: int, shortcut: str
+  ) -> int:
+    """Forward MACs of one block on an `h` x `w` x `in_ch` input."""
+    ho, wo = _out_size(h, strides), _out_size(w, strides)
+    out_ch = planes * Bottleneck.expansion
+    return (
+      h * w * in_ch * planes
+      + ho * wo * (9 * planes * planes + planes * out_ch)
+      + _projection_macs(h, w, in_ch, out_ch, strides, shortcut)
+    )
 
 
 class PreActBlock(nn.Module):
-    """Pre-activation basic block (He et al. 2016b), as kuangliu's ``PreActBlock``.
+  """Pre-activation basic block (He et al. 2016b), as kuangliu's PreActBlock.
 
-    out = relu(bn1(x)); shortcut = conv1x1(out) (no BN) if the shape changes,
-    else x; out = conv2(relu(bn2(conv1(out)))); return out + shortcut.
-    """
+  out = relu(bn1(x)); shortcut = conv1x1(out) (no BN) if the shape changes,
+  else x; out = conv2(relu(bn2(conv1(out)))); return out + shortcut.
+  """
 
-    planes: int
-    strides: int
-    conv: ModuleDef
-    norm: ModuleDef
-    shortcut: str = "B"  # only "B" (a bare 1x1 conv projection) is meaningful here
+  planes: int
+  strides: int
+  conv: ModuleDef
+  norm: ModuleDef
+  shortcut: str = (
+    "B"  # only "B" (a bare 1x1 conv projection) is meaningful here
+  )
 
-    expansion = 1  # output channels = expansion * planes (class constant, not a field)
+  # output channels = expansion * planes (class constant, not a field)
+  expansion = 1
 
-    @nn.compact
-    def __call__(self, x):
-        out = nn.relu(self.norm(name="bn1")(x))
-        short = x
-        if _needs_projection(x.shape[-1], self.planes, self.strides):
-            short = _shortcut(out, self.planes, self.strides, self.shortcut, self.conv, None)
-        y = self.conv(self.planes, (3, 3), self.strides, padding=1, name="conv1")(out)
-        y = nn.relu(self.norm(name="bn2")(y))
-        y = self.conv(self.planes, (3, 3), 1, padding=1, name="conv2")(y)
-        return y + short
+  @nn.compact
+  def __call__(self, x):
+    out = nn.relu(self.norm(name="bn1")(x))
+    short = x
+    if _needs_projection(x.shape[-1], self.planes, self.strides):
+      short = _shortcut(
+        out, self.planes, self.strides, self.shortcut, self.conv, None
+      )
+    y = self.conv(self.planes, (3, 3), self.strides, padding=1, name="conv1")(
+      out
+    )
+    y = nn.relu(self.norm(name="bn2")(y))
+    y = self.conv(self.planes, (3, 3), 1, padding=1, name="conv2")(y)
+    return y + short
 
-    macs = staticmethod(BasicBlock.macs)  # same convs as the basic block
+  macs = staticmethod(BasicBlock.macs)  # same convs as the basic block
 
 
-def _layer_factories(module: "ResNet", train: bool) -> tuple[ModuleDef, ModuleDef]:
-    """Conv and BatchNorm constructors carrying the network's dtype and BN settings."""
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=module.dtype,
-                             param_dtype=jnp.float32, kernel_init=_CONV_INIT,
-                             conv_general_dilated=conv_lib.conv_for_backend(module.conv_impl))
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                             momentum=module.bn_momentum, epsilon=module.bn_epsilon,
-                             dtype=module.dtype, param_dtype=jnp.float32,
-                             axis_name=module.axis_name,
-                             # Two-pass variance, mean((x - mean)^2): the
-                             # one-pass E[x^2] - E[x]^2 cancels badly when
-                             # |mean| >> std, which makes results depend on
-                             # how the batch is split over devices.
-                             use_fast_variance=False)
-    return conv, norm
+def _layer_factories(
+  module: "ResNet", train: bool
+) -> tuple[ModuleDef, ModuleDef]:
+  """Conv and BatchNorm constructors with the dtype and BN settings."""
+  conv = functools.partial(
+    nn.Conv,
+    use_bias=False,
+    dtype=module.dtype,
+    param_dtype=jnp.float32,
+    kernel_init=_CONV_INIT,
+    conv_general_dilated=conv_lib.conv_for_backend(module.conv_impl),
+  )
+  norm = functools.partial(
+    nn.BatchNorm,
+    use_running_average=not train,
+    momentum=module.bn_momentum,
+    epsilon=module.bn_epsilon,
+    dtype=module.dtype,
+    param_dtype=jnp.float32,
+    axis_name=module.axis_name,
+    # Two-pass variance, mean((x - mean)^2): the
+    # one-pass E[x^2] - E[x]^2 cancels badly when
+    # |mean| >> std, which makes results depend on
+    # how the batch is split over devices.
+    use_fast_variance=False,
+  )
+  return conv, norm
 
 
 class ResNet(nn.Module):
-    """CIFAR ResNet-18/34/50 as in kuangliu/pytorch-cifar.
+  """CIFAR ResNet-18/34/50 as in kuangliu/pytorch-cifar.
 
-    stem conv3x3(widths[0], stride 1)-BN-relu (no max-pool); one stage per
-    entry of ``stage_sizes``/``widths`` (stride 2 at the first block of every
-    stage but the first); global average pool; Dense(num_classes) with bias.
-    """
+  stem conv3x3(widths[0], stride 1)-BN-relu (no max-pool); one stage per
+  entry of `stage_sizes`/`widths` (stride 2 at the first block of every
+  stage but the first); global average pool; Dense(num_classes) with bias.
+  """
 
-    stage_sizes: Sequence[int]
-    block_cls: ModuleDef = BasicBlock
-    widths: Sequence[int] = (64, 128, 256, 512)
-    num_classes: int = 10
-    dtype: Any = jnp.float32
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
-    shortcut: str = "B"
-    axis_name: str | None = None
-    conv_impl: str = "auto"  # superconv.conv.CONV_IMPLS: 'auto' = chunked weight gradient on CPU
+  stage_sizes: Sequence[int]
+  block_cls: ModuleDef = BasicBlock
+  widths: Sequence[int] = (64, 128, 256, 512)
+  num_classes: int = 10
+  dtype: Any = jnp.float32
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  shortcut: str = "B"
+  axis_name: str | None = None
+  conv_impl: str = (
+    "auto"  # superconv.conv.CONV_IMPLS: 'auto' = chunked weight gradient on CPU
+  )
 
-    @nn.compact
-    def __call__(self, x, train: bool):
-        conv, norm = _layer_factories(self, train)
-        x = jnp.asarray(x, self.dtype)
-        x = conv(self.widths[0], (3, 3), 1, padding=1, name="stem_conv")(x)
-        x = nn.relu(norm(name="stem_bn")(x))
-        x = _stages(self, x, conv, norm)
-        return _head(self, x)
+  @nn.compact
+  def __call__(self, x, train: bool):
+    conv, norm = _layer_factories(self, train)
+    x = jnp.asarray(x, self.dtype)
+    x = conv(self.widths[0], (3, 3), 1, padding=1, name="stem_conv")(x)
+    x = nn.relu(norm(name="stem_bn")(x))
+    x = _stages(self, x, conv, norm)
+    return _head(self, x)
 
 
 class CifarResNet(ResNet):
-    """He et al. 2016 CIFAR ResNet (6n+2 layers): ``stage_sizes=(n, n, n)``.
+  """He et al. 2016 CIFAR ResNet (6n+2 layers): `stage_sizes=(n, n, n)`.
 
-    conv3x3(16)-BN-relu, three stages of n BasicBlocks with 16/32/64 channels,
-    global average pool, Dense(num_classes).  ``shortcut`` "A" (default) is the
-    parameter-free subsample + zero-pad; "B" is a conv1x1 + BN projection.
-    """
+  conv3x3(16)-BN-relu, three stages of n BasicBlocks with 16/32/64 channels,
+  global average pool, Dense(num_classes).  `shortcut` "A" (default) is the
+  parameter-free subsample + zero-pad; "B" is a conv1x1 + BN projection.
+  """
 
-    block_cls: ModuleDef = BasicBlock
-    widths: Sequence[int] = (16, 32, 64)
-    shortcut: str = "A"
+  block_cls: ModuleDef = BasicBlock
+  widths: Sequence[int] = (16, 32, 64)
+  shortcut: str = "A"
 
 
 class PreActResNet(ResNet):
-    """Pre-activation ResNet as in kuangliu/pytorch-cifar (``PreActResNet18``).
+  """Pre-activation ResNet as in kuangliu/pytorch-cifar (`PreActResNet18`).
 
-    The stem is a bare conv3x3 (no BN/relu), blocks are :class:`PreActBlock`,
-    and, as in kuangliu's code, there is no final BN-relu before pooling.
-    """
+  The stem is a bare conv3x3 (no BN/relu), blocks are `PreActBlock`,
+  and, as in kuangliu's code, there is no final BN-relu before pooling.
+  """
 
-    block_cls: ModuleDef = PreActBlock
+  block_cls: ModuleDef = PreActBlock
 
-    @nn.compact
-    def __call__(self, x, train: bool):
-        conv, norm = _layer_factories(self, train)
-        x = jnp.asarray(x, self.dtype)
-        x = conv(self.widths[0], (3, 3), 1, padding=1, name="stem_conv")(x)
-        x = _stages(self, x, conv, norm)
-        return _head(self, x)
+  @nn.compact
+  def __call__(self, x, train: bool):
+    conv, norm = _layer_factories(self, train)
+    x = jnp.asarray(x, self.dtype)
+    x = conv(self.widths[0], (3, 3), 1, padding=1, name="stem_conv")(x)
+    x = _stages(self, x, conv, norm)
+    return _head(self, x)
 
 
 def _stages(net: ResNet, x, conv: ModuleDef, norm: ModuleDef):
-    """Residual stages of ``net``; called from inside its compact ``__call__``."""
-    for i, (n_blocks, planes) in enumerate(zip(net.stage_sizes, net.widths)):
-        for j in range(n_blocks):
-            strides = 2 if i > 0 and j == 0 else 1
-            x = net.block_cls(planes=planes, strides=strides, conv=conv, norm=norm,
-                              shortcut=net.shortcut, name=f"stage{i + 1}_block{j + 1}")(x)
-    return x
+  """Residual stages of `net`; called from inside its compact `__call__`."""
+  for i, (n_blocks, planes) in enumerate(zip(net.stage_sizes, net.widths)):
+    for j in range(n_blocks):
+      strides = 2 if i > 0 and j == 0 else 1
+      x = net.block_cls(
+        planes=planes,
+        strides=strides,
+        conv=conv,
+        norm=norm,
+        shortcut=net.shortcut,
+        name=f"stage{i + 1}_block{j + 1}",
+      )(x)
+  return x
 
 
 def _head(net: ResNet, x):
-    """Global average pool + Dense(num_classes) with bias; float32 logits."""
-    x = jnp.mean(x, axis=(1, 2))
-    x = nn.Dense(net.num_classes, dtype=net.dtype, param_dtype=jnp.float32, name="head")(x)
-    return jnp.asarray(x, jnp.float32)
+  """Global average pool + Dense(num_classes) with bias; float32 logits."""
+  x = jnp.mean(x, axis=(1, 2))
+  x = nn.Dense(
+    net.num_classes, dtype=net.dtype, param_dtype=jnp.float32, name="head"
+  )(x)
+  return jnp.asarray(x, jnp.float32)
 
 
 @dataclasses.dataclass(frozen=True)
 class _Arch:
-    """One row of the architecture table.
+  """One row of the architecture table.
 
-    ``shortcut`` is None when the caller's ``shortcut`` argument applies (the
-    CIFAR ResNets); otherwise the fixed shortcut kind of that architecture.
-    """
+  `shortcut` is None when the caller's `shortcut` argument applies (the
+  CIFAR ResNets); otherwise the fixed shortcut kind of that architecture.
+  """
 
-    network: type[ResNet]
-    block: type[nn.Module]
-    stage_sizes: tuple[int, ...]
-    widths: tuple[int, ...]
-    shortcut: str | None = None
+  network: type[ResNet]
+  block: type[nn.Module]
+  stage_sizes: tuple[int, ...]
+  widths: tuple[int, ...]
+  shortcut: str | None = None
 
 
 _CIFAR_WIDTHS = (16, 32, 64)
 _IMAGENET_WIDTHS = (64, 128, 256, 512)
 
 _ARCHS: dict[str, _Arch] = {
-    **{f"resnet{6 * n + 2}": _Arch(CifarResNet, BasicBlock, (n, n, n), _CIFAR_WIDTHS)
-       for n in (3, 5, 7, 9, 18)},
-    "resnet18": _Arch(ResNet, BasicBlock, (2, 2, 2, 2), _IMAGENET_WIDTHS, "B"),
-    "resnet34": _Arch(ResNet, BasicBlock, (3, 4, 6, 3), _IMAGENET_WIDTHS, "B"),
-    "resnet50": _Arch(ResNet, Bottleneck, (3, 4, 6, 3), _IMAGENET_WIDTHS, "B"),
-    "preact_resnet18": _Arch(PreActResNet, PreActBlock, (2, 2, 2, 2), _IMAGENET_WIDTHS, "B"),
+  **{
+    f"resnet{6 * n + 2}": _Arch(
+      CifarResNet, BasicBlock, (n, n, n), _CIFAR_WIDTHS
+    )
+    for n in (3, 5, 7, 9, 18)
+  },
+  "resnet18": _Arch(ResNet, BasicBlock, (2, 2, 2, 2), _IMAGENET_WIDTHS, "B"),
+  "resnet34": _Arch(ResNet, BasicBlock, (3, 4, 6, 3), _IMAGENET_WIDTHS, "B"),
+  "resnet50": _Arch(ResNet, Bottleneck, (3, 4, 6, 3), _IMAGENET_WIDTHS, "B"),
+  "preact_resnet18": _Arch(
+    PreActResNet, PreActBlock, (2, 2, 2, 2), _IMAGENET_WIDTHS, "B"
+  ),
 }
 
 MODEL_NAMES: tuple[str, ...] = tuple(_ARCHS)
 
 
 def _lookup(name: str, shortcut: str) -> tuple[_Arch, str]:
-    """Validate ``name`` and ``shortcut``; return the arch and its effective shortcut."""
-    if name not in _ARCHS:
-        raise ValueError(f"model: unknown {name!r}; valid: {', '.join(MODEL_NAMES)}")
-    if shortcut not in SHORTCUTS:
-        raise ValueError(f"shortcut: unknown {shortcut!r}; valid: {', '.join(SHORTCUTS)}")
-    arch = _ARCHS[name]
-    return arch, arch.shortcut or shortcut
+  """Validates `name` and `shortcut`; returns the arch and its shortcut."""
+  if name not in _ARCHS:
+    raise ValueError(
+      f"model: unknown {name!r}; valid: {', '.join(MODEL_NAMES)}"
+    )
+  if shortcut not in SHORTCUTS:
+    raise ValueError(
+      f"shortcut: unknown {shortcut!r}; valid: {', '.join(SHORTCUTS)}"
+    )
+  arch = _ARCHS[name]
+  return arch, arch.shortcut or shortcut
 
 
-def create_model(name: str, *, num_classes: int = 10, dtype=jnp.float32, bn_momentum: float = 0.9,
-                 bn_epsilon: float = 1e-5, shortcut: str = "A", axis_name: str | None = None,
-                 conv_impl: str = "auto") -> nn.Module:
-    """Build the Flax module for model ``name`` (one of :data:`MODEL_NAMES`).
+def create_model(
+  name: str,
+  *,
+  num_classes: int = 10,
+  dtype=jnp.float32,
+  bn_momentum: float = 0.9,
+  bn_epsilon: float = 1e-5,
+  shortcut: str = "A",
+  axis_name: str | None = None,
+  conv_impl: str = "auto",
+) -> nn.Module:
+  """Build the Flax module for model `name` (one of `MODEL_NAMES`).
 
-    Args:
-      name: architecture name.
-      num_classes: width of the final Dense layer.
-      dtype: computation dtype (parameters and batch statistics stay float32).
-      bn_momentum: flax BatchNorm momentum (running = m * running + (1 - m) * batch).
-      bn_epsilon: BatchNorm epsilon.
-      shortcut: "A" or "B"; only affects resnet20/32/44/56/110.  The
-        kuangliu-style resnet18/34/50/preact_resnet18 always use projections.
-      axis_name: pmap axis over which training-mode BN averages batch statistics.
-      conv_impl: one of :data:`superconv.conv.CONV_IMPLS`: 'xla' (plain
-        ``lax.conv_general_dilated``), 'chunked' (weight gradient in
-        cache-sized batch chunks, see :mod:`superconv.conv`) or 'auto'
-        (chunked on the CPU backend, xla elsewhere). Same parameters and
-        values; gradients equal up to float summation order.
+  Args:
+    name: architecture name.
+    num_classes: width of the final Dense layer.
+    dtype: computation dtype (parameters and batch statistics stay float32).
+    bn_momentum: flax BatchNorm momentum
+      (running = m * running + (1 - m) * batch).
+    bn_epsilon: BatchNorm epsilon.
+    shortcut: "A" or "B"; only affects resnet20/32/44/56/110.  The
+      kuangliu-style resnet18/34/50/preact_resnet18 always use projections.
+    axis_name: pmap axis over which training-mode BN averages batch statistics.
+    conv_impl: one of `superconv.conv.CONV_IMPLS`: 'xla' (plain
+      `lax.conv_general_dilated`), 'chunked' (weight gradient in
+      cache-sized batch chunks, see :mod:`superconv.conv`) or 'auto'
+      (chunked on the CPU backend, xla elsewhere). Same parameters and
+      values; gradients equal up to float summation order.
 
-    Returns:
-      A module called as ``module.apply(variables, x, train=...)`` on NHWC
-      images, with variables ``{'params', 'batch_stats'}``, returning float32
-      logits of shape [batch, num_classes].
+  Returns:
+    A module called as `module.apply(variables, x, train=...)` on NHWC
+    images, with variables `{'params', 'batch_stats'}`, returning float32
+    logits of shape [batch, num_classes].
 
-    Raises:
-      ValueError: unknown ``name``, ``shortcut`` or ``conv_impl``.
-    """
-    arch, shortcut = _lookup(name, shortcut)
-    conv_lib.resolve(conv_impl)  # validates
-    return arch.network(stage_sizes=arch.stage_sizes, block_cls=arch.block, widths=arch.widths,
-                        num_classes=num_classes, dtype=dtype, bn_momentum=bn_momentum,
-                        bn_epsilon=bn_epsilon, shortcut=shortcut, axis_name=axis_name,
-                        conv_impl=conv_impl)
+  Raises:
+    ValueError: unknown `name`, `shortcut` or `conv_impl`.
+  """
+  arch, shortcut = _lookup(name, shortcut)
+  conv_lib.resolve(conv_impl)  # validates
+  return arch.network(
+    stage_sizes=arch.stage_sizes,
+    block_cls=arch.block,
+    widths=arch.widths,
+    num_classes=num_classes,
+    dtype=dtype,
+    bn_momentum=bn_momentum,
+    bn_epsilon=bn_epsilon,
+    shortcut=shortcut,
+    axis_name=axis_name,
+    conv_impl=conv_impl,
+  )
 
 
-def forward_macs(name: str, *, num_classes: int = 10, image_size: int = 32, shortcut: str = "A") -> int:
-    """Analytic multiply-accumulates of one forward pass for one RGB image.
+def forward_macs(
+  name: str, *, num_classes: int = 10, image_size: int = 32, shortcut: str = "A"
+) -> int:
+  """Analytic multiply-accumulates of one forward pass for one RGB image.
 
-    Counts convolutions and the final Dense layer only (BN, relu, residual
-    adds and pooling are ignored), walking the same table as :func:`create_model`.
+  Counts convolutions and the final Dense layer only (BN, relu, residual
+  adds and pooling are ignored), walking the same table as `create_model`.
 
-    Raises:
-      ValueError: unknown ``name`` or ``shortcut``.
-    """
-    arch, shortcut = _lookup(name, shortcut)
-    h = w = image_size
-    ch = arch.widths[0]
-    macs = h * w * 9 * _IN_CHANNELS * ch  # stem conv3x3, stride 1
-    for i, (n_blocks, planes) in enumerate(zip(arch.stage_sizes, arch.widths)):
-        for j in range(n_blocks):
-            strides = 2 if i > 0 and j == 0 else 1
-            macs += arch.block.macs(h, w, ch, planes, strides, shortcut)
-            h, w = _out_size(h, strides), _out_size(w, strides)
-            ch = planes * arch.block.expansion
-    return macs + ch * num_classes
+  Raises:
+    ValueError: unknown `name` or `shortcut`.
+  """
+  arch, shortcut = _lookup(name, shortcut)
+  h = w = image_size
+  ch = arch.widths[0]
+  macs = h * w * 9 * _IN_CHANNELS * ch  # stem conv3x3, stride 1
+  for i, (n_blocks, planes) in enumerate(zip(arch.stage_sizes, arch.widths)):
+    for j in range(n_blocks):
+      strides = 2 if i > 0 and j == 0 else 1
+      macs += arch.block.macs(h, w, ch, planes, strides, shortcut)
+      h, w = _out_size(h, strides), _out_size(w, strides)
+      ch = planes * arch.block.expansion
+  return macs + ch * num_classes

@@ -39,8 +39,8 @@ it (no data is loaded):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import math
-from typing import Sequence
 
 import jax.numpy as jnp
 import ml_collections
@@ -100,15 +100,23 @@ def _anneal_weights(done, left, length: float, strategy: str):
     return rest, pct
   half_pi = jnp.float32(math.pi / 2)
   first_half = pct <= 0.5
-  w_start = jnp.where(first_half, jnp.cos(half_pi * pct) ** 2,
-                      jnp.sin(half_pi * rest) ** 2)
-  w_end = jnp.where(first_half, jnp.sin(half_pi * pct) ** 2,
-                    jnp.cos(half_pi * rest) ** 2)
+  w_start = jnp.where(
+    first_half, jnp.cos(half_pi * pct) ** 2, jnp.sin(half_pi * rest) ** 2
+  )
+  w_end = jnp.where(
+    first_half, jnp.sin(half_pi * pct) ** 2, jnp.cos(half_pi * rest) ** 2
+  )
   return w_start, w_end
 
 
-def _phase(start_value: float, end_value: float, start_step: float,
-           end_step: float, strategy: str, origin: int) -> optax.Schedule:
+def _phase(
+  start_value: float,
+  end_value: float,
+  start_step: float,
+  end_step: float,
+  strategy: str,
+  origin: int,
+) -> optax.Schedule:
   """One OneCycleLR phase, as a schedule of the step counted from `origin`.
 
   PyTorch: pct = (step - start_step) / (end_step - start_step) and the value
@@ -132,53 +140,95 @@ def _phase(start_value: float, end_value: float, start_step: float,
 # ---------------------------------------------------------------------------
 
 
-def _check_one_cycle(*, total_steps, max_lr, pct_start, anneal_strategy,
-                     div_factor, final_div_factor, three_phase, cycle_momentum,
-                     base_momentum, max_momentum, prefix: str = "") -> None:
+def _check_one_cycle(
+  *,
+  total_steps,
+  max_lr,
+  pct_start,
+  anneal_strategy,
+  div_factor,
+  final_div_factor,
+  three_phase,
+  cycle_momentum,
+  base_momentum,
+  max_momentum,
+  prefix: str = "",
+) -> None:
   p = prefix
-  _check(total_steps >= 2, f"{p}total_steps" if not p else "num_steps",
-         f"one_cycle needs at least 2 steps, got {total_steps}")
-  _check(max_lr > 0 and math.isfinite(max_lr), f"{p}max_lr",
-         f"must be > 0, got {max_lr}")
-  _check(0 < pct_start < 1, f"{p}pct_start",
-         f"must be in (0, 1), got {pct_start}")
-  _check(anneal_strategy in ANNEAL_STRATEGIES, f"{p}anneal_strategy",
-         f"unknown {anneal_strategy!r}; valid: {', '.join(ANNEAL_STRATEGIES)}")
+  _check(
+    total_steps >= 2,
+    f"{p}total_steps" if not p else "num_steps",
+    f"one_cycle needs at least 2 steps, got {total_steps}",
+  )
+  _check(
+    max_lr > 0 and math.isfinite(max_lr),
+    f"{p}max_lr",
+    f"must be > 0, got {max_lr}",
+  )
+  _check(
+    0 < pct_start < 1, f"{p}pct_start", f"must be in (0, 1), got {pct_start}"
+  )
+  _check(
+    anneal_strategy in ANNEAL_STRATEGIES,
+    f"{p}anneal_strategy",
+    f"unknown {anneal_strategy!r}; valid: {', '.join(ANNEAL_STRATEGIES)}",
+  )
   _check(div_factor > 0, f"{p}div_factor", f"must be > 0, got {div_factor}")
-  _check(final_div_factor > 0, f"{p}final_div_factor",
-         f"must be > 0, got {final_div_factor}")
-  _check(pct_start * total_steps > 1, f"{p}pct_start",
-         f"{pct_start} of {total_steps} steps leaves no rising phase"
-         f" (pct_start * total_steps must be > 1)")
+  _check(
+    final_div_factor > 0,
+    f"{p}final_div_factor",
+    f"must be > 0, got {final_div_factor}",
+  )
+  _check(
+    pct_start * total_steps > 1,
+    f"{p}pct_start",
+    f"{pct_start} of {total_steps} steps leaves no rising phase"
+    f" (pct_start * total_steps must be > 1)",
+  )
   if three_phase:
-    _check(2 * pct_start * total_steps - 2 < total_steps - 1, f"{p}pct_start",
-           f"{pct_start} of {total_steps} steps leaves no third phase with"
-           f" three_phase=True (need pct_start < (total_steps + 1) /"
-           f" (2 total_steps) = {(total_steps + 1) / (2 * total_steps):.4f})")
+    _check(
+      2 * pct_start * total_steps - 2 < total_steps - 1,
+      f"{p}pct_start",
+      f"{pct_start} of {total_steps} steps leaves no third phase with"
+      f" three_phase=True (need pct_start < (total_steps + 1) /"
+      f" (2 total_steps) = {(total_steps + 1) / (2 * total_steps):.4f})",
+    )
   if cycle_momentum:
     _check_momenta(base_momentum, max_momentum, p)
 
 
 def _check_momenta(base_momentum, max_momentum, prefix: str) -> None:
-  _check(0 <= base_momentum < 1, f"{prefix}base_momentum",
-         f"must be in [0, 1), got {base_momentum}")
-  _check(0 <= max_momentum < 1, f"{prefix}max_momentum",
-         f"must be in [0, 1), got {max_momentum}")
-  _check(base_momentum <= max_momentum, f"{prefix}base_momentum",
-         f"{base_momentum} exceeds max_momentum {max_momentum}")
+  _check(
+    0 <= base_momentum < 1,
+    f"{prefix}base_momentum",
+    f"must be in [0, 1), got {base_momentum}",
+  )
+  _check(
+    0 <= max_momentum < 1,
+    f"{prefix}max_momentum",
+    f"must be in [0, 1), got {max_momentum}",
+  )
+  _check(
+    base_momentum <= max_momentum,
+    f"{prefix}base_momentum",
+    f"{base_momentum} exceeds max_momentum {max_momentum}",
+  )
 
 
 def _one_cycle_phases(total_steps: int, pct_start: float, three_phase: bool):
   """PyTorch's phase end steps (floats, inclusive ends)."""
   if three_phase:
-    return [float(pct_start * total_steps) - 1,
-            float(2 * pct_start * total_steps) - 2,
-            total_steps - 1]
+    return [
+      float(pct_start * total_steps) - 1,
+      float(2 * pct_start * total_steps) - 2,
+      total_steps - 1,
+    ]
   return [float(pct_start * total_steps) - 1, total_steps - 1]
 
 
-def _join_phases(values: Sequence[tuple[float, float]], ends: Sequence[float],
-                 strategy: str) -> optax.Schedule:
+def _join_phases(
+  values: Sequence[tuple[float, float]], ends: Sequence[float], strategy: str
+) -> optax.Schedule:
   """optax.join_schedules over PyTorch phases (phase i holds step <= end_i)."""
   schedules, boundaries = [], []
   start = 0.0
@@ -191,12 +241,19 @@ def _join_phases(values: Sequence[tuple[float, float]], ends: Sequence[float],
   return optax.join_schedules(schedules, boundaries[:-1])
 
 
-def one_cycle(total_steps: int, max_lr: float, *, pct_start: float = 0.3,
-              anneal_strategy: str = "cos", div_factor: float = 25.0,
-              final_div_factor: float = 1e4, three_phase: bool = False,
-              cycle_momentum: bool = True, base_momentum: float = 0.85,
-              max_momentum: float = 0.95
-              ) -> tuple[optax.Schedule, optax.Schedule | None]:
+def one_cycle(
+  total_steps: int,
+  max_lr: float,
+  *,
+  pct_start: float = 0.3,
+  anneal_strategy: str = "cos",
+  div_factor: float = 25.0,
+  final_div_factor: float = 1e4,
+  three_phase: bool = False,
+  cycle_momentum: bool = True,
+  base_momentum: float = 0.85,
+  max_momentum: float = 0.95,
+) -> tuple[optax.Schedule, optax.Schedule | None]:
   """The 1cycle policy, exactly as PyTorch's `OneCycleLR`.
 
   Same argument names, defaults and values: `lr_schedule(i)` is the learning
@@ -218,24 +275,35 @@ def one_cycle(total_steps: int, max_lr: float, *, pct_start: float = 0.3,
     (lr_schedule, momentum_schedule); momentum_schedule is None when
     cycle_momentum is False (the optimizer's own momentum then applies).
   """
-  _check_one_cycle(total_steps=total_steps, max_lr=max_lr, pct_start=pct_start,
-                   anneal_strategy=anneal_strategy, div_factor=div_factor,
-                   final_div_factor=final_div_factor, three_phase=three_phase,
-                   cycle_momentum=cycle_momentum, base_momentum=base_momentum,
-                   max_momentum=max_momentum)
+  _check_one_cycle(
+    total_steps=total_steps,
+    max_lr=max_lr,
+    pct_start=pct_start,
+    anneal_strategy=anneal_strategy,
+    div_factor=div_factor,
+    final_div_factor=final_div_factor,
+    three_phase=three_phase,
+    cycle_momentum=cycle_momentum,
+    base_momentum=base_momentum,
+    max_momentum=max_momentum,
+  )
   initial_lr = max_lr / div_factor
   min_lr = initial_lr / final_div_factor
   ends = _one_cycle_phases(total_steps, pct_start, three_phase)
   if three_phase:
     lrs = [(initial_lr, max_lr), (max_lr, initial_lr), (initial_lr, min_lr)]
-    moms = [(max_momentum, base_momentum), (base_momentum, max_momentum),
-            (max_momentum, max_momentum)]
+    moms = [
+      (max_momentum, base_momentum),
+      (base_momentum, max_momentum),
+      (max_momentum, max_momentum),
+    ]
   else:
     lrs = [(initial_lr, max_lr), (max_lr, min_lr)]
     moms = [(max_momentum, base_momentum), (base_momentum, max_momentum)]
   lr_schedule = _join_phases(lrs, ends, anneal_strategy)
-  momentum_schedule = (_join_phases(moms, ends, anneal_strategy)
-                       if cycle_momentum else None)
+  momentum_schedule = (
+    _join_phases(moms, ends, anneal_strategy) if cycle_momentum else None
+  )
   return lr_schedule, momentum_schedule
 
 
@@ -244,17 +312,30 @@ def one_cycle(total_steps: int, max_lr: float, *, pct_start: float = 0.3,
 # ---------------------------------------------------------------------------
 
 
-def _check_cyclical(*, base_lr, max_lr, step_size, mode, gamma,
-                    prefix: str = "") -> None:
+def _check_cyclical(
+  *, base_lr, max_lr, step_size, mode, gamma, prefix: str = ""
+) -> None:
   p = prefix
-  _check(max_lr > 0 and math.isfinite(max_lr), f"{p}max_lr",
-         f"must be > 0, got {max_lr}")
-  _check(0 <= base_lr <= max_lr, f"{p}base_lr",
-         f"must be in [0, max_lr={max_lr}], got {base_lr}")
-  _check(step_size > 0, f"{p}step_size",
-         f"must be at least one step, got {step_size} steps")
-  _check(mode in CLR_MODES, f"{p}mode",
-         f"unknown {mode!r}; valid: {', '.join(CLR_MODES)}")
+  _check(
+    max_lr > 0 and math.isfinite(max_lr),
+    f"{p}max_lr",
+    f"must be > 0, got {max_lr}",
+  )
+  _check(
+    0 <= base_lr <= max_lr,
+    f"{p}base_lr",
+    f"must be in [0, max_lr={max_lr}], got {base_lr}",
+  )
+  _check(
+    step_size > 0,
+    f"{p}step_size",
+    f"must be at least one step, got {step_size} steps",
+  )
+  _check(
+    mode in CLR_MODES,
+    f"{p}mode",
+    f"unknown {mode!r}; valid: {', '.join(CLR_MODES)}",
+  )
   _check(gamma > 0, f"{p}gamma", f"must be > 0, got {gamma}")
 
 
@@ -292,33 +373,48 @@ def _clr_height(step_size: float, mode: str, gamma: float):
   return height
 
 
-def cyclical(base_lr: float, max_lr: float, step_size: float,
-             mode: str = "triangular", gamma: float = 1.0) -> optax.Schedule:
+def cyclical(
+  base_lr: float,
+  max_lr: float,
+  step_size: float,
+  mode: str = "triangular",
+  gamma: float = 1.0,
+) -> optax.Schedule:
   """Smith's cyclical learning rate: base_lr + (max_lr - base_lr) * h(i).
 
   `step_size` is the half-cycle in steps (the LR rises for step_size steps,
   then falls for step_size steps). The paper's runs: triangular 0.1 -> 3.0
   with step_size 5,000 over 10,000 steps (peak 3.0 at step 5,000).
   """
-  _check_cyclical(base_lr=base_lr, max_lr=max_lr, step_size=step_size,
-                  mode=mode, gamma=gamma)
+  _check_cyclical(
+    base_lr=base_lr, max_lr=max_lr, step_size=step_size, mode=mode, gamma=gamma
+  )
   height = _clr_height(step_size, mode, gamma)
   lo, amp = jnp.float32(base_lr), jnp.float32(max_lr - base_lr)
   return lambda step: lo + amp * height(step)
 
 
-def cyclical_momentum(base_momentum: float, max_momentum: float,
-                      step_size: float, mode: str = "triangular",
-                      gamma: float = 1.0) -> optax.Schedule:
-  """Momentum cycled inversely to `cyclical`: max_momentum - (max - base) * h(i).
+def cyclical_momentum(
+  base_momentum: float,
+  max_momentum: float,
+  step_size: float,
+  mode: str = "triangular",
+  gamma: float = 1.0,
+) -> optax.Schedule:
+  """Momentum cycled inversely to `cyclical`.
+
+  max_momentum - (max - base) * h(i).
 
   As PyTorch's CyclicLR with cycle_momentum=True: max_momentum where the LR is
   at base_lr, base_momentum where it is at max_lr.
   """
   _check_momenta(base_momentum, max_momentum, "")
   _check(step_size > 0, "step_size", f"must be > 0, got {step_size}")
-  _check(mode in CLR_MODES, "mode",
-         f"unknown {mode!r}; valid: {', '.join(CLR_MODES)}")
+  _check(
+    mode in CLR_MODES,
+    "mode",
+    f"unknown {mode!r}; valid: {', '.join(CLR_MODES)}",
+  )
   _check(gamma > 0, "gamma", f"must be > 0, got {gamma}")
   height = _clr_height(step_size, mode, gamma)
   hi, amp = jnp.float32(max_momentum), jnp.float32(max_momentum - base_momentum)
@@ -330,60 +426,101 @@ def cyclical_momentum(base_momentum: float, max_momentum: float,
 # ---------------------------------------------------------------------------
 
 
-def _with_warmup(main: optax.Schedule, peak_lr: float, warmup_steps: int,
-                 warmup_start_factor: float) -> optax.Schedule:
+def _with_warmup(
+  main: optax.Schedule,
+  peak_lr: float,
+  warmup_steps: int,
+  warmup_start_factor: float,
+) -> optax.Schedule:
   """Linear from warmup_start_factor * peak (step 0) to peak (step
   warmup_steps), then `main` evaluated at step - warmup_steps."""
   if warmup_steps <= 0:
     return main
-  warm = optax.linear_schedule(warmup_start_factor * peak_lr, peak_lr,
-                               warmup_steps)
+  warm = optax.linear_schedule(
+    warmup_start_factor * peak_lr, peak_lr, warmup_steps
+  )
   return optax.join_schedules([warm, main], [warmup_steps])
 
 
-def _check_warmup(peak_lr, warmup_steps, warmup_start_factor, total_steps,
-                  prefix="", warmup_key="warmup_steps") -> None:
+def _check_warmup(
+  peak_lr,
+  warmup_steps,
+  warmup_start_factor,
+  total_steps,
+  prefix="",
+  warmup_key="warmup_steps",
+) -> None:
   p = prefix
-  _check(peak_lr > 0 and math.isfinite(peak_lr), f"{p}max_lr",
-         f"must be > 0, got {peak_lr}")
-  _check(warmup_steps >= 0, f"{p}{warmup_key}",
-         f"must be >= 0, got {warmup_steps} steps")
+  _check(
+    peak_lr > 0 and math.isfinite(peak_lr),
+    f"{p}max_lr",
+    f"must be > 0, got {peak_lr}",
+  )
+  _check(
+    warmup_steps >= 0,
+    f"{p}{warmup_key}",
+    f"must be >= 0, got {warmup_steps} steps",
+  )
   if total_steps is not None:
-    _check(warmup_steps < total_steps, f"{p}{warmup_key}",
-           f"{warmup_steps} steps is not shorter than the run"
-           f" ({total_steps} steps)")
-  _check(0 <= warmup_start_factor <= 1, f"{p}warmup_start_factor",
-         f"must be in [0, 1], got {warmup_start_factor}")
+    _check(
+      warmup_steps < total_steps,
+      f"{p}{warmup_key}",
+      f"{warmup_steps} steps is not shorter than the run ({total_steps} steps)",
+    )
+  _check(
+    0 <= warmup_start_factor <= 1,
+    f"{p}warmup_start_factor",
+    f"must be in [0, 1], got {warmup_start_factor}",
+  )
 
 
-def _check_boundaries(boundaries, decay_factors, warmup_steps, total_steps,
-                      prefix="") -> None:
+def _check_boundaries(
+  boundaries, decay_factors, warmup_steps, total_steps, prefix=""
+) -> None:
   p = prefix
-  _check(len(decay_factors) == len(boundaries), f"{p}decay_factors",
-         f"has {len(decay_factors)} entries for {len(boundaries)} boundaries;"
-         " give one factor per boundary")
+  _check(
+    len(decay_factors) == len(boundaries),
+    f"{p}decay_factors",
+    f"has {len(decay_factors)} entries for {len(boundaries)} boundaries;"
+    " give one factor per boundary",
+  )
   previous = None
   for b in boundaries:
     if total_steps is not None:
-      _check(b < total_steps, f"{p}boundaries",
-             f"{b} is past the end of the run ({total_steps} steps)"
-             if b > total_steps else
-             f"{b} is the end of the run ({total_steps} steps), so it never"
-             " applies")
-    _check(b > warmup_steps, f"{p}boundaries",
-           f"{b} is not after the warm-up ({warmup_steps} steps)"
-           if warmup_steps else f"{b} must be > 0")
-    _check(previous is None or b > previous, f"{p}boundaries",
-           f"must be strictly increasing, got {previous} then {b}")
+      _check(
+        b < total_steps,
+        f"{p}boundaries",
+        f"{b} is past the end of the run ({total_steps} steps)"
+        if b > total_steps
+        else f"{b} is the end of the run ({total_steps} steps), so it never"
+        " applies",
+      )
+    _check(
+      b > warmup_steps,
+      f"{p}boundaries",
+      f"{b} is not after the warm-up ({warmup_steps} steps)"
+      if warmup_steps
+      else f"{b} must be > 0",
+    )
+    _check(
+      previous is None or b > previous,
+      f"{p}boundaries",
+      f"must be strictly increasing, got {previous} then {b}",
+    )
     previous = b
   for f in decay_factors:
     _check(f > 0, f"{p}decay_factors", f"must be > 0, got {f}")
 
 
-def warmup_piecewise(peak_lr: float, boundaries: Sequence[int],
-                     decay_factors: Sequence[float], *, warmup_steps: int = 0,
-                     warmup_start_factor: float = 0.1,
-                     total_steps: int | None = None) -> optax.Schedule:
+def warmup_piecewise(
+  peak_lr: float,
+  boundaries: Sequence[int],
+  decay_factors: Sequence[float],
+  *,
+  warmup_steps: int = 0,
+  warmup_start_factor: float = 0.1,
+  total_steps: int | None = None,
+) -> optax.Schedule:
   """Linear warm-up, then piecewise constant: multiplied by decay_factors[k]
   from step boundaries[k] on (absolute steps of the run, as Caffe's multistep
   and PyTorch's MultiStepLR). He et al.: peak 0.1, boundaries (32000, 48000),
@@ -392,49 +529,71 @@ def warmup_piecewise(peak_lr: float, boundaries: Sequence[int],
   _check_warmup(peak_lr, warmup_steps, warmup_start_factor, total_steps)
   _check_boundaries(boundaries, decay_factors, warmup_steps, total_steps)
   main = optax.piecewise_constant_schedule(
-      peak_lr, {b - warmup_steps: float(f)
-                for b, f in zip(boundaries, decay_factors)})
+    peak_lr,
+    {b - warmup_steps: float(f) for b, f in zip(boundaries, decay_factors)},
+  )
   return _with_warmup(main, peak_lr, warmup_steps, warmup_start_factor)
 
 
-def warmup_cosine(peak_lr: float, total_steps: int, *, warmup_steps: int = 0,
-                  warmup_start_factor: float = 0.1,
-                  final_lr_factor: float = 0.0) -> optax.Schedule:
+def warmup_cosine(
+  peak_lr: float,
+  total_steps: int,
+  *,
+  warmup_steps: int = 0,
+  warmup_start_factor: float = 0.1,
+  final_lr_factor: float = 0.0,
+) -> optax.Schedule:
   """Linear warm-up, then cosine decay from peak_lr (step warmup_steps) to
   final_lr_factor * peak_lr at step total_steps (the end of the run; the last
   batch, total_steps - 1, is one step before it, as optax's
   warmup_cosine_decay_schedule)."""
   _check_warmup(peak_lr, warmup_steps, warmup_start_factor, total_steps)
-  _check(0 <= final_lr_factor <= 1, "final_lr_factor",
-         f"must be in [0, 1], got {final_lr_factor}")
+  _check(
+    0 <= final_lr_factor <= 1,
+    "final_lr_factor",
+    f"must be in [0, 1], got {final_lr_factor}",
+  )
   # optax.cosine_decay_schedule's formula, final + (peak - final) *
   # (1 + cos(pi t / D)) / 2, evaluated as _phase does it: float32's
   # 1 + cos(x) near x = pi loses the last steps' tiny values (15% off at the
   # last step of a 10k-step run); this keeps them to float32 precision.
-  main = _phase(peak_lr, final_lr_factor * peak_lr, 0.0,
-                float(total_steps - warmup_steps), "cos", 0)
+  main = _phase(
+    peak_lr,
+    final_lr_factor * peak_lr,
+    0.0,
+    float(total_steps - warmup_steps),
+    "cos",
+    0,
+  )
   return _with_warmup(main, peak_lr, warmup_steps, warmup_start_factor)
 
 
-def warmup_constant(peak_lr: float, *, warmup_steps: int = 0,
-                    warmup_start_factor: float = 0.1) -> optax.Schedule:
+def warmup_constant(
+  peak_lr: float, *, warmup_steps: int = 0, warmup_start_factor: float = 0.1
+) -> optax.Schedule:
   """Linear warm-up, then constant peak_lr."""
   _check_warmup(peak_lr, warmup_steps, warmup_start_factor, None)
-  return _with_warmup(optax.constant_schedule(peak_lr), peak_lr, warmup_steps,
-                      warmup_start_factor)
+  return _with_warmup(
+    optax.constant_schedule(peak_lr), peak_lr, warmup_steps, warmup_start_factor
+  )
 
 
-def inverse_momentum(lr_schedule: optax.Schedule, lr_low: float,
-                     lr_high: float, base_momentum: float,
-                     max_momentum: float) -> optax.Schedule:
+def inverse_momentum(
+  lr_schedule: optax.Schedule,
+  lr_low: float,
+  lr_high: float,
+  base_momentum: float,
+  max_momentum: float,
+) -> optax.Schedule:
   """Momentum cycled inversely to any LR schedule.
 
   Linear in the LR: max_momentum where lr <= lr_low, base_momentum where
   lr >= lr_high (Smith 2018: decrease momentum while the LR rises).
   """
   _check_momenta(base_momentum, max_momentum, "")
-  _check(lr_high > lr_low, "lr_high",
-         f"must exceed lr_low ({lr_low}), got {lr_high}")
+  _check(
+    lr_high > lr_low, "lr_high", f"must exceed lr_low ({lr_low}), got {lr_high}"
+  )
   lo, span = jnp.float32(lr_low), jnp.float32(lr_high - lr_low)
   hi_m = jnp.float32(max_momentum)
   amp = jnp.float32(max_momentum - base_momentum)
@@ -467,7 +626,8 @@ def default_schedule_config() -> ml_collections.ConfigDict:
   # --- cyclical (Smith 2015 CLR) ---
   s.base_lr = 0.1  # Lower bound of the cycle.
   s.step_size = 5000.0  # Half-cycle length, in `unit`.
-  s.mode = "triangular"  # triangular | triangular2 (halve each cycle) | exp_range.
+  # triangular | triangular2 (halve each cycle) | exp_range.
+  s.mode = "triangular"
   s.gamma = 1.0  # exp_range: amplitude scaled by gamma**step.
 
   # --- one_cycle (PyTorch OneCycleLR; same names and defaults) ---
@@ -475,7 +635,8 @@ def default_schedule_config() -> ml_collections.ConfigDict:
   s.anneal_strategy = "cos"  # cos | linear.
   s.div_factor = 25.0  # initial lr = max_lr / div_factor.
   s.final_div_factor = 1e4  # final lr = initial lr / final_div_factor.
-  s.three_phase = False  # up, symmetric down to the initial lr, then annihilate.
+  # up, symmetric down to the initial lr, then annihilate.
+  s.three_phase = False
 
   # --- warm-up (piecewise, cosine, constant) ---
   s.warmup = 0.0  # Linear warm-up length, in `unit` (0 = none).
@@ -506,21 +667,30 @@ def default_schedule_config() -> ml_collections.ConfigDict:
 
 def _durations(s, *, steps_per_epoch: int, total_steps: int) -> dict:
   """The config's durations in steps (validated)."""
-  _check(s.unit in UNITS, "schedule.unit",
-         f"unknown {s.unit!r}; valid: {', '.join(UNITS)}")
+  _check(
+    s.unit in UNITS,
+    "schedule.unit",
+    f"unknown {s.unit!r}; valid: {', '.join(UNITS)}",
+  )
   from superconv import config as config_lib  # config imports this module.
 
   def to_steps(value):
-    return config_lib.steps(value, s.unit, steps_per_epoch=steps_per_epoch,
-                            total_steps=total_steps)
+    return config_lib.steps(
+      value, s.unit, steps_per_epoch=steps_per_epoch, total_steps=total_steps
+    )
 
   try:
     boundaries = [to_steps(b) for b in s.boundaries]
   except TypeError:
-    raise ScheduleError(f"schedule.boundaries: must be a sequence of numbers,"
-                        f" got {s.boundaries!r}") from None
-  return dict(step_size=to_steps(s.step_size), warmup=to_steps(s.warmup),
-              boundaries=boundaries)
+    raise ScheduleError(
+      f"schedule.boundaries: must be a sequence of numbers,"
+      f" got {s.boundaries!r}"
+    ) from None
+  return dict(
+    step_size=to_steps(s.step_size),
+    warmup=to_steps(s.warmup),
+    boundaries=boundaries,
+  )
 
 
 def _lr_range(s, warmup: int) -> tuple[float, float]:
@@ -538,46 +708,73 @@ def _lr_range(s, warmup: int) -> tuple[float, float]:
 def validate(s, *, steps_per_epoch: int, total_steps: int) -> None:
   """Raises ScheduleError (one line, naming the key) for a config that
   cannot work with this run length."""
-  _check(s.name in SCHEDULE_NAMES, "schedule.name",
-         f"unknown {s.name!r}; valid: {', '.join(SCHEDULE_NAMES)}")
+  _check(
+    s.name in SCHEDULE_NAMES,
+    "schedule.name",
+    f"unknown {s.name!r}; valid: {', '.join(SCHEDULE_NAMES)}",
+  )
   _check(total_steps >= 1, "num_steps", f"gives {total_steps} steps")
   d = _durations(s, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
   p = "schedule."
   if s.name == "one_cycle":
-    _check_one_cycle(total_steps=total_steps, max_lr=s.max_lr,
-                     pct_start=s.pct_start, anneal_strategy=s.anneal_strategy,
-                     div_factor=s.div_factor,
-                     final_div_factor=s.final_div_factor,
-                     three_phase=s.three_phase,
-                     cycle_momentum=s.cycle_momentum,
-                     base_momentum=s.base_momentum,
-                     max_momentum=s.max_momentum, prefix=p)
+    _check_one_cycle(
+      total_steps=total_steps,
+      max_lr=s.max_lr,
+      pct_start=s.pct_start,
+      anneal_strategy=s.anneal_strategy,
+      div_factor=s.div_factor,
+      final_div_factor=s.final_div_factor,
+      three_phase=s.three_phase,
+      cycle_momentum=s.cycle_momentum,
+      base_momentum=s.base_momentum,
+      max_momentum=s.max_momentum,
+      prefix=p,
+    )
     return
   if s.name == "cyclical":
-    _check_cyclical(base_lr=s.base_lr, max_lr=s.max_lr,
-                    step_size=d["step_size"], mode=s.mode, gamma=s.gamma,
-                    prefix=p)
+    _check_cyclical(
+      base_lr=s.base_lr,
+      max_lr=s.max_lr,
+      step_size=d["step_size"],
+      mode=s.mode,
+      gamma=s.gamma,
+      prefix=p,
+    )
     if s.cycle_momentum:
       _check_momenta(s.base_momentum, s.max_momentum, p)
     return
-  _check_warmup(s.max_lr, d["warmup"], s.warmup_start_factor, total_steps,
-                prefix=p, warmup_key="warmup")
+  _check_warmup(
+    s.max_lr,
+    d["warmup"],
+    s.warmup_start_factor,
+    total_steps,
+    prefix=p,
+    warmup_key="warmup",
+  )
   if s.name == "piecewise":
-    _check_boundaries(d["boundaries"], list(s.decay_factors), d["warmup"],
-                      total_steps, prefix=p)
+    _check_boundaries(
+      d["boundaries"], list(s.decay_factors), d["warmup"], total_steps, prefix=p
+    )
   elif s.name == "cosine":
-    _check(0 <= s.final_lr_factor <= 1, f"{p}final_lr_factor",
-           f"must be in [0, 1], got {s.final_lr_factor}")
+    _check(
+      0 <= s.final_lr_factor <= 1,
+      f"{p}final_lr_factor",
+      f"must be in [0, 1], got {s.final_lr_factor}",
+    )
   if s.cycle_momentum:
     _check_momenta(s.base_momentum, s.max_momentum, p)
     low, high = _lr_range(s, d["warmup"])
-    _check(high > low, f"{p}cycle_momentum",
-           f"the {s.name!r} LR never changes here, so there is nothing to"
-           " cycle momentum against; set it to False")
+    _check(
+      high > low,
+      f"{p}cycle_momentum",
+      f"the {s.name!r} LR never changes here, so there is nothing to"
+      " cycle momentum against; set it to False",
+    )
 
 
-def create(s, *, momentum: float, steps_per_epoch: int, total_steps: int
-           ) -> tuple[optax.Schedule, optax.Schedule]:
+def create(
+  s, *, momentum: float, steps_per_epoch: int, total_steps: int
+) -> tuple[optax.Schedule, optax.Schedule]:
   """(lr_fn, momentum_fn) for `config.schedule`; `momentum` (config.momentum)
   is the constant momentum used when schedule.cycle_momentum is False."""
   validate(s, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
@@ -585,33 +782,48 @@ def create(s, *, momentum: float, steps_per_epoch: int, total_steps: int
   constant_m = optax.constant_schedule(momentum)
   if s.name == "one_cycle":
     lr_fn, m_fn = one_cycle(
-        total_steps, s.max_lr, pct_start=s.pct_start,
-        anneal_strategy=s.anneal_strategy, div_factor=s.div_factor,
-        final_div_factor=s.final_div_factor, three_phase=s.three_phase,
-        cycle_momentum=s.cycle_momentum, base_momentum=s.base_momentum,
-        max_momentum=s.max_momentum)
+      total_steps,
+      s.max_lr,
+      pct_start=s.pct_start,
+      anneal_strategy=s.anneal_strategy,
+      div_factor=s.div_factor,
+      final_div_factor=s.final_div_factor,
+      three_phase=s.three_phase,
+      cycle_momentum=s.cycle_momentum,
+      base_momentum=s.base_momentum,
+      max_momentum=s.max_momentum,
+    )
     return lr_fn, m_fn or constant_m
   if s.name == "cyclical":
     lr_fn = cyclical(s.base_lr, s.max_lr, d["step_size"], s.mode, s.gamma)
     if not s.cycle_momentum:
       return lr_fn, constant_m
-    return lr_fn, cyclical_momentum(s.base_momentum, s.max_momentum,
-                                    d["step_size"], s.mode, s.gamma)
-  warm = dict(warmup_steps=d["warmup"],
-              warmup_start_factor=s.warmup_start_factor)
+    return lr_fn, cyclical_momentum(
+      s.base_momentum, s.max_momentum, d["step_size"], s.mode, s.gamma
+    )
+  warm = dict(
+    warmup_steps=d["warmup"], warmup_start_factor=s.warmup_start_factor
+  )
   if s.name == "piecewise":
-    lr_fn = warmup_piecewise(s.max_lr, d["boundaries"], list(s.decay_factors),
-                             total_steps=total_steps, **warm)
+    lr_fn = warmup_piecewise(
+      s.max_lr,
+      d["boundaries"],
+      list(s.decay_factors),
+      total_steps=total_steps,
+      **warm,
+    )
   elif s.name == "cosine":
-    lr_fn = warmup_cosine(s.max_lr, total_steps,
-                          final_lr_factor=s.final_lr_factor, **warm)
+    lr_fn = warmup_cosine(
+      s.max_lr, total_steps, final_lr_factor=s.final_lr_factor, **warm
+    )
   else:
     lr_fn = warmup_constant(s.max_lr, **warm)
   if not s.cycle_momentum:
     return lr_fn, constant_m
   low, high = _lr_range(s, d["warmup"])
-  return lr_fn, inverse_momentum(lr_fn, low, high, s.base_momentum,
-                                 s.max_momentum)
+  return lr_fn, inverse_momentum(
+    lr_fn, low, high, s.base_momentum, s.max_momentum
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -621,9 +833,13 @@ def create(s, *, momentum: float, steps_per_epoch: int, total_steps: int
 _MAX_CYCLE_POINTS = 8  # Cyclical: list at most this many half-cycle ends.
 
 
-def key_points(s, *, steps_per_epoch: int, total_steps: int,
-               lr_values: np.ndarray | None = None
-               ) -> list[tuple[str, int]]:
+def key_points(
+  s,
+  *,
+  steps_per_epoch: int,
+  total_steps: int,
+  lr_values: np.ndarray | None = None,
+) -> list[tuple[str, int]]:
   """[(label, step)] of the schedule's key points, sorted by step: the first
   step, the peak (first step of highest LR), every phase end or boundary, and
   the last step."""
@@ -661,12 +877,15 @@ def key_points(s, *, steps_per_epoch: int, total_steps: int,
 def format_table(rows: Sequence[tuple[str, int, float, float, float]]) -> str:
   """Fixed-width table of (point, step, epoch, lr, momentum) rows."""
   width = max([len("point")] + [len(r[0]) for r in rows])
-  lines = [f"{'point':<{width}}  {'step':>8}  {'epoch':>9}  {'lr':>12}"
-           f"  {'momentum':>8}"]
+  lines = [
+    f"{'point':<{width}}  {'step':>8}  {'epoch':>9}  {'lr':>12}"
+    f"  {'momentum':>8}"
+  ]
   lines.append("-" * len(lines[0]))
   for label, step, epoch, lr, mom in rows:
-    lines.append(f"{label:<{width}}  {step:>8d}  {epoch:>9.2f}  {lr:>#12.5g}"
-                 f"  {mom:>8.4f}")
+    lines.append(
+      f"{label:<{width}}  {step:>8d}  {epoch:>9.2f}  {lr:>#12.5g}  {mom:>8.4f}"
+    )
   return "\n".join(lines)
 
 
@@ -678,30 +897,39 @@ def num_train_examples(config) -> tuple[int, str | None]:
   if ds in ("tfds:cifar10", "tfds:cifar100"):
     return 50_000, f"{ds}: assuming the standard 50,000 training images."
   if ds.startswith("folder:"):
-    return 50_000, (f"{ds}: assuming 50,000 training images (CIFAR); the"
-                    " trainer uses the folder's real count.")
-  raise ScheduleError(f"dataset: unknown {ds!r}; valid: tfds:cifar10,"
-                      " tfds:cifar100, folder:<path>, synthetic")
+    return 50_000, (
+      f"{ds}: assuming 50,000 training images (CIFAR); the"
+      " trainer uses the folder's real count."
+    )
+  raise ScheduleError(
+    f"dataset: unknown {ds!r}; valid: tfds:cifar10,"
+    " tfds:cifar100, folder:<path>, synthetic"
+  )
 
 
 def describe(s) -> str:
   """One-line summary of a schedule config."""
   if s.name == "one_cycle":
-    text = (f"one_cycle ({'three' if s.three_phase else 'two'}-phase,"
-            f" {s.anneal_strategy}) max_lr {s.max_lr:g}, pct_start"
-            f" {s.pct_start:.4g}, div {s.div_factor:g}, final_div"
-            f" {s.final_div_factor:g}")
+    text = (
+      f"one_cycle ({'three' if s.three_phase else 'two'}-phase,"
+      f" {s.anneal_strategy}) max_lr {s.max_lr:g}, pct_start"
+      f" {s.pct_start:.4g}, div {s.div_factor:g}, final_div"
+      f" {s.final_div_factor:g}"
+    )
   elif s.name == "cyclical":
-    text = (f"cyclical ({s.mode}) {s.base_lr:g} -> {s.max_lr:g}, step_size"
-            f" {s.step_size:g} {s.unit}")
+    text = (
+      f"cyclical ({s.mode}) {s.base_lr:g} -> {s.max_lr:g}, step_size"
+      f" {s.step_size:g} {s.unit}"
+    )
   else:
     text = f"{s.name} max_lr {s.max_lr:g}"
     if s.warmup:
-      text += (f", warm-up {s.warmup:g} {s.unit} from"
-               f" {s.warmup_start_factor:g}x")
+      text += f", warm-up {s.warmup:g} {s.unit} from {s.warmup_start_factor:g}x"
     if s.name == "piecewise":
-      text += (f", x{tuple(float(f) for f in s.decay_factors)} at"
-               f" {tuple(s.boundaries)} {s.unit}")
+      text += (
+        f", x{tuple(float(f) for f in s.decay_factors)} at"
+        f" {tuple(s.boundaries)} {s.unit}"
+      )
     if s.name == "cosine":
       text += f", to {s.final_lr_factor:g} x max_lr at the end"
   if s.cycle_momentum:
@@ -717,43 +945,73 @@ def run(config, *, out: str | None, title: str = "") -> str:
   n_train, note = num_train_examples(config)
   spe = config_lib.steps_per_epoch(n_train, config.batch_size)
   if spe < 1:
-    raise ScheduleError(f"batch_size: {config.batch_size} exceeds the"
-                        f" {n_train} training examples")
+    raise ScheduleError(
+      f"batch_size: {config.batch_size} exceeds the {n_train} training examples"
+    )
   total = config_lib.total_steps(config, n_train)
-  lr_fn, m_fn = create(config.schedule, momentum=config.momentum,
-                       steps_per_epoch=spe, total_steps=total)
+  lr_fn, m_fn = create(
+    config.schedule,
+    momentum=config.momentum,
+    steps_per_epoch=spe,
+    total_steps=total,
+  )
   import jax
+
   steps = np.arange(total, dtype=np.int32)
   lrs = np.asarray(jax.jit(jax.vmap(lr_fn))(steps), dtype=np.float64)
   moms = np.asarray(jax.jit(jax.vmap(m_fn))(steps), dtype=np.float64)
-  points = key_points(config.schedule, steps_per_epoch=spe, total_steps=total,
-                      lr_values=lrs)
-  rows = [(label, step, step / spe, lrs[step], moms[step])
-          for label, step in points]
-  header = [f"schedule: {describe(config.schedule)}",
-            f"run: {total} steps = {total / spe:.2f} epochs of {spe} steps"
-            f" (floor({n_train} / batch {config.batch_size}))"]
+  points = key_points(
+    config.schedule, steps_per_epoch=spe, total_steps=total, lr_values=lrs
+  )
+  rows = [
+    (label, step, step / spe, lrs[step], moms[step]) for label, step in points
+  ]
+  header = [
+    f"schedule: {describe(config.schedule)}",
+    f"run: {total} steps = {total / spe:.2f} epochs of {spe} steps"
+    f" (floor({n_train} / batch {config.batch_size}))",
+  ]
   if not config.schedule.cycle_momentum:
     header[-1] += f"; constant momentum {config.momentum:g}"
   if note:
     header.append(f"note: {note}")
   text = "\n".join(header + ["", format_table(rows)])
   if out:
-    _plot(steps, lrs, moms, points, spe=spe, out=out,
-          title=title or "schedule", subtitle=describe(config.schedule),
-          batch_size=config.batch_size)
+    _plot(
+      steps,
+      lrs,
+      moms,
+      points,
+      spe=spe,
+      out=out,
+      title=title or "schedule",
+      subtitle=describe(config.schedule),
+      batch_size=config.batch_size,
+    )
   return text
 
 
-def _plot(steps, lrs, moms, points, *, spe: int, out: str, title: str,
-          subtitle: str, batch_size: int) -> None:
+def _plot(
+  steps,
+  lrs,
+  moms,
+  points,
+  *,
+  spe: int,
+  out: str,
+  title: str,
+  subtitle: str,
+  batch_size: int,
+) -> None:
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
   fig, ax = plt.subplots(figsize=(10, 5.4), dpi=110)
-  lr_line, = ax.plot(steps, lrs, color="tab:blue", lw=1.8,
-                     label="learning rate (left axis)")
+  (lr_line,) = ax.plot(
+    steps, lrs, color="tab:blue", lw=1.8, label="learning rate (left axis)"
+  )
   ax.set_xlabel(f"step (batch {batch_size}, {spe} steps per epoch)")
   ax.set_ylabel("learning rate", color="tab:blue")
   ax.tick_params(axis="y", labelcolor="tab:blue")
@@ -762,28 +1020,45 @@ def _plot(steps, lrs, moms, points, *, spe: int, out: str, title: str,
   ax.grid(alpha=0.3)
   ax2 = ax.twinx()
   lo, hi = float(moms.min()), float(moms.max())
-  m_label = ("momentum (right axis)" if hi > lo else
-             f"momentum (right axis, constant {lo:g})")
-  m_line, = ax2.plot(steps, moms, color="tab:orange", lw=1.6, ls="--",
-                     label=m_label)
+  m_label = (
+    "momentum (right axis)"
+    if hi > lo
+    else f"momentum (right axis, constant {lo:g})"
+  )
+  (m_line,) = ax2.plot(
+    steps, moms, color="tab:orange", lw=1.6, ls="--", label=m_label
+  )
   ax2.set_ylabel("momentum", color="tab:orange")
   ax2.tick_params(axis="y", labelcolor="tab:orange")
   pad = max(0.02, 0.1 * (hi - lo))
   ax2.set_ylim(lo - pad, hi + pad)
-  for label, step in points:
+  for _, step in points:
     ax.axvline(step, color="gray", lw=0.6, ls=":", zorder=0)
     ax.plot([step], [lrs[step]], "o", color="tab:blue", ms=4)
   peak = [s for l, s in points if "peak" in l]
   if peak:
     p = peak[0]
-    ax.annotate(f"peak {lrs[p]:.4g} at step {p}", (p, lrs[p]),
-                textcoords="offset points", xytext=(0, 7), ha="center",
-                fontsize=9, color="tab:blue")
-  top = ax.secondary_xaxis("top", functions=(lambda s: s / spe,
-                                             lambda e: e * spe))
+    ax.annotate(
+      f"peak {lrs[p]:.4g} at step {p}",
+      (p, lrs[p]),
+      textcoords="offset points",
+      xytext=(0, 7),
+      ha="center",
+      fontsize=9,
+      color="tab:blue",
+    )
+  top = ax.secondary_xaxis(
+    "top", functions=(lambda s: s / spe, lambda e: e * spe)
+  )
   top.set_xlabel("epoch")
-  ax.legend(handles=[lr_line, m_line], loc="upper center", ncol=2,
-            fontsize=9, frameon=False, bbox_to_anchor=(0.5, -0.13))
+  ax.legend(
+    handles=[lr_line, m_line],
+    loc="upper center",
+    ncol=2,
+    fontsize=9,
+    frameon=False,
+    bbox_to_anchor=(0.5, -0.13),
+  )
   fig.suptitle(title, fontsize=12, y=0.995)
   ax.set_title(subtitle, fontsize=9, pad=28)
   fig.tight_layout()
@@ -793,8 +1068,8 @@ def _plot(steps, lrs, moms, points, *, spe: int, out: str, title: str,
 
 def main(argv) -> None:
   """Entry point for `python -m superconv.schedules` (flags defined below)."""
-  from absl import flags
-  from absl import logging
+  from absl import flags, logging
+
   del argv
   logging.set_verbosity(logging.WARNING)  # No backend-probing INFO lines.
   FLAGS = flags.FLAGS
@@ -802,10 +1077,14 @@ def main(argv) -> None:
   # Use the library module (not __main__) so errors and types are the ones
   # superconv.config knows.
   from superconv import schedules as lib
+
   try:
-    text = lib.run(config, out=FLAGS.out,
-                   title=f"{FLAGS['config'].config_filename}: learning rate"
-                         " and momentum schedule")
+    text = lib.run(
+      config,
+      out=FLAGS.out,
+      title=f"{FLAGS['config'].config_filename}: learning rate"
+      " and momentum schedule",
+    )
   except lib.ScheduleError as e:
     raise SystemExit(f"error: {e}") from None
   print(text)
@@ -818,9 +1097,13 @@ if __name__ == "__main__":
   from ml_collections import config_flags
 
   config_flags.DEFINE_config_file(
-      "config", None, "Experiment config file (configs/<name>.py).",
-      lock_config=True)
-  flags.DEFINE_string("out", "schedule.png",
-                      "PNG to write the plot to ('' = no plot).")
+    "config",
+    None,
+    "Experiment config file (configs/<name>.py).",
+    lock_config=True,
+  )
+  flags.DEFINE_string(
+    "out", "schedule.png", "PNG to write the plot to ('' = no plot)."
+  )
   flags.mark_flags_as_required(["config"])
   app.run(main)

@@ -22,9 +22,9 @@ fewer than two values per group) are NaN, never an exception.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import dataclasses
 import math
-from typing import Sequence
 
 NAN = float("nan")
 
@@ -59,8 +59,9 @@ def _betacf(a: float, b: float, x: float) -> float:
     h *= delta
     if abs(delta - 1.0) < eps:
       return h
-  raise ArithmeticError(f"betainc({a}, {b}, {x}): continued fraction did not"
-                        " converge")
+  raise ArithmeticError(
+    f"betainc({a}, {b}, {x}): continued fraction did not converge"
+  )
 
 
 def betainc(a: float, b: float, x: float) -> float:
@@ -71,8 +72,13 @@ def betainc(a: float, b: float, x: float) -> float:
     raise ValueError(f"betainc: x must be in [0, 1], got {x}")
   if x == 0.0 or x == 1.0:
     return x
-  log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
-               + a * math.log(x) + b * math.log1p(-x))
+  log_front = (
+    math.lgamma(a + b)
+    - math.lgamma(a)
+    - math.lgamma(b)
+    + a * math.log(x)
+    + b * math.log1p(-x)
+  )
   if x < (a + 1.0) / (a + b + 2.0):
     return math.exp(log_front) * _betacf(a, b, x) / a
   return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
@@ -144,6 +150,7 @@ def sample_std(values: Sequence[float]) -> float:
 @dataclasses.dataclass(frozen=True)
 class Summary:
   """Mean, spread and t-interval of one sample."""
+
   n: int
   mean: float
   std: float  # Sample standard deviation (ddof = 1).
@@ -171,6 +178,7 @@ def summarize(values: Sequence[float], confidence: float = 0.95) -> Summary:
 @dataclasses.dataclass(frozen=True)
 class Welch:
   """Welch's t-test of mean(a) - mean(b)."""
+
   diff: float  # mean(a) - mean(b)
   t: float
   df: float  # Welch-Satterthwaite
@@ -185,8 +193,9 @@ def _welch_df(parts: Sequence[float], ns: Sequence[int]) -> float:
   return math.fsum(parts) ** 2 / denominator if denominator > 0 else NAN
 
 
-def welch(a: Sequence[float], b: Sequence[float],
-          confidence: float = 0.95) -> Welch:
+def welch(
+  a: Sequence[float], b: Sequence[float], confidence: float = 0.95
+) -> Welch:
   """Two-sided Welch t-test of mean(a) - mean(b) and its t-interval.
 
   With fewer than two values in a group everything but `diff` is NaN. When
@@ -212,14 +221,16 @@ def welch(a: Sequence[float], b: Sequence[float],
 @dataclasses.dataclass(frozen=True)
 class Ratio:
   """mean(a) / mean(b) and its interval."""
+
   ratio: float
   ci_low: float
   ci_high: float
   df: float  # Welch-Satterthwaite df of the log-ratio's variance.
 
 
-def ratio_of_means(a: Sequence[float], b: Sequence[float],
-                   confidence: float = 0.95) -> Ratio:
+def ratio_of_means(
+  a: Sequence[float], b: Sequence[float], confidence: float = 0.95
+) -> Ratio:
   """Ratio of means r = mean(a) / mean(b) with a log-scale delta interval.
 
   Delta method on log r = log mean(a) - log mean(b):
@@ -240,8 +251,10 @@ def ratio_of_means(a: Sequence[float], b: Sequence[float],
   r = ma / mb
   if len(a) < 2 or len(b) < 2:
     return Ratio(r, NAN, NAN, NAN)
-  parts = [sample_std(a) ** 2 / (len(a) * ma * ma),
-           sample_std(b) ** 2 / (len(b) * mb * mb)]
+  parts = [
+    sample_std(a) ** 2 / (len(a) * ma * ma),
+    sample_std(b) ** 2 / (len(b) * mb * mb),
+  ]
   se = math.sqrt(math.fsum(parts))
   if se == 0:
     return Ratio(r, r, r, NAN)

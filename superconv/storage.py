@@ -25,6 +25,7 @@ def is_remote(path: str) -> bool:
 
 def _epath(path: str):
   from etils import epath  # pylint: disable=g-import-not-at-top
+
   return epath.Path(path)
 
 
@@ -41,8 +42,11 @@ def join(path: str, *names: str) -> str:
 
 
 def basename(path: str) -> str:
-  return str(path).rstrip("/").rsplit("/", 1)[-1] if is_remote(path) \
-      else os.path.basename(path)
+  return (
+    str(path).rstrip("/").rsplit("/", 1)[-1]
+    if is_remote(path)
+    else os.path.basename(path)
+  )
 
 
 def exists(path: str) -> bool:

@@ -41,6 +41,7 @@ config.validation_size > 0.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 import dataclasses
 import datetime
 import importlib.util
@@ -54,11 +55,8 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Sequence
 
-from superconv import cli
-from superconv import metric_writer
-from superconv import storage
+from superconv import cli, metric_writer, storage
 
 DONE_FILE = "done.json"
 SWEEP_FILE = "sweep.json"
@@ -109,10 +107,12 @@ def parse_sweep(spec: str) -> tuple[str, list[str]]:
   key, sep, rest = spec.partition("=")
   key = key.strip()
   if key.startswith("config."):
-    key = key[len("config."):]
+    key = key[len("config.") :]
   if not sep or not _KEY_RE.match(key):
-    raise SweepError(f"--sweep {spec!r}: expected key=v1,v2,... with a config"
-                     " key such as seed or schedule.max_lr")
+    raise SweepError(
+      f"--sweep {spec!r}: expected key=v1,v2,... with a config"
+      " key such as seed or schedule.max_lr"
+    )
   values = split_values(rest)
   if any(not v for v in values):
     raise SweepError(f"--sweep {spec!r}: empty value")
@@ -126,10 +126,13 @@ def expand_grid(sweeps: Sequence[tuple[str, Sequence[str]]]) -> list[dict]:
   keys = [k for k, _ in sweeps]
   if len(set(keys)) != len(keys):
     duplicate = next(k for k in keys if keys.count(k) > 1)
-    raise SweepError(f"--sweep {duplicate}: given twice; list all its values"
-                     " in one --sweep")
-  return [dict(zip(keys, combo))
-          for combo in itertools.product(*[v for _, v in sweeps])]
+    raise SweepError(
+      f"--sweep {duplicate}: given twice; list all its values in one --sweep"
+    )
+  return [
+    dict(zip(keys, combo))
+    for combo in itertools.product(*[v for _, v in sweeps])
+  ]
 
 
 def run_name(overrides: dict) -> str:
@@ -143,12 +146,15 @@ def run_name(overrides: dict) -> str:
 @dataclasses.dataclass(frozen=True)
 class Run:
   """One run of a sweep."""
+
   name: str
   overrides: dict  # Swept key -> value (as given on the command line).
   workdir: str
 
 
-def plan(sweeps: Sequence[tuple[str, Sequence[str]]], workdir: str) -> list[Run]:
+def plan(
+  sweeps: Sequence[tuple[str, Sequence[str]]], workdir: str
+) -> list[Run]:
   """The runs of a grid, in order, each with its own directory."""
   runs = []
   for overrides in expand_grid(sweeps):
@@ -157,8 +163,10 @@ def plan(sweeps: Sequence[tuple[str, Sequence[str]]], workdir: str) -> list[Run]
   names = [r.name for r in runs]
   if len(set(names)) != len(names):
     clash = next(n for n in names if names.count(n) > 1)
-    raise SweepError(f"--sweep: two runs would share the directory {clash};"
-                     " make the values differ in letters, digits or ._=,+-")
+    raise SweepError(
+      f"--sweep: two runs would share the directory {clash};"
+      " make the values differ in letters, digits or ._=,+-"
+    )
   return runs
 
 
@@ -173,7 +181,7 @@ def parse_overrides(args: Sequence[str]) -> tuple[dict, list[str]]:
   while i < len(args):
     arg = args[i]
     if arg.startswith("--config."):
-      key, sep, value = arg[len("--config."):].partition("=")
+      key, sep, value = arg[len("--config.") :].partition("=")
       if not sep:
         if i + 1 >= len(args):
           raise SweepError(f"{arg}: needs a value")
@@ -282,11 +290,16 @@ def _train(command: list[str], run: Run, echo: bool) -> int:
   with open(os.path.join(run.workdir, LOG_FILE), "a") as log:
     log.write(f"# {_now()} {shlex.join(command)}\n")
     log.flush()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True,
-                               errors="replace", bufsize=1,
-                               start_new_session=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    process = subprocess.Popen(
+      command,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+      errors="replace",
+      bufsize=1,
+      start_new_session=True,
+      env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
       for line in process.stdout:
         log.write(line)
@@ -311,27 +324,29 @@ def _check_keys(config_path: str, keys: Sequence[str]) -> None:
   """Every key exists in the config file's get_config() (else SweepError)."""
   path, arg = cli.config_file(config_path)  # configs/x.py[:arg]
   try:
-    spec = importlib.util.spec_from_file_location("_superconv_sweep_config",
-                                                  path)
+    spec = importlib.util.spec_from_file_location(
+      "_superconv_sweep_config", path
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config() if arg is None else module.get_config(arg)
   except Exception as e:  # pylint: disable=broad-except
-    raise SweepError(f"--config {config_path}: cannot load it:"
-                     f" {type(e).__name__}: {e}") from None
+    raise SweepError(
+      f"--config {config_path}: cannot load it: {type(e).__name__}: {e}"
+    ) from None
   for key in keys:
     node, prefix = config, "config"
     for part in key.split("."):
       if not hasattr(node, "keys") or part not in node:
         valid = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else ""
-        raise SweepError(f"config.{key}: unknown key; valid keys of {prefix}:"
-                         f" {valid}")
+        raise SweepError(
+          f"config.{key}: unknown key; valid keys of {prefix}: {valid}"
+        )
       node, prefix = node[part], f"{prefix}.{part}"
 
 
 def _sweep_header(config_path: str, common: dict, trainer: list[str]) -> dict:
-  return {"config": config_path, "common_overrides": common,
-          "trainer": trainer}
+  return {"config": config_path, "common_overrides": common, "trainer": trainer}
 
 
 def _check_same_sweep(workdir: str, header: dict) -> dict:
@@ -339,21 +354,30 @@ def _check_same_sweep(workdir: str, header: dict) -> dict:
   previous = _read_json(os.path.join(workdir, SWEEP_FILE))
   if not isinstance(previous, dict):
     return {}
-  for key, flag in (("config", "--config"),
-                    ("common_overrides", "--config.* overrides"),
-                    ("trainer", "--trainer")):
+  for key, flag in (
+    ("config", "--config"),
+    ("common_overrides", "--config.* overrides"),
+    ("trainer", "--trainer"),
+  ):
     if previous.get(key) != header[key]:
       raise SweepError(
-          f"--workdir {workdir}: holds a sweep with a different {flag}"
-          f" ({previous.get(key)!r}, now {header[key]!r}); use another"
-          " --workdir")
+        f"--workdir {workdir}: holds a sweep with a different {flag}"
+        f" ({previous.get(key)!r}, now {header[key]!r}); use another"
+        " --workdir"
+      )
   return previous
 
 
-def run_sweep(config_path: str, workdir: str,
-              sweeps: Sequence[tuple[str, Sequence[str]]], *,
-              common: dict | None = None, trainer: list[str] | None = None,
-              echo: bool = True, dry_run: bool = False) -> list[dict]:
+def run_sweep(
+  config_path: str,
+  workdir: str,
+  sweeps: Sequence[tuple[str, Sequence[str]]],
+  *,
+  common: dict | None = None,
+  trainer: list[str] | None = None,
+  echo: bool = True,
+  dry_run: bool = False,
+) -> list[dict]:
   """Trains every run of the grid not yet complete; returns their results.
 
   Each result: name, overrides, workdir, status, final_accuracy,
@@ -372,8 +396,9 @@ def run_sweep(config_path: str, workdir: str,
   swept = [k for k, _ in sweeps]
   both = sorted(set(swept) & set(common))
   if both:
-    raise SweepError(f"config.{both[0]}: both swept and overridden; drop"
-                     " one of them")
+    raise SweepError(
+      f"config.{both[0]}: both swept and overridden; drop one of them"
+    )
   runs = plan(sweeps, workdir)
   if trainer == default_trainer():
     _check_keys(config_path, swept + list(common))
@@ -383,18 +408,36 @@ def run_sweep(config_path: str, workdir: str,
   results = []
   for run in runs:
     done = _read_json(os.path.join(run.workdir, DONE_FILE))
-    row = {"name": run.name, "overrides": run.overrides,
-           "workdir": run.workdir, "status": "pending", "returncode": None,
-           "final_accuracy": None, "final_step": None, "eval_examples": None,
-           "seconds": None}
+    row = {
+      "name": run.name,
+      "overrides": run.overrides,
+      "workdir": run.workdir,
+      "status": "pending",
+      "returncode": None,
+      "final_accuracy": None,
+      "final_step": None,
+      "eval_examples": None,
+      "seconds": None,
+    }
     if is_complete(run.workdir):
       if done.get("overrides") != {**common, **run.overrides}:
-        raise SweepError(f"{run.workdir}: completed with other overrides"
-                         f" ({done.get('overrides')!r}); use another --workdir")
-      row.update(status="skipped (complete)",
-                 **{k: done.get(k) for k in ("returncode", "final_accuracy",
-                                              "final_step", "eval_examples",
-                                              "seconds")})
+        raise SweepError(
+          f"{run.workdir}: completed with other overrides"
+          f" ({done.get('overrides')!r}); use another --workdir"
+        )
+      row.update(
+        status="skipped (complete)",
+        **{
+          k: done.get(k)
+          for k in (
+            "returncode",
+            "final_accuracy",
+            "final_step",
+            "eval_examples",
+            "seconds",
+          )
+        },
+      )
     results.append(row)
 
   if dry_run:
@@ -406,14 +449,19 @@ def run_sweep(config_path: str, workdir: str,
 
   os.makedirs(workdir, exist_ok=True)
   grid = {k: list(v) for k, v in sweeps}
-  old_runs = {r["name"]: r for r in previous.get("runs", [])
-              if isinstance(r, dict) and "name" in r}
+  old_runs = {
+    r["name"]: r
+    for r in previous.get("runs", [])
+    if isinstance(r, dict) and "name" in r
+  }
 
   def save():
     current = {r["name"] for r in results}
     kept = [r for n, r in sorted(old_runs.items()) if n not in current]
-    _write_json(os.path.join(workdir, SWEEP_FILE), {
-        **header, "grid": grid, "runs": results + kept, "updated": _now()})
+    _write_json(
+      os.path.join(workdir, SWEEP_FILE),
+      {**header, "grid": grid, "runs": results + kept, "updated": _now()},
+    )
 
   save()
   for run, row in zip(runs, results):
@@ -430,22 +478,40 @@ def run_sweep(config_path: str, workdir: str,
     try:
       returncode = _train(command, run, echo)
     except (KeyboardInterrupt, Terminated) as e:
-      row["status"] = ("interrupted" if isinstance(e, KeyboardInterrupt)
-                       else "terminated")
+      row["status"] = (
+        "interrupted" if isinstance(e, KeyboardInterrupt) else "terminated"
+      )
       save()
       raise
     last = final_eval(run.workdir)
-    row.update(status=_status_for(returncode), returncode=returncode,
-               seconds=round(time.time() - start, 3),
-               final_accuracy=_accuracy(last) if returncode == 0 else None,
-               final_step=last.get("step") if last else None,
-               eval_examples=last.get("eval_examples") if last else None)
+    row.update(
+      status=_status_for(returncode),
+      returncode=returncode,
+      seconds=round(time.time() - start, 3),
+      final_accuracy=_accuracy(last) if returncode == 0 else None,
+      final_step=last.get("step") if last else None,
+      eval_examples=last.get("eval_examples") if last else None,
+    )
     if returncode == 0:
-      _write_json(os.path.join(run.workdir, DONE_FILE), {
-          "name": run.name, "overrides": overrides, "command": command,
-          "finished": _now(), **{k: row[k] for k in (
-              "returncode", "final_accuracy", "final_step", "eval_examples",
-              "seconds")}})
+      _write_json(
+        os.path.join(run.workdir, DONE_FILE),
+        {
+          "name": run.name,
+          "overrides": overrides,
+          "command": command,
+          "finished": _now(),
+          **{
+            k: row[k]
+            for k in (
+              "returncode",
+              "final_accuracy",
+              "final_step",
+              "eval_examples",
+              "seconds",
+            )
+          },
+        },
+      )
     save()
   return results
 
@@ -457,14 +523,18 @@ def _fmt_accuracy(value) -> str:
 def summary_table(results: Sequence[dict]) -> str:
   """Fixed-width table: run, status, final accuracy, final step, seconds."""
   width = max([len("run")] + [len(r["name"]) for r in results])
-  lines = [f"{'run':<{width}}  {'status':<20}  {'final acc':>9}"
-           f"  {'step':>7}  {'seconds':>8}"]
+  lines = [
+    f"{'run':<{width}}  {'status':<20}  {'final acc':>9}"
+    f"  {'step':>7}  {'seconds':>8}"
+  ]
   for r in results:
     seconds = "-" if r["seconds"] is None else f"{r['seconds']:.1f}"
     step = "-" if r["final_step"] is None else str(r["final_step"])
-    lines.append(f"{r['name']:<{width}}  {r['status']:<20}"
-                 f"  {_fmt_accuracy(r['final_accuracy']):>9}  {step:>7}"
-                 f"  {seconds:>8}")
+    lines.append(
+      f"{r['name']:<{width}}  {r['status']:<20}"
+      f"  {_fmt_accuracy(r['final_accuracy']):>9}  {step:>7}"
+      f"  {seconds:>8}"
+    )
   return "\n".join(lines)
 
 
@@ -486,11 +556,19 @@ def _seed_free(overrides: dict) -> dict:
   return {k: v for k, v in overrides.items() if k != "seed"}
 
 
-def tune(config_path: str, workdir: str,
-         sweeps: Sequence[tuple[str, Sequence[str]]], *, budget_steps: int,
-         validation_size: int, common: dict | None = None,
-         trainer: list[str] | None = None, test_seeds: str = "0,1,2,3,4",
-         test_workdir: str | None = None, echo: bool = True) -> dict:
+def tune(
+  config_path: str,
+  workdir: str,
+  sweeps: Sequence[tuple[str, Sequence[str]]],
+  *,
+  budget_steps: int,
+  validation_size: int,
+  common: dict | None = None,
+  trainer: list[str] | None = None,
+  test_seeds: str = "0,1,2,3,4",
+  test_workdir: str | None = None,
+  echo: bool = True,
+) -> dict:
   """Runs the grid on the validation split at `budget_steps`; picks the best.
 
   Candidates are the grid points without `seed` (a swept seed is averaged
@@ -506,46 +584,63 @@ def tune(config_path: str, workdir: str,
   if validation_size < 1:
     raise SweepError(f"--validation-size: must be >= 1, got {validation_size}")
   if not sweeps:
-    raise SweepError("tune: give the grid, e.g. --sweep"
-                     " schedule.max_lr=0.4,0.8,1.6 --sweep schedule.warmup=0,2")
+    raise SweepError(
+      "tune: give the grid, e.g. --sweep"
+      " schedule.max_lr=0.4,0.8,1.6 --sweep schedule.warmup=0,2"
+    )
   common = dict(common or {})
   for key in ("num_steps", "num_epochs", "validation_size"):
     if key in common or key in dict(sweeps):
-      raise SweepError(f"config.{key}: set by tune (--budget-steps,"
-                       " --validation-size); do not override it")
+      raise SweepError(
+        f"config.{key}: set by tune (--budget-steps,"
+        " --validation-size); do not override it"
+      )
   user_common = dict(common)
-  common.update(num_steps=str(budget_steps),
-                validation_size=str(validation_size))
-  results = run_sweep(config_path, workdir, sweeps, common=common,
-                      trainer=trainer, echo=echo)
+  common.update(
+    num_steps=str(budget_steps), validation_size=str(validation_size)
+  )
+  results = run_sweep(
+    config_path, workdir, sweeps, common=common, trainer=trainer, echo=echo
+  )
   print(summary_table(results))
 
   candidates: dict[str, dict] = {}
   for result in results:
     key_overrides = _seed_free(result["overrides"])
     name = run_name(key_overrides)
-    candidate = candidates.setdefault(name, {
-        "name": name, "overrides": key_overrides, "runs": []})
+    candidate = candidates.setdefault(
+      name, {"name": name, "overrides": key_overrides, "runs": []}
+    )
     if _ok(result) and result["eval_examples"] != validation_size:
       raise SweepError(
-          f"{result['workdir']}: evaluated on {result['eval_examples']}"
-          f" images, not the {validation_size}-image validation split;"
-          " wire config.validation_size into main (see superconv/sweep.py)")
-    candidate["runs"].append({
-        "name": result["name"], "seed": result["overrides"].get("seed"),
+        f"{result['workdir']}: evaluated on {result['eval_examples']}"
+        f" images, not the {validation_size}-image validation split;"
+        " wire config.validation_size into main (see superconv/sweep.py)"
+      )
+    candidate["runs"].append(
+      {
+        "name": result["name"],
+        "seed": result["overrides"].get("seed"),
         "status": result["status"],
-        "validation_accuracy": result["final_accuracy"]})
+        "validation_accuracy": result["final_accuracy"],
+      }
+    )
   for candidate in candidates.values():
     accuracies = [r["validation_accuracy"] for r in candidate["runs"]]
-    valid = all(r["status"] in ("completed", "skipped (complete)")
-                and a is not None and math.isfinite(a)
-                for r, a in zip(candidate["runs"], accuracies))
+    valid = all(
+      r["status"] in ("completed", "skipped (complete)")
+      and a is not None
+      and math.isfinite(a)
+      for r, a in zip(candidate["runs"], accuracies)
+    )
     candidate["eligible"] = valid
     candidate["mean_validation_accuracy"] = (
-        math.fsum(accuracies) / len(accuracies) if valid else None)
+      math.fsum(accuracies) / len(accuracies) if valid else None
+    )
   eligible = [c for c in candidates.values() if c["eligible"]]
-  winner = max(eligible, key=lambda c: c["mean_validation_accuracy"],
-               default=None)
+  winner = max(
+    eligible, key=lambda c: c["mean_validation_accuracy"], default=None
+  )
 
   close, notes = [], []
   if winner is not None:
@@ -553,54 +648,83 @@ def tune(config_path: str, workdir: str,
     # difference of two candidates: sqrt(2 p (1 - p) / N).
     best = winner["mean_validation_accuracy"]
     noise = math.sqrt(2 * best * (1 - best) / validation_size)
-    close = [c["name"] for c in eligible if c is not winner
-             and best - c["mean_validation_accuracy"] <= 2 * noise]
+    close = [
+      c["name"]
+      for c in eligible
+      if c is not winner and best - c["mean_validation_accuracy"] <= 2 * noise
+    ]
     if close:
-      notes.append(f"{len(close)} candidate(s) within 2 binomial standard"
-                   f" errors ({2 * noise:.4f}) of the winner: {', '.join(close)};"
-                   " more tuning seeds would separate them")
-  units = {_run_config(r["workdir"]).get("schedule", {}).get("unit")
-           for r in results if _ok(r)}
+      notes.append(
+        f"{len(close)} candidate(s) within 2 binomial standard"
+        f" errors ({2 * noise:.4f}) of the winner: {', '.join(close)};"
+        " more tuning seeds would separate them"
+      )
+  units = {
+    _run_config(r["workdir"]).get("schedule", {}).get("unit")
+    for r in results
+    if _ok(r)
+  }
   if "epochs" in units:
-    notes.append("schedule.unit is epochs: with the held-out split an epoch"
-                 " has fewer steps, so warm-up and decay boundaries land on"
-                 " other steps than in the test runs; tune with"
-                 " --config.schedule.unit=steps (or fraction) to transfer"
-                 " them exactly")
+    notes.append(
+      "schedule.unit is epochs: with the held-out split an epoch"
+      " has fewer steps, so warm-up and decay boundaries land on"
+      " other steps than in the test runs; tune with"
+      " --config.schedule.unit=steps (or fraction) to transfer"
+      " them exactly"
+    )
 
   config_rel = os.path.relpath(os.path.abspath(config_path))
   test_dir = test_workdir or os.path.join(
-      os.path.relpath(os.path.abspath(workdir)), "test")
+    os.path.relpath(os.path.abspath(workdir)), "test"
+  )
   command = None
   if winner is not None:
-    command = ["python", "-m", "superconv.sweep", "--config", config_rel,
-               "--workdir", test_dir, "--sweep", f"seed={test_seeds}",
-               f"--config.num_steps={budget_steps}"]
+    command = [
+      "python",
+      "-m",
+      "superconv.sweep",
+      "--config",
+      config_rel,
+      "--workdir",
+      test_dir,
+      "--sweep",
+      f"seed={test_seeds}",
+      f"--config.num_steps={budget_steps}",
+    ]
     command += override_args({**user_common, **winner["overrides"]})
     command = shlex.join(command)
   report = {
-      "config": os.path.abspath(config_path), "budget_steps": budget_steps,
-      "validation_size": validation_size, "common_overrides": user_common,
-      "grid": {k: list(v) for k, v in sweeps},
-      "selection": "highest mean final validation accuracy (last"
-                   f" {validation_size} images of a seed-0 permutation of the"
-                   " train split); ties: earlier grid point",
-      "candidates": list(candidates.values()),
-      "winner": winner, "close_to_winner": close, "notes": notes,
-      "test_command": command}
+    "config": os.path.abspath(config_path),
+    "budget_steps": budget_steps,
+    "validation_size": validation_size,
+    "common_overrides": user_common,
+    "grid": {k: list(v) for k, v in sweeps},
+    "selection": "highest mean final validation accuracy (last"
+    f" {validation_size} images of a seed-0 permutation of the"
+    " train split); ties: earlier grid point",
+    "candidates": list(candidates.values()),
+    "winner": winner,
+    "close_to_winner": close,
+    "notes": notes,
+    "test_command": command,
+  }
   _write_json(os.path.join(workdir, TUNING_FILE), report)
   print()
   for c in candidates.values():
     acc = c["mean_validation_accuracy"]
     mark = "*" if winner is c else " "
-    print(f"{mark} {c['name']:<40} mean validation accuracy"
-          f" {'-' if acc is None else f'{acc:.4f}'}"
-          f" over {len(c['runs'])} run(s)")
+    print(
+      f"{mark} {c['name']:<40} mean validation accuracy"
+      f" {'-' if acc is None else f'{acc:.4f}'}"
+      f" over {len(c['runs'])} run(s)"
+    )
   if winner is None:
     print("no candidate finished; nothing selected")
   else:
-    print(f"\nwinner: {winner['name']} (validation accuracy"
-          f" {winner['mean_validation_accuracy']:.4f})")
+    print(
+      f"\nwinner: {winner['name']} (validation accuracy"
+      f" {winner['mean_validation_accuracy']:.4f})"
+    )
     print(f"train it on the full train split, test set, seeds {test_seeds}:")
     print(f"  {command}")
   for note in notes:
@@ -616,32 +740,66 @@ def tune(config_path: str, workdir: str,
 def _parser(tune_mode: bool) -> argparse.ArgumentParser:
   prog = "python -m superconv.sweep" + (" tune" if tune_mode else "")
   p = argparse.ArgumentParser(
-      prog=prog, description=__doc__.split("\n\n")[0],
-      epilog="Other arguments --config.KEY=VALUE are passed to every run."
-      + ("" if tune_mode else " Baseline tuning on a validation split:"
-         " python -m superconv.sweep tune --help."),
-      formatter_class=argparse.RawDescriptionHelpFormatter)
+    prog=prog,
+    description=__doc__.split("\n\n")[0],
+    epilog="Other arguments --config.KEY=VALUE are passed to every run."
+    + (
+      ""
+      if tune_mode
+      else " Baseline tuning on a validation split:"
+      " python -m superconv.sweep tune --help."
+    ),
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   p.add_argument("--config", required=True, help="configs/<x>.py")
-  p.add_argument("--workdir", required=True,
-                 help="sweep directory (one subdirectory per run)")
-  p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
-                 help="a grid axis; repeat for a cartesian product")
-  p.add_argument("--trainer", default=None,
-                 help="command that trains one run (default: python -m"
-                      " superconv.main); gets --config, --workdir and the"
-                      " --config.* overrides")
-  p.add_argument("--quiet", action="store_true",
-                 help="do not echo the runs' output (still in train.log)")
+  p.add_argument(
+    "--workdir",
+    required=True,
+    help="sweep directory (one subdirectory per run)",
+  )
+  p.add_argument(
+    "--sweep",
+    action="append",
+    default=[],
+    metavar="KEY=V1,V2",
+    help="a grid axis; repeat for a cartesian product",
+  )
+  p.add_argument(
+    "--trainer",
+    default=None,
+    help="command that trains one run (default: python -m"
+    " superconv.main); gets --config, --workdir and the"
+    " --config.* overrides",
+  )
+  p.add_argument(
+    "--quiet",
+    action="store_true",
+    help="do not echo the runs' output (still in train.log)",
+  )
   if tune_mode:
-    p.add_argument("--budget-steps", type=int, required=True,
-                   help="training steps of every candidate (config.num_steps)")
-    p.add_argument("--validation-size", type=int, default=5000,
-                   help="train images held out for selection (default 5000)")
-    p.add_argument("--test-seeds", default="0,1,2,3,4",
-                   help="seeds in the printed command for the winner")
+    p.add_argument(
+      "--budget-steps",
+      type=int,
+      required=True,
+      help="training steps of every candidate (config.num_steps)",
+    )
+    p.add_argument(
+      "--validation-size",
+      type=int,
+      default=5000,
+      help="train images held out for selection (default 5000)",
+    )
+    p.add_argument(
+      "--test-seeds",
+      default="0,1,2,3,4",
+      help="seeds in the printed command for the winner",
+    )
   else:
-    p.add_argument("--dry-run", action="store_true",
-                   help="print the runs and their commands, run nothing")
+    p.add_argument(
+      "--dry-run",
+      action="store_true",
+      help="print the runs and their commands, run nothing",
+    )
   return p
 
 
@@ -678,21 +836,34 @@ def _main(argv: list) -> int:
     if args.trainer is not None and not trainer:
       raise SweepError("--trainer: empty command")
     if tune_mode:
-      report = tune(args.config, args.workdir, sweeps,
-                    budget_steps=args.budget_steps,
-                    validation_size=args.validation_size, common=common,
-                    trainer=trainer, test_seeds=args.test_seeds,
-                    echo=not args.quiet)
+      report = tune(
+        args.config,
+        args.workdir,
+        sweeps,
+        budget_steps=args.budget_steps,
+        validation_size=args.validation_size,
+        common=common,
+        trainer=trainer,
+        test_seeds=args.test_seeds,
+        echo=not args.quiet,
+      )
       return 0 if report["winner"] is not None else 1
-    results = run_sweep(args.config, args.workdir, sweeps, common=common,
-                        trainer=trainer, echo=not args.quiet,
-                        dry_run=args.dry_run)
+    results = run_sweep(
+      args.config,
+      args.workdir,
+      sweeps,
+      common=common,
+      trainer=trainer,
+      echo=not args.quiet,
+      dry_run=args.dry_run,
+    )
   except SweepError as e:
     sys.stderr.write(f"superconv.sweep: error: {e}\n")
     return EXIT_BAD_INPUT
   except (KeyboardInterrupt, Terminated) as e:
-    sys.stderr.write("superconv.sweep: stopped; run the same command to"
-                     " resume\n")
+    sys.stderr.write(
+      "superconv.sweep: stopped; run the same command to resume\n"
+    )
     return 130 if isinstance(e, KeyboardInterrupt) else 143
   if not args.dry_run:
     print()

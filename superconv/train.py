@@ -38,21 +38,18 @@ import threading
 import time
 from typing import Any
 
+from flax.training import train_state as flax_train_state
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from flax.training import train_state as flax_train_state
-from jax.experimental import multihost_utils
 
 from superconv import checkpoint as checkpoint_lib
 from superconv import config as config_lib
 from superconv import data as data_lib
-from superconv import input_pipeline
-from superconv import metric_writer
-from superconv import schedules
-from superconv import storage
+from superconv import input_pipeline, metric_writer, schedules, storage
 
 log = logging.getLogger("superconv")
 AXIS = input_pipeline.AXIS
@@ -66,11 +63,13 @@ def load_dataset(config) -> data_lib.Dataset:
   never looks at test images.
   """
   dataset = data_lib.load(
-      config.dataset, data_dir=config.data_dir or None,
-      cache_dir=config.cache_dir or None,
-      synthetic_train_size=config.synthetic_train_size,
-      synthetic_test_size=config.synthetic_test_size,
-      download=config.tfds_download)
+    config.dataset,
+    data_dir=config.data_dir or None,
+    cache_dir=config.cache_dir or None,
+    synthetic_train_size=config.synthetic_train_size,
+    synthetic_test_size=config.synthetic_test_size,
+    download=config.tfds_download,
+  )
   if config.get("validation_size", 0):
     dataset = data_lib.split_validation(dataset, config.validation_size)
   return dataset
@@ -93,7 +92,8 @@ def decay_mask(params):
   everything by default).
   """
   return jax.tree_util.tree_map_with_path(
-      lambda path, _: path[-1].key == "kernel", params)
+    lambda path, _: path[-1].key == "kernel", params
+  )
 
 
 def make_optimizer(config, lr_fn, momentum_fn) -> optax.GradientTransformation:
@@ -104,16 +104,18 @@ def make_optimizer(config, lr_fn, momentum_fn) -> optax.GradientTransformation:
   """
   mask = None if config.decay_bn_and_bias else decay_mask
   return optax.chain(
-      optax.add_decayed_weights(config.weight_decay, mask=mask),
-      optax.inject_hyperparams(optax.sgd, static_args=("nesterov",))(
-          learning_rate=lr_fn, momentum=momentum_fn,
-          nesterov=config.nesterov))
+    optax.add_decayed_weights(config.weight_decay, mask=mask),
+    optax.inject_hyperparams(optax.sgd, static_args=("nesterov",))(
+      learning_rate=lr_fn, momentum=momentum_fn, nesterov=config.nesterov
+    ),
+  )
 
 
 def hyperparams(opt_state) -> dict:
   """The injected hyperparameters (learning_rate, momentum) of a state."""
   for s in jax.tree.leaves(
-      opt_state, is_leaf=lambda x: hasattr(x, "hyperparams")):
+    opt_state, is_leaf=lambda x: hasattr(x, "hyperparams")
+  ):
     if hasattr(s, "hyperparams"):
       return s.hyperparams
   raise ValueError("optimizer state has no injected hyperparameters")
@@ -125,8 +127,9 @@ def create_model(config, num_classes: int):
 
 def replica_seeds(config) -> list[int]:
   """Seeds of the replicas a run trains: seed .. seed + num_parallel_seeds-1."""
-  return [config.seed + k
-          for k in range(int(config.get("num_parallel_seeds", 1)))]
+  return [
+    config.seed + k for k in range(int(config.get("num_parallel_seeds", 1)))
+  ]
 
 
 def _init_fn(config, model, image_shape, tx):
@@ -139,11 +142,15 @@ def _init_fn(config, model, image_shape, tx):
 
   def init_one(seed: int):
     init_key = jax.random.fold_in(jax.random.key(seed), 0)
-    variables = model.init(init_key, jnp.zeros((1,) + tuple(image_shape),
-                                               jnp.float32), train=False)
+    variables = model.init(
+      init_key, jnp.zeros((1,) + tuple(image_shape), jnp.float32), train=False
+    )
     state = TrainState.create(
-        apply_fn=model.apply, params=variables["params"],
-        batch_stats=variables["batch_stats"], tx=tx)
+      apply_fn=model.apply,
+      params=variables["params"],
+      batch_stats=variables["batch_stats"],
+      tx=tx,
+    )
     # A strongly typed step, like a restored one: fresh and resumed runs
     # then trace (and compile) the same train step.
     return state.replace(step=jnp.zeros((), jnp.int32))
@@ -151,8 +158,9 @@ def _init_fn(config, model, image_shape, tx):
   seeds = replica_seeds(config)
   if len(seeds) == 1:
     return lambda: init_one(seeds[0])
-  return lambda: jax.tree.map(lambda *xs: jnp.stack(xs),
-                              *[init_one(s) for s in seeds])
+  return lambda: jax.tree.map(
+    lambda *xs: jnp.stack(xs), *[init_one(s) for s in seeds]
+  )
 
 
 def create_train_state(config, model, image_shape, tx) -> TrainState:
@@ -192,10 +200,18 @@ def _keep_if_nonfinite(finite, new: TrainState, old: TrainState):
   return jax.tree.map(pick, new, old)
 
 
-def train_step(state: TrainState, images, labels, *, seed: int,
-               aug: input_pipeline.Augmentation, num_classes: int,
-               label_smoothing: float, num_shards: int,
-               nan_at_step: int = -1):
+def train_step(
+  state: TrainState,
+  images,
+  labels,
+  *,
+  seed: int,
+  aug: input_pipeline.Augmentation,
+  num_classes: int,
+  label_smoothing: float,
+  num_shards: int,
+  nan_at_step: int = -1,
+):
   """One SGD step on this device's slice of the global batch of state.step.
 
   A step whose loss or gradients are not finite changes no parameter,
@@ -206,15 +222,33 @@ def train_step(state: TrainState, images, labels, *, seed: int,
   multiplies the loss of that 1-based step by NaN.
   """
   x, y = input_pipeline.train_batch(
-      images, labels, state.step, seed=seed, aug=aug,
-      shard_index=jax.lax.axis_index(AXIS), num_shards=num_shards)
-  return step_on_batch(state, x, y, num_classes=num_classes,
-                       label_smoothing=label_smoothing,
-                       nan_at_step=nan_at_step)
+    images,
+    labels,
+    state.step,
+    seed=seed,
+    aug=aug,
+    shard_index=jax.lax.axis_index(AXIS),
+    num_shards=num_shards,
+  )
+  return step_on_batch(
+    state,
+    x,
+    y,
+    num_classes=num_classes,
+    label_smoothing=label_smoothing,
+    nan_at_step=nan_at_step,
+  )
 
 
-def step_on_batch(state: TrainState, x, y, *, num_classes: int,
-                  label_smoothing: float, nan_at_step: int = -1):
+def step_on_batch(
+  state: TrainState,
+  x,
+  y,
+  *,
+  num_classes: int,
+  label_smoothing: float,
+  nan_at_step: int = -1,
+):
   """The SGD step of `train_step` on this device's batch (x, y).
 
   x: normalized images in the compute dtype; y: int32 labels. Forward,
@@ -223,15 +257,19 @@ def step_on_batch(state: TrainState, x, y, *, num_classes: int,
 
   def loss_fn(params):
     logits, new_model_state = state.apply_fn(
-        {"params": params, "batch_stats": state.batch_stats}, x, train=True,
-        mutable=["batch_stats"])
+      {"params": params, "batch_stats": state.batch_stats},
+      x,
+      train=True,
+      mutable=["batch_stats"],
+    )
     loss = cross_entropy(logits, y, num_classes, label_smoothing).mean()
     if nan_at_step >= 0:
       loss = loss * jnp.where(state.step + 1 == nan_at_step, jnp.nan, 1.0)
     return loss, (logits, new_model_state["batch_stats"])
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(state.params)
+    loss_fn, has_aux=True
+  )(state.params)
   # Mean over devices = gradient of the global-batch mean loss.
   grads = jax.lax.pmean(grads, AXIS)
   loss = jax.lax.pmean(loss, AXIS)
@@ -243,18 +281,19 @@ def step_on_batch(state: TrainState, x, y, *, num_classes: int,
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   new_state = _keep_if_nonfinite(finite, new_state, state)
   metrics = {
-      "train_loss": loss,
-      "train_accuracy": accuracy,
-      "grad_norm": grad_norm,
-      "learning_rate": hp["learning_rate"],
-      "momentum": hp["momentum"],
-      "nonfinite": 1 - finite.astype(jnp.int32),
+    "train_loss": loss,
+    "train_accuracy": accuracy,
+    "grad_norm": grad_norm,
+    "learning_rate": hp["learning_rate"],
+    "momentum": hp["momentum"],
+    "nonfinite": 1 - finite.astype(jnp.int32),
   }
   return new_state, metrics
 
 
-def eval_step(state: TrainState, images, labels, mask, *, mean, std, dtype,
-              num_classes: int):
+def eval_step(
+  state: TrainState, images, labels, mask, *, mean, std, dtype, num_classes: int
+):
   """Sums of loss, correct predictions and real images over all batches.
 
   images: uint8 [batches, local_batch, H, W, C] on this device; mask marks
@@ -264,23 +303,30 @@ def eval_step(state: TrainState, images, labels, mask, *, mean, std, dtype,
   def one_batch(totals, batch):
     x, y, m = batch
     logits = state.apply_fn(
-        {"params": state.params, "batch_stats": state.batch_stats},
-        input_pipeline.normalize(x, mean, std, dtype), train=False)
+      {"params": state.params, "batch_stats": state.batch_stats},
+      input_pipeline.normalize(x, mean, std, dtype),
+      train=False,
+    )
     loss = cross_entropy(logits, y, num_classes, 0.0)
     correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
-    return (totals[0] + jnp.sum(loss * m), totals[1] + jnp.sum(correct * m),
-            totals[2] + jnp.sum(m)), None
+    return (
+      totals[0] + jnp.sum(loss * m),
+      totals[1] + jnp.sum(correct * m),
+      totals[2] + jnp.sum(m),
+    ), None
 
   zero = jnp.zeros((), jnp.float32)
-  totals, _ = jax.lax.scan(one_batch, (zero, zero, zero),
-                           (images, labels, mask))
+  totals, _ = jax.lax.scan(
+    one_batch, (zero, zero, zero), (images, labels, mask)
+  )
   return jax.lax.psum(totals, AXIS)
 
 
 def _pmap(fn, *, donate_state: bool):
   """The one place that maps a per-device function over the devices."""
-  return jax.pmap(fn, axis_name=AXIS,
-                  donate_argnums=(0,) if donate_state else ())
+  return jax.pmap(
+    fn, axis_name=AXIS, donate_argnums=(0,) if donate_state else ()
+  )
 
 
 def unreplicate(tree):
@@ -291,11 +337,13 @@ def unreplicate(tree):
   job, which each process would have to launch in the same order, and which
   deadlocks against Orbax's own cross-process barriers.
   """
+
   def first(x):
     if isinstance(x, jax.Array):
       local = x.addressable_data(0)  # One device, no cross-process work.
       return local[0] if local.ndim == x.ndim else local
     return x[0]
+
   return jax.tree.map(first, tree)
 
 
@@ -314,8 +362,9 @@ class Interrupted(Exception):
   def __init__(self, signum: int, step: int):
     self.signum, self.step = signum, step
     super().__init__(
-        f"stopped by {signal.Signals(signum).name} at step {step} after"
-        " saving its checkpoint; run the same command to resume")
+      f"stopped by {signal.Signals(signum).name} at step {step} after"
+      " saving its checkpoint; run the same command to resume"
+    )
 
   @property
   def exit_status(self) -> int:
@@ -331,6 +380,7 @@ class _StopSignals:
   acts at once (SIGTERM terminates, SIGINT raises KeyboardInterrupt). Only
   the main thread can install handlers; elsewhere this does nothing.
   """
+
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
@@ -369,8 +419,10 @@ def _debug_signal() -> tuple[int | None, int]:
   try:
     return int(step), int(getattr(signal, name or "SIGTERM"))
   except (ValueError, AttributeError):
-    raise ValueError(f"{DEBUG_SIGNAL_ENV}: expected STEP[:SIGNAME], e.g."
-                     f" 5:SIGINT, got {value!r}") from None
+    raise ValueError(
+      f"{DEBUG_SIGNAL_ENV}: expected STEP[:SIGNAME], e.g."
+      f" 5:SIGINT, got {value!r}"
+    ) from None
 
 
 def config_to_dict(config) -> dict:
@@ -380,8 +432,13 @@ def config_to_dict(config) -> dict:
 class Evaluator:
   """Evaluates a replicated state on every test image exactly once."""
 
-  def __init__(self, config, dataset: data_lib.Dataset, aug,
-               eval_batch_size: int | None = None):
+  def __init__(
+    self,
+    config,
+    dataset: data_lib.Dataset,
+    aug,
+    eval_batch_size: int | None = None,
+  ):
     """eval_batch_size (default config.eval_batch_size): a multiple of the
     (global) device count; padding images are masked out, so the result
     does not depend on it beyond float summation order.
@@ -391,20 +448,25 @@ class Evaluator:
     numbers them), so the psum counts every test image exactly once.
     """
     images, labels, mask = input_pipeline.eval_batches(
-        dataset.test_images, dataset.test_labels,
-        global_batch=eval_batch_size or config.eval_batch_size,
-        num_devices=jax.device_count())
+      dataset.test_images,
+      dataset.test_labels,
+      global_batch=eval_batch_size or config.eval_batch_size,
+      num_devices=jax.device_count(),
+    )
     self.num_images = int(mask.sum())
     local = jax.local_device_count()
-    rows = slice(jax.process_index() * local,
-                 (jax.process_index() + 1) * local)
+    rows = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
     self.images = input_pipeline.shard(images[rows])
     self.labels = input_pipeline.shard(labels[rows].astype(np.int32))
     self.mask = input_pipeline.shard(mask[rows])
     self.num_replicas = len(replica_seeds(config))
     step = functools.partial(
-        eval_step, mean=aug.mean, std=aug.std, dtype=aug.dtype,
-        num_classes=dataset.num_classes)
+      eval_step,
+      mean=aug.mean,
+      std=aug.std,
+      dtype=aug.dtype,
+      num_classes=dataset.num_classes,
+    )
     if self.num_replicas > 1:
       step = jax.vmap(step, in_axes=(0, None, None, None))
     self._step = _pmap(step, donate_state=False)
@@ -412,13 +474,18 @@ class Evaluator:
   def replicas(self, state) -> list[dict]:
     """Metrics of each replica of `state` (one for a single-seed run)."""
     totals = jax.device_get(
-        unreplicate(self._step(state, self.images, self.labels, self.mask)))
+      unreplicate(self._step(state, self.images, self.labels, self.mask))
+    )
     results = []
     for loss_sum, correct, count in np.stack(totals, -1).reshape(-1, 3):
       assert int(count) == self.num_images, (count, self.num_images)
-      results.append({"eval_loss": float(loss_sum / count),
-                      "eval_accuracy": float(correct / count),
-                      "eval_examples": int(count)})
+      results.append(
+        {
+          "eval_loss": float(loss_sum / count),
+          "eval_accuracy": float(correct / count),
+          "eval_examples": int(count),
+        }
+      )
     return results
 
   def __call__(self, state) -> dict:
@@ -431,6 +498,7 @@ class Evaluator:
 @dataclasses.dataclass(frozen=True)
 class Run:
   """What a run derives from (config, dataset), before any compilation."""
+
   steps_per_epoch: int
   total_steps: int
   lr_fn: optax.Schedule
@@ -445,18 +513,30 @@ def setup(config, dataset: data_lib.Dataset) -> Run:
   spe = config_lib.steps_per_epoch(num_train, config.batch_size)
   total = config_lib.total_steps(config, num_train)
   lr_fn, momentum_fn = schedules.create(
-      config.schedule, momentum=config.momentum, steps_per_epoch=spe,
-      total_steps=total)
+    config.schedule,
+    momentum=config.momentum,
+    steps_per_epoch=spe,
+    total_steps=total,
+  )
   mean, std = dataset.channel_mean_std()
   aug = input_pipeline.Augmentation(
-      global_batch=config.batch_size, steps_per_epoch=spe,
-      mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std),
-      crop_padding=config.crop_padding, random_flip=config.random_flip,
-      dtype=config.dtype)
-  return Run(steps_per_epoch=spe, total_steps=total, lr_fn=lr_fn,
-             momentum_fn=momentum_fn, aug=aug,
-             model=create_model(config, dataset.num_classes),
-             tx=make_optimizer(config, lr_fn, momentum_fn))
+    global_batch=config.batch_size,
+    steps_per_epoch=spe,
+    mean=tuple(float(m) for m in mean),
+    std=tuple(float(s) for s in std),
+    crop_padding=config.crop_padding,
+    random_flip=config.random_flip,
+    dtype=config.dtype,
+  )
+  return Run(
+    steps_per_epoch=spe,
+    total_steps=total,
+    lr_fn=lr_fn,
+    momentum_fn=momentum_fn,
+    aug=aug,
+    model=create_model(config, dataset.num_classes),
+    tx=make_optimizer(config, lr_fn, momentum_fn),
+  )
 
 
 def make_train_step(config, dataset, aug):
@@ -468,17 +548,21 @@ def make_train_step(config, dataset, aug):
   axis too.
   """
   step = functools.partial(
-      train_step, aug=aug, num_classes=dataset.num_classes,
-      label_smoothing=config.label_smoothing,
-      num_shards=jax.device_count(),
-      nan_at_step=int(config.get("debug_nan_at_step", -1)))
+    train_step,
+    aug=aug,
+    num_classes=dataset.num_classes,
+    label_smoothing=config.label_smoothing,
+    num_shards=jax.device_count(),
+    nan_at_step=int(config.get("debug_nan_at_step", -1)),
+  )
   seeds = replica_seeds(config)
   if len(seeds) == 1:
     return _pmap(functools.partial(step, seed=seeds[0]), donate_state=True)
 
   def replicas_step(state, images, labels):
     return jax.vmap(lambda st, seed: step(st, images, labels, seed=seed))(
-        state, jnp.asarray(seeds, jnp.int32))
+      state, jnp.asarray(seeds, jnp.int32)
+    )
 
   return _pmap(replicas_step, donate_state=True)
 
@@ -496,24 +580,30 @@ def replica_config(config, seed: int):
   return one
 
 
-def _train_row(fetched: list[dict], *, step: int, epoch: float, rate: float,
-               batch_size: int, wall_time: float) -> dict:
+def _train_row(
+  fetched: list[dict],
+  *,
+  step: int,
+  epoch: float,
+  rate: float,
+  batch_size: int,
+  wall_time: float,
+) -> dict:
   """The metrics row of `step` from the steps' metrics since the last row."""
   last = fetched[-1]
   return {
-      "step": step,
-      "epoch": epoch,
-      "train_loss": float(np.mean([m["train_loss"] for m in fetched])),
-      "train_accuracy": float(np.mean([m["train_accuracy"]
-                                       for m in fetched])),
-      "grad_norm": float(last["grad_norm"]),
-      "learning_rate": float(last["learning_rate"]),
-      "momentum": float(last["momentum"]),
-      "nonfinite_steps": int(sum(int(m["nonfinite"]) for m in fetched)),
-      "steps_per_sec": rate,
-      "batch_size": batch_size,
-      "examples_seen": step * batch_size,
-      "wall_time": wall_time,
+    "step": step,
+    "epoch": epoch,
+    "train_loss": float(np.mean([m["train_loss"] for m in fetched])),
+    "train_accuracy": float(np.mean([m["train_accuracy"] for m in fetched])),
+    "grad_norm": float(last["grad_norm"]),
+    "learning_rate": float(last["learning_rate"]),
+    "momentum": float(last["momentum"]),
+    "nonfinite_steps": int(sum(int(m["nonfinite"]) for m in fetched)),
+    "steps_per_sec": rate,
+    "batch_size": batch_size,
+    "examples_seen": step * batch_size,
+    "wall_time": wall_time,
   }
 
 
@@ -524,15 +614,15 @@ def _every(step: int, period: int) -> bool:
 def run_meta(run: Run, dataset: data_lib.Dataset, config) -> dict:
   """What a checkpoint records beside the config (checkpoint.py: meta)."""
   return {
-      "total_steps": run.total_steps,
-      "steps_per_epoch": run.steps_per_epoch,
-      "num_train_examples": int(dataset.train_images.shape[0]),
-      "num_classes": dataset.num_classes,
-      "image_shape": list(dataset.image_shape),
-      "mean": list(run.aug.mean),
-      "std": list(run.aug.std),
-      "num_devices": jax.device_count(),
-      "replica_seeds": replica_seeds(config),
+    "total_steps": run.total_steps,
+    "steps_per_epoch": run.steps_per_epoch,
+    "num_train_examples": int(dataset.train_images.shape[0]),
+    "num_classes": dataset.num_classes,
+    "image_shape": list(dataset.image_shape),
+    "mean": list(run.aug.mean),
+    "std": list(run.aug.std),
+    "num_devices": jax.device_count(),
+    "replica_seeds": replica_seeds(config),
   }
 
 
@@ -542,22 +632,26 @@ def _resume_check(config_dict: dict, total_steps: int, workdir: str):
 
   def check(saved_config: dict, meta: dict, step: int) -> None:
     changes = checkpoint_lib.config_changes(
-        saved_config, config_dict,
-        saved_total_steps=meta.get("total_steps"),
-        current_total_steps=total_steps)
+      saved_config,
+      config_dict,
+      saved_total_steps=meta.get("total_steps"),
+      current_total_steps=total_steps,
+    )
     if changes:
       raise config_lib.ConfigError(
-          f"{', '.join(changes)}: differs from checkpoint {step} in"
-          f" {checkpoint_lib.checkpoint_dir(workdir)} and would change the"
-          " training trajectory; use a new --workdir or the checkpointed"
-          " values (free to change on resume:"
-          f" {', '.join(sorted(checkpoint_lib.RESUME_SAFE_KEYS))})")
+        f"{', '.join(changes)}: differs from checkpoint {step} in"
+        f" {checkpoint_lib.checkpoint_dir(workdir)} and would change the"
+        " training trajectory; use a new --workdir or the checkpointed"
+        " values (free to change on resume:"
+        f" {', '.join(sorted(checkpoint_lib.RESUME_SAFE_KEYS))})"
+      )
 
   return check
 
 
-def train_and_evaluate(config, workdir: str,
-                       dataset: data_lib.Dataset) -> list[dict]:
+def train_and_evaluate(
+  config, workdir: str, dataset: data_lib.Dataset
+) -> list[dict]:
   """Trains (resuming from the latest checkpoint), evaluates, logs.
 
   Returns the last evaluation's metrics, one dict per replica (one for a
@@ -574,8 +668,9 @@ def train_and_evaluate(config, workdir: str,
     return _train_and_evaluate(config, workdir, dataset, stop_signal)
 
 
-def _train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset,
-                        stop_signal: _StopSignals) -> list[dict]:
+def _train_and_evaluate(
+  config, workdir: str, dataset: data_lib.Dataset, stop_signal: _StopSignals
+) -> list[dict]:
   is_chief = jax.process_index() == 0
   run = setup(config, dataset)
   aug, total = run.aug, run.total_steps
@@ -588,8 +683,10 @@ def _train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset,
   config_dict = config_to_dict(config)
   meta = run_meta(run, dataset, config)
   restored, incomplete = checkpoint_lib.restore_latest(
-      workdir, abstract_train_state(config, run.model, image_shape, run.tx),
-      check=_resume_check(config_dict, total, workdir))
+    workdir,
+    abstract_train_state(config, run.model, image_shape, run.tx),
+    check=_resume_check(config_dict, total, workdir),
+  )
   storage.makedirs(workdir)
   write_config(config, workdir)
   checkpoint_lib.set_aside(workdir, incomplete)
@@ -603,7 +700,8 @@ def _train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset,
     # A barrier: no process scans the checkpoint directory (manager) before
     # process 0 has set incomplete checkpoints aside, and all resume alike.
     multihost_utils.assert_equal(
-        np.int32(start_step), "processes restored different checkpoints")
+      np.int32(start_step), "processes restored different checkpoints"
+    )
   last_saved = start_step if restored is not None else None
   state = input_pipeline.replicate_tree(state)
   mngr = checkpoint_lib.manager(workdir, keep=config.keep_checkpoints)
@@ -612,8 +710,11 @@ def _train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset,
   # workdir/seed=<s>/ (with the config.json of a run with that seed) each.
   seeds = replica_seeds(config)
   if len(seeds) == 1:
-    writers = [metric_writer.MetricWriter(workdir, enabled=is_chief,
-                                          resume_from_step=start_step)]
+    writers = [
+      metric_writer.MetricWriter(
+        workdir, enabled=is_chief, resume_from_step=start_step
+      )
+    ]
     consoles = [metric_writer.Console(total, enabled=is_chief)]
   else:
     writers, consoles = [], []
@@ -621,10 +722,14 @@ def _train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset,
       replica_dir = replica_workdir(workdir, seed)
       storage.makedirs(replica_dir)
       write_config(replica_config(config, seed), replica_dir)
-      writers.append(metric_writer.MetricWriter(
-          replica_dir, enabled=is_chief, resume_from_step=start_step))
-      consoles.append(metric_writer.Console(total, enabled=is_chief,
-                                            label=f"seed {seed}"))
+      writers.append(
+        metric_writer.MetricWriter(
+          replica_dir, enabled=is_chief, resume_from_step=start_step
+        )
+      )
+      consoles.append(
+        metric_writer.Console(total, enabled=is_chief, label=f"seed {seed}")
+      )
   previous = writers[0].previous_rows
   wall_offset = float(previous[-1]["wall_time"]) if previous else 0.0
 
@@ -644,8 +749,11 @@ def _train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset,
     return wall_offset + time.time() - start
 
   def kept() -> str:
-    return (f"checkpoint {last_saved} is the last one kept"
-            if last_saved is not None else "no checkpoint was saved")
+    return (
+      f"checkpoint {last_saved} is the last one kept"
+      if last_saved is not None
+      else "no checkpoint was saved"
+    )
 
   def flush(step: int) -> None:
     """Fetches pending metrics; one row for `step`; stops on NaN/Inf."""
@@ -654,28 +762,37 @@ def _train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset,
       return
     fetched = jax.device_get([unreplicate(m) for m in pending])
     # [step][replica] -> dict of scalars.
-    fetched = [[{k: v[r] for k, v in m.items()} for r in range(len(seeds))]
-               if len(seeds) > 1 else [m] for m in fetched]
+    fetched = [
+      [{k: v[r] for k, v in m.items()} for r in range(len(seeds))]
+      if len(seeds) > 1
+      else [m]
+      for m in fetched
+    ]
     first_step = step - len(fetched) + 1
     for offset, per_replica in enumerate(fetched):
       for seed, m in zip(seeds, per_replica):
         if m["nonfinite"] and config.nonfinite_policy == "stop":
-          what = ("loss" if not np.isfinite(m["train_loss"])
-                  else "gradients")
+          what = "loss" if not np.isfinite(m["train_loss"]) else "gradients"
           which = f" of seed {seed}" if len(seeds) > 1 else ""
           raise NonFiniteError(
-              f"non-finite {what}{which} at step {first_step + offset}"
-              f" (learning_rate={float(m['learning_rate']):.6g},"
-              f" momentum={float(m['momentum']):.4g}); stopped"
-              f" (nonfinite_policy='stop'), {kept()}")
+            f"non-finite {what}{which} at step {first_step + offset}"
+            f" (learning_rate={float(m['learning_rate']):.6g},"
+            f" momentum={float(m['momentum']):.4g}); stopped"
+            f" (nonfinite_policy='stop'), {kept()}"
+          )
     now = time.time()
     rate = interval_steps / max(now - interval_start, 1e-9)
     pending.clear()
     interval_start, interval_steps = now, 0
     for r, (writer, console) in enumerate(zip(writers, consoles)):
-      row = _train_row([per_replica[r] for per_replica in fetched],
-                       step=step, epoch=step / spe, rate=rate,
-                       batch_size=config.batch_size, wall_time=wall())
+      row = _train_row(
+        [per_replica[r] for per_replica in fetched],
+        step=step,
+        epoch=step / spe,
+        rate=rate,
+        batch_size=config.batch_size,
+        wall_time=wall(),
+      )
       writer.write(row)
       console.train(row)
 
@@ -715,19 +832,25 @@ def _train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset,
       interval_steps += 1
       if step == start_step + 1:  # Compile time is not training speed.
         jax.block_until_ready(metrics)
-        log.info("Compiled and ran the first step in %.1fs.",
-                 time.time() - interval_start)
+        log.info(
+          "Compiled and ran the first step in %.1fs.",
+          time.time() - interval_start,
+        )
         interval_start, interval_steps = time.time(), 0
       if step == debug_step:
         os.kill(os.getpid(), debug_signal)
       is_last = step == total
-      syncs = (_every(step, config.log_every_steps) or is_last
-               or _every(step, config.checkpoint_every_steps)
-               or _every(step, eval_every))
+      syncs = (
+        _every(step, config.log_every_steps)
+        or is_last
+        or _every(step, config.checkpoint_every_steps)
+        or _every(step, eval_every)
+      )
       signum = None if is_last else agreed_stop(syncs)
       stopping = signum is not None
-      save_now = (_every(step, config.checkpoint_every_steps) or is_last
-                  or stopping)
+      save_now = (
+        _every(step, config.checkpoint_every_steps) or is_last or stopping
+      )
       eval_now = _every(step, eval_every) or is_last
       if _every(step, config.log_every_steps) or save_now or eval_now:
         flush(step)
@@ -736,19 +859,26 @@ def _train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset,
         last_eval = evaluate.replicas(state)
         seconds = time.time() - t0
         for result, writer, console in zip(last_eval, writers, consoles):
-          eval_row = {"step": step, "epoch": step / spe,
-                      "examples_seen": step * config.batch_size,
-                      "eval_seconds": seconds, **result,
-                      "wall_time": wall()}
+          eval_row = {
+            "step": step,
+            "epoch": step / spe,
+            "examples_seen": step * config.batch_size,
+            "eval_seconds": seconds,
+            **result,
+            "wall_time": wall(),
+          }
           writer.write(eval_row)
           console.eval(eval_row)
         interval_start = time.time()  # Eval time is not training speed.
       if save_now:
         save(step)
       if stopping:
-        log.warning("%s %s: saved checkpoint %d; stopping.",
-                    "Received" if stop_signal.signum else "Another process"
-                    " received", signal.Signals(signum).name, step)
+        log.warning(
+          "%s %s: saved checkpoint %d; stopping.",
+          "Received" if stop_signal.signum else "Another process received",
+          signal.Signals(signum).name,
+          step,
+        )
         raise Interrupted(signum, step)
   finally:
     # Every asynchronous save completes before returning or raising.
@@ -763,7 +893,7 @@ def write_config(config, workdir: str) -> None:
   """workdir/config.json: the resolved config of the run (process 0)."""
   if jax.process_index() != 0:
     return
-  storage.write_text(storage.join(workdir, "config.json"),
-                     json.dumps(config_to_dict(config), indent=2,
-                                sort_keys=True) + "\n")
-
+  storage.write_text(
+    storage.join(workdir, "config.json"),
+    json.dumps(config_to_dict(config), indent=2, sort_keys=True) + "\n",
+  )

@@ -12,11 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from superconv import bench
+from superconv import bench, input_pipeline, models, train
 from superconv import data as data_lib
-from superconv import input_pipeline
-from superconv import models
-from superconv import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,11 +21,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # --- FLOPs, peaks, MFU -------------------------------------------------------
 
 
-@pytest.mark.parametrize("model, expected_macs", [
+@pytest.mark.parametrize(
+  "model, expected_macs",
+  [
     ("resnet20", 40.6e6),
     ("resnet56", 125.5e6),
     ("resnet18", 555.4e6),
-])
+  ],
+)
 def test_forward_macs_and_training_flops(model, expected_macs):
   macs = models.forward_macs(model)
   assert macs == pytest.approx(expected_macs, rel=0.01)
@@ -36,11 +36,14 @@ def test_forward_macs_and_training_flops(model, expected_macs):
 
 
 def test_resnet56_trains_at_about_three_quarters_of_a_gflop_per_image():
-  assert bench.train_gflops_per_image("resnet56") == pytest.approx(0.753,
-                                                                   abs=1e-3)
+  assert bench.train_gflops_per_image("resnet56") == pytest.approx(
+    0.753, abs=1e-3
+  )
 
 
-@pytest.mark.parametrize("kind, dtype, expected", [
+@pytest.mark.parametrize(
+  "kind, dtype, expected",
+  [
     ("NVIDIA H200", "bfloat16", 989.0),
     ("NVIDIA H100 80GB HBM3", "bfloat16", 989.0),
     ("NVIDIA H100 80GB HBM3", "float32", 494.7),
@@ -54,7 +57,8 @@ def test_resnet56_trains_at_about_three_quarters_of_a_gflop_per_image():
     ("TPU v4", "float32", None),
     ("cpu", "bfloat16", None),
     ("cpu", "float32", None),
-])
+  ],
+)
 def test_peak_tflops_table(kind, dtype, expected):
   assert bench.peak_tflops(kind, dtype) == expected
 
@@ -74,9 +78,16 @@ def test_mfu_arithmetic_on_a_fabricated_measurement():
   assert bench.mfu(None, gflops, 989.0, 1) is None
 
   row = bench.empty_row(
-      framework="jax", model="resnet56", global_batch=1000, dtype="bfloat16",
-      devices=2, train_gflops_per_image=gflops, peak_tflops=989.0,
-      step_images_per_sec=40_000.0, loop_images_per_sec=30_000.0)
+    framework="jax",
+    model="resnet56",
+    global_batch=1000,
+    dtype="bfloat16",
+    devices=2,
+    train_gflops_per_image=gflops,
+    peak_tflops=989.0,
+    step_images_per_sec=40_000.0,
+    loop_images_per_sec=30_000.0,
+  )
   bench.finish_row(row)
   assert row["loop_step_ratio"] == pytest.approx(0.75)
   assert row["achieved_tflops"] == pytest.approx(30.12)
@@ -94,27 +105,68 @@ def test_empty_row_refuses_unknown_keys():
 
 def test_table_has_every_column_and_dashes_for_unknowns():
   row = bench.empty_row(
-      framework="jax", model="resnet56", global_batch=1000, dtype="bfloat16",
-      parallel_seeds=4, devices=1, conv_impl="xla", compile_s=31.25,
-      step_images_per_sec=41234.0,
-      aug_step_images_per_sec=39000.0, loop_images_per_sec=36500.0,
-      train_gflops_per_image=0.753, peak_tflops=989.0,
-      peak_memory_bytes=3 * 2 ** 30)
+    framework="jax",
+    model="resnet56",
+    global_batch=1000,
+    dtype="bfloat16",
+    parallel_seeds=4,
+    devices=1,
+    conv_impl="xla",
+    compile_s=31.25,
+    step_images_per_sec=41234.0,
+    aug_step_images_per_sec=39000.0,
+    loop_images_per_sec=36500.0,
+    train_gflops_per_image=0.753,
+    peak_tflops=989.0,
+    peak_memory_bytes=3 * 2**30,
+  )
   bench.finish_row(row)
-  oom = bench.empty_row(model="resnet18", global_batch=65536,
-                        dtype="float32", parallel_seeds=1, devices=1,
-                        error="out of memory")
+  oom = bench.empty_row(
+    model="resnet18",
+    global_batch=65536,
+    dtype="float32",
+    parallel_seeds=1,
+    devices=1,
+    error="out of memory",
+  )
   table = bench.format_table([row, oom])
   lines = table.splitlines()
-  for header in ("model", "batch", "dtype", "seeds", "dev", "conv", "compile s",
-                 "step img/s",
-                 "aug img/s", "loop img/s", "loop/step", "GFLOP/img",
-                 "TFLOP/s", "MFU", "peak GiB"):
+  for header in (
+    "model",
+    "batch",
+    "dtype",
+    "seeds",
+    "dev",
+    "conv",
+    "compile s",
+    "step img/s",
+    "aug img/s",
+    "loop img/s",
+    "loop/step",
+    "GFLOP/img",
+    "TFLOP/s",
+    "MFU",
+    "peak GiB",
+  ):
     assert header in lines[0]
   assert len(lines) == 4  # Header, rule, two rows.
   assert lines[2].split() == [
-      "resnet56", "1000", "bfloat16", "4", "1", "xla", "31.2", "41,234", "39,000",
-      "36,500", "0.89", "0.753", "31.05", "3.1%", "3.00"]
+    "resnet56",
+    "1000",
+    "bfloat16",
+    "4",
+    "1",
+    "xla",
+    "31.2",
+    "41,234",
+    "39,000",
+    "36,500",
+    "0.89",
+    "0.753",
+    "31.05",
+    "3.1%",
+    "3.00",
+  ]
   assert lines[3].split()[:5] == ["resnet18", "65536", "float32", "1", "1"]
   assert lines[3].split().count("-") == 10
   assert lines[3].endswith("(out of memory)")
@@ -123,17 +175,25 @@ def test_table_has_every_column_and_dashes_for_unknowns():
 
 
 def test_comparison_ratios():
-  jax_row = bench.empty_row(framework="jax", model="resnet20",
-                            global_batch=512, dtype="bfloat16",
-                            step_images_per_sec=30_000.0,
-                            aug_step_images_per_sec=None,
-                            loop_images_per_sec=20_000.0)
-  torch_row = bench.empty_row(framework="pytorch", model="resnet20",
-                              global_batch=512, dtype="bfloat16",
-                              step_images_per_sec=20_000.0,
-                              aug_step_images_per_sec=15_000.0,
-                              loop_images_per_sec=25_000.0,
-                              settings="torch.compile")
+  jax_row = bench.empty_row(
+    framework="jax",
+    model="resnet20",
+    global_batch=512,
+    dtype="bfloat16",
+    step_images_per_sec=30_000.0,
+    aug_step_images_per_sec=None,
+    loop_images_per_sec=20_000.0,
+  )
+  torch_row = bench.empty_row(
+    framework="pytorch",
+    model="resnet20",
+    global_batch=512,
+    dtype="bfloat16",
+    step_images_per_sec=20_000.0,
+    aug_step_images_per_sec=15_000.0,
+    loop_images_per_sec=25_000.0,
+    settings="torch.compile",
+  )
   other = dict(torch_row, global_batch=1024)
   (c,) = bench.compare_rows([jax_row], [other, torch_row])
   assert c["step_ratio"] == pytest.approx(1.5)
@@ -145,21 +205,21 @@ def test_comparison_ratios():
 
 def test_loop_rate_excludes_the_first_interval():
   rows = [
-      {"step": 50, "steps_per_sec": 1.0},  # Compile-time interval: ignored.
-      {"step": 100, "steps_per_sec": 10.0},  # 50 steps in 5 s.
-      {"step": 100, "eval_loss": 1.0},  # Eval rows have no rate.
-      {"step": 150, "steps_per_sec": 5.0},  # 50 steps in 10 s.
+    {"step": 50, "steps_per_sec": 1.0},  # Compile-time interval: ignored.
+    {"step": 100, "steps_per_sec": 10.0},  # 50 steps in 5 s.
+    {"step": 100, "eval_loss": 1.0},  # Eval rows have no rate.
+    {"step": 150, "steps_per_sec": 5.0},  # 50 steps in 10 s.
   ]
-  assert bench.loop_images_per_sec(rows, 128) == pytest.approx(
-      128 * 100 / 15)
+  assert bench.loop_images_per_sec(rows, 128) == pytest.approx(128 * 100 / 15)
   assert bench.loop_images_per_sec(rows[:1], 128) is None
 
 
 # --- The largest batch ------------------------------------------------------
 
 
-@pytest.mark.parametrize("threshold", [1, 2, 3, 7, 8, 9, 100, 511, 512, 513,
-                                       1000, 4095, 4096])
+@pytest.mark.parametrize(
+  "threshold", [1, 2, 3, 7, 8, 9, 100, 511, 512, 513, 1000, 4095, 4096]
+)
 @pytest.mark.parametrize("start", [1, 8, 256])
 def test_find_max_batch_finds_the_exact_threshold(threshold, start):
   tried = []
@@ -176,11 +236,13 @@ def test_find_max_batch_finds_the_exact_threshold(threshold, start):
   assert len(tried) <= 2 * 13 + 1  # Doubling then bisection: logarithmic.
 
 
-@pytest.mark.parametrize("threshold, expected", [
-    (0, 0), (7, 0), (8, 8), (20, 16), (1000, 1000), (1001, 1000),
-    (10 ** 9, 4096)])
-def test_find_max_batch_respects_the_multiple_and_the_limit(threshold,
-                                                            expected):
+@pytest.mark.parametrize(
+  "threshold, expected",
+  [(0, 0), (7, 0), (8, 8), (20, 16), (1000, 1000), (1001, 1000), (10**9, 4096)],
+)
+def test_find_max_batch_respects_the_multiple_and_the_limit(
+  threshold, expected
+):
   tried = []
 
   def fits(b):
@@ -198,8 +260,11 @@ def test_find_max_batch_rejects_a_limit_below_the_multiple():
 
 
 def test_out_of_memory_errors_are_recognized():
-  assert bench.is_out_of_memory(RuntimeError(
-      "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 123"))
+  assert bench.is_out_of_memory(
+    RuntimeError(
+      "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 123"
+    )
+  )
   assert bench.is_out_of_memory(MemoryError())
   assert not bench.is_out_of_memory(ValueError("shapes do not match"))
 
@@ -220,7 +285,8 @@ def test_pytorch_reference_has_the_same_rows_peaks_and_params():
   assert ref.ROW_KEYS == bench.ROW_KEYS
   assert ref.PEAK_TFLOPS == bench.PEAK_TFLOPS
   assert [h for h, *_ in ref.TABLE_COLUMNS] == [
-      h for h, *_ in bench.TABLE_COLUMNS]
+    h for h, *_ in bench.TABLE_COLUMNS
+  ]
   for name in ("resnet20", "resnet56", "resnet18"):
     assert ref.EXPECTED_PARAMS[name] == bench.count_params(name)
   assert bench.count_params("resnet56") == 853_018
@@ -232,9 +298,20 @@ def test_pytorch_reference_has_the_same_rows_peaks_and_params():
 # bare step); one persistent compilation cache for the module lets the
 # second test reuse the first one's compilations, whichever runs first.
 
-TINY_ARGS = ["--model", "resnet20", "--batch", "8", "--dtype", "float32",
-             "--train-size", "16", "--log-every", "1", "--loop-intervals",
-             "1"]
+TINY_ARGS = [
+  "--model",
+  "resnet20",
+  "--batch",
+  "8",
+  "--dtype",
+  "float32",
+  "--train-size",
+  "16",
+  "--log-every",
+  "1",
+  "--loop-intervals",
+  "1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -245,18 +322,21 @@ def compile_cache():
 
 def test_bare_step_matches_the_train_step_on_the_same_batch(compile_cache):
   del compile_cache
-  config = bench.bench_config("resnet20", 8, "float32", train_size=16,
-                              loop_steps=2, log_every=1)
-  dataset = data_lib.load("synthetic", synthetic_train_size=16,
-                          synthetic_test_size=8)
+  config = bench.bench_config(
+    "resnet20", 8, "float32", train_size=16, loop_steps=2, log_every=1
+  )
+  dataset = data_lib.load(
+    "synthetic", synthetic_train_size=16, synthetic_test_size=8
+  )
   run = train.setup(config, dataset)
   init = bench.initial_state(config, run, dataset)
 
   real = train.make_train_step(config, dataset, run.aug)
   real_state, real_metrics = real(
-      input_pipeline.replicate_tree(init),
-      input_pipeline.replicate(dataset.train_images),
-      input_pipeline.replicate(dataset.train_labels))
+    input_pipeline.replicate_tree(init),
+    input_pipeline.replicate(dataset.train_images),
+    input_pipeline.replicate(dataset.train_labels),
+  )
   # The batch the real step trained on: step 0's, augmented.
   x, y = bench.fixed_batch(dataset, run.aug, seed=config.seed, step=0)
   bare = bench.make_bare_step(config, dataset.num_classes)
@@ -265,51 +345,75 @@ def test_bare_step_matches_the_train_step_on_the_same_batch(compile_cache):
   assert int(bare_state.step[0]) == int(real_state.step[0]) == 1
   assert set(bare_metrics) == set(real_metrics)
   for key in real_metrics:
-    np.testing.assert_allclose(bare_metrics[key], real_metrics[key],
-                               rtol=1e-4, atol=1e-6, err_msg=key)
-  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4,
-                                 atol=1e-6),
-               (bare_state.params, bare_state.batch_stats,
-                bare_state.opt_state),
-               (real_state.params, real_state.batch_stats,
-                real_state.opt_state))
+    np.testing.assert_allclose(
+      bare_metrics[key], real_metrics[key], rtol=1e-4, atol=1e-6, err_msg=key
+    )
+  jax.tree.map(
+    functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-6),
+    (bare_state.params, bare_state.batch_stats, bare_state.opt_state),
+    (real_state.params, real_state.batch_stats, real_state.opt_state),
+  )
   # The step did something: parameters moved.
-  moved = jax.tree.map(lambda a, b: float(np.abs(a[0] - b).max()),
-                       bare_state.params, init.params)
+  moved = jax.tree.map(
+    lambda a, b: float(np.abs(a[0] - b).max()), bare_state.params, init.params
+  )
   assert max(jax.tree.leaves(moved)) > 0
 
 
 # --- A tiny real run: the JSON rows have the documented keys ----------------
 
 
-def test_tiny_run_writes_the_documented_json(tmp_path, capsys,
-                                            compile_cache):
+def test_tiny_run_writes_the_documented_json(tmp_path, capsys, compile_cache):
   del compile_cache
   out = tmp_path / "bench.json"
-  status = bench.main(TINY_ARGS + [
-      "--steps", "2", "--repeats", "1", "--warmup", "1",
-      "--no-compile-cache", "--json", str(out)])
+  status = bench.main(
+    TINY_ARGS
+    + [
+      "--steps",
+      "2",
+      "--repeats",
+      "1",
+      "--warmup",
+      "1",
+      "--no-compile-cache",
+      "--json",
+      str(out),
+    ]
+  )
   assert status == 0
   payload = json.loads(out.read_text())
   (row,) = payload["rows"]
   assert tuple(row) == bench.ROW_KEYS
   assert row["framework"] == "jax"
   assert (row["model"], row["global_batch"], row["dtype"]) == (
-      "resnet20", 8, "float32")
+    "resnet20",
+    8,
+    "float32",
+  )
   assert row["params"] == 269_722
   assert row["devices"] == jax.local_device_count()
-  assert row["conv_impl"] == ("chunked" if jax.default_backend() == "cpu" else "xla")
+  assert row["conv_impl"] == (
+    "chunked" if jax.default_backend() == "cpu" else "xla"
+  )
   assert row["forward_macs"] == models.forward_macs("resnet20")
   assert row["train_gflops_per_image"] == pytest.approx(
-      6 * row["forward_macs"] / 1e9)
+    6 * row["forward_macs"] / 1e9
+  )
   assert row["error"] is None
   assert len(row["step_times_s"]) == 1 and len(row["aug_step_times_s"]) == 1
-  for key in ("compile_s", "step_images_per_sec", "aug_step_images_per_sec",
-              "loop_images_per_sec", "loop_step_ratio", "achieved_tflops"):
+  for key in (
+    "compile_s",
+    "step_images_per_sec",
+    "aug_step_images_per_sec",
+    "loop_images_per_sec",
+    "loop_step_ratio",
+    "achieved_tflops",
+  ):
     assert row[key] > 0, key
   assert row["loop_intervals"] == 1
   assert row["achieved_tflops"] == pytest.approx(
-      row["step_images_per_sec"] * row["train_gflops_per_image"] / 1e3)
+    row["step_images_per_sec"] * row["train_gflops_per_image"] / 1e3
+  )
   if jax.default_backend() == "cpu":
     assert row["peak_tflops"] is None and row["mfu"] is None
     assert row["peak_memory_bytes"] is None
@@ -321,9 +425,22 @@ def test_tiny_run_writes_the_documented_json(tmp_path, capsys,
 def test_parallel_seeds_rows_count_every_replica(tmp_path, compile_cache):
   del compile_cache
   out = tmp_path / "bench.json"
-  status = bench.main(TINY_ARGS + [
-      "--parallel-seeds", "1,2", "--steps", "2", "--repeats", "1",
-      "--warmup", "1", "--no-compile-cache", "--json", str(out)])
+  status = bench.main(
+    TINY_ARGS
+    + [
+      "--parallel-seeds",
+      "1,2",
+      "--steps",
+      "2",
+      "--repeats",
+      "1",
+      "--warmup",
+      "1",
+      "--no-compile-cache",
+      "--json",
+      str(out),
+    ]
+  )
   assert status == 0
   rows = json.loads(out.read_text())["rows"]
   assert [r["parallel_seeds"] for r in rows] == [1, 2]
@@ -334,19 +451,35 @@ def test_parallel_seeds_rows_count_every_replica(tmp_path, compile_cache):
     for what in ("step", "aug_step"):
       (seconds,) = row[f"{what}_times_s"]
       assert row[f"{what}_images_per_sec"] == pytest.approx(
-          k * 8 * 2 / seconds), (k, what)
+        k * 8 * 2 / seconds
+      ), (k, what)
     assert row["loop_images_per_sec"] > 0
     assert row["achieved_tflops"] == pytest.approx(
-        row["step_images_per_sec"] * row["train_gflops_per_image"] / 1e3)
+      row["step_images_per_sec"] * row["train_gflops_per_image"] / 1e3
+    )
 
 
 def test_conv_impl_rows(tmp_path, capsys, compile_cache):
   del compile_cache
   out = tmp_path / "bench.json"
-  status = bench.main(TINY_ARGS + [
-      "--conv-impl", "xla,chunked", "--steps", "1", "--repeats", "1",
-      "--warmup", "0", "--no-aug", "--no-loop", "--no-compile-cache",
-      "--json", str(out)])
+  status = bench.main(
+    TINY_ARGS
+    + [
+      "--conv-impl",
+      "xla,chunked",
+      "--steps",
+      "1",
+      "--repeats",
+      "1",
+      "--warmup",
+      "0",
+      "--no-aug",
+      "--no-loop",
+      "--no-compile-cache",
+      "--json",
+      str(out),
+    ]
+  )
   assert status == 0
   rows = json.loads(out.read_text())["rows"]
   assert [r["conv_impl"] for r in rows] == ["xla", "chunked"]

@@ -1,23 +1,31 @@
 """The chunked-weight-gradient convolution equals XLA's, value and gradients."""
 
 import jax
+from jax import lax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax import lax
 
 from superconv import config as config_lib
 from superconv import conv as conv_lib
 from superconv import models
 
 
-@pytest.mark.parametrize("batch,per_image,chunk,expected", [
+@pytest.mark.parametrize(
+  "batch,per_image,chunk,expected",
+  [
     (128, 64 * 1024, 1 << 20, [(k * 16, k * 16 + 16) for k in range(8)]),
-    (10, 100, 300, [(0, 2), (2, 5), (5, 7), (7, 10)]),  # 3 per chunk -> 4 chunks
+    (
+      10,
+      100,
+      300,
+      [(0, 2), (2, 5), (5, 7), (7, 10)],
+    ),  # 3 per chunk -> 4 chunks
     (5, 100, 10_000, [(0, 5)]),  # Everything fits: one chunk.
     (3, 100, 1, [(0, 1), (1, 2), (2, 3)]),  # Smaller than one image: 1 each.
-])
+  ],
+)
 def test_chunk_bounds(batch, per_image, chunk, expected):
   assert conv_lib.chunk_bounds(batch, per_image, chunk) == expected
 
@@ -43,23 +51,36 @@ def test_bad_arguments_are_refused():
     models.create_model("resnet20", conv_impl="fast")
 
 
-@pytest.mark.parametrize("impl,backend,expected", [
-    ("auto", "cpu", "chunked"), ("auto", "gpu", "xla"), ("auto", "tpu", "xla"),
-    ("xla", "cpu", "xla"), ("chunked", "gpu", "chunked"),
-])
+@pytest.mark.parametrize(
+  "impl,backend,expected",
+  [
+    ("auto", "cpu", "chunked"),
+    ("auto", "gpu", "xla"),
+    ("auto", "tpu", "xla"),
+    ("xla", "cpu", "xla"),
+    ("chunked", "gpu", "chunked"),
+  ],
+)
 def test_auto_is_chunked_on_cpu_only(impl, backend, expected):
   assert conv_lib.resolve(impl, backend) == expected
   fn = conv_lib.conv_for_backend(impl, backend)
   assert (fn is lax.conv_general_dilated) == (expected == "xla")
 
 
-@pytest.mark.parametrize("strides,padding,dn,shapes", [
+@pytest.mark.parametrize(
+  "strides,padding,dn,shapes",
+  [
     ((1, 1), "SAME", ("NHWC", "HWIO", "NHWC"), ((10, 8, 8, 3), (3, 3, 3, 5))),
-    ((2, 2), ((1, 1), (1, 1)), ("NHWC", "HWIO", "NHWC"),
-     ((9, 8, 8, 4), (3, 3, 4, 6))),
+    (
+      (2, 2),
+      ((1, 1), (1, 1)),
+      ("NHWC", "HWIO", "NHWC"),
+      ((9, 8, 8, 4), (3, 3, 4, 6)),
+    ),
     ((1, 1), "VALID", ("NCHW", "OIHW", "NCHW"), ((6, 3, 7, 7), (4, 3, 3, 3))),
     ((1, 1), "SAME", ("NHWC", "HWIO", "NHWC"), ((11, 6, 6, 4), (1, 1, 4, 2))),
-])
+  ],
+)
 def test_value_and_gradients_equal_xla(strides, padding, dn, shapes):
   # A chunk of 2-3 images: several uneven chunks for every case above.
   x_shape, w_shape = shapes
@@ -76,13 +97,17 @@ def test_value_and_gradients_equal_xla(strides, padding, dn, shapes):
   got = jax.jit(lambda x, w: apply(conv, x, w))(x, w)
   np.testing.assert_array_equal(got, want)  # The forward is XLA's own.
   g = jax.random.normal(kg, want.shape)
-  _, vjp_want = jax.vjp(lambda x, w: apply(lax.conv_general_dilated, x, w), x, w)
+  _, vjp_want = jax.vjp(
+    lambda x, w: apply(lax.conv_general_dilated, x, w), x, w
+  )
   _, vjp_got = jax.vjp(lambda x, w: apply(conv, x, w), x, w)
   gx_want, gw_want = vjp_want(g)
   gx_got, gw_got = jax.jit(vjp_got)(g)
   np.testing.assert_allclose(gx_got, gx_want, rtol=1e-6, atol=1e-6)
   # Summed in another order: equal up to float32 rounding.
-  np.testing.assert_allclose(gw_got, gw_want, rtol=1e-5, atol=1e-5 * np.abs(gw_want).max())
+  np.testing.assert_allclose(
+    gw_got, gw_want, rtol=1e-5, atol=1e-5 * np.abs(gw_want).max()
+  )
   assert not np.array_equal(gw_got, jnp.zeros_like(gw_got))
 
 
@@ -94,14 +119,23 @@ def test_bfloat16_gradients_equal_xla():
   g = jax.random.normal(kg, (7, 6, 6, 5), jnp.bfloat16)
 
   def grads(fn):
-    f = lambda x, w: fn(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    f = lambda x, w: fn(
+      x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
     return jax.jit(lambda x, w, g: jax.vjp(f, x, w)[1](g))(x, w, g)
 
-  (gx_want, gw_want), (gx_got, gw_got) = grads(lax.conv_general_dilated), grads(conv)
+  (gx_want, gw_want), (gx_got, gw_got) = (
+    grads(lax.conv_general_dilated),
+    grads(conv),
+  )
   assert gx_got.dtype == gw_got.dtype == jnp.bfloat16
   np.testing.assert_array_equal(gx_got, gx_want)
-  np.testing.assert_allclose(np.float32(gw_got), np.float32(gw_want), rtol=2e-2,
-                             atol=2e-2 * float(np.abs(np.float32(gw_want)).max()))
+  np.testing.assert_allclose(
+    np.float32(gw_got),
+    np.float32(gw_want),
+    rtol=2e-2,
+    atol=2e-2 * float(np.abs(np.float32(gw_want)).max()),
+  )
 
 
 def test_weight_gradient_inputs_are_stored_once_not_folded_away():
@@ -112,9 +146,14 @@ def test_weight_gradient_inputs_are_stored_once_not_folded_away():
   w = jnp.ones((3, 3, 3, 2))
 
   def loss(x, w):
-    y = conv(jnp.maximum(x * 2.0, 0.0), w, (1, 1), "SAME",
-             dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return jnp.sum(y ** 2)
+    y = conv(
+      jnp.maximum(x * 2.0, 0.0),
+      w,
+      (1, 1),
+      "SAME",
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+    return jnp.sum(y**2)
 
   hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, w).compile().as_text()
   assert " conditional(" in hlo
@@ -131,8 +170,12 @@ def test_resnet_gradients_are_the_same_with_either_convolution(monkeypatch):
     variables = model.init(jax.random.key(0), x, train=False)
 
     def loss(params):
-      logits, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]},
-                              x, train=True, mutable=["batch_stats"])
+      logits, _ = model.apply(
+        {"params": params, "batch_stats": variables["batch_stats"]},
+        x,
+        train=True,
+        mutable=["batch_stats"],
+      )
       return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
     return variables, jax.jit(jax.value_and_grad(loss))(variables["params"])
@@ -146,8 +189,13 @@ def test_resnet_gradients_are_the_same_with_either_convolution(monkeypatch):
   flat_chunked = jax.tree.leaves(g_chunked)
   assert len(flat_xla) == len(flat_chunked) == 59
   for (path, a), b in zip(flat_xla, flat_chunked):
-    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * float(np.abs(a).max()),
-                               err_msg=jax.tree_util.keystr(path))
+    np.testing.assert_allclose(
+      b,
+      a,
+      rtol=1e-4,
+      atol=1e-5 * float(np.abs(a).max()),
+      err_msg=jax.tree_util.keystr(path),
+    )
 
 
 def test_config_validates_conv_impl():

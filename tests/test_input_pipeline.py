@@ -18,18 +18,32 @@ def _data():
 
 
 def _aug(**kw):
-  settings = dict(global_batch=8, steps_per_epoch=N // 8, mean=(0.0,) * C,
-                  std=(1.0,) * C, crop_padding=0, random_flip=False,
-                  dtype="float32")
+  settings = dict(
+    global_batch=8,
+    steps_per_epoch=N // 8,
+    mean=(0.0,) * C,
+    std=(1.0,) * C,
+    crop_padding=0,
+    random_flip=False,
+    dtype="float32",
+  )
   settings.update(kw)
   return input_pipeline.Augmentation(**settings)
 
 
 def _batch(step, aug, seed=0, shard_index=0, num_shards=1):
   images, labels = _data()
-  fn = jax.jit(lambda s, i: input_pipeline.train_batch(
-      jnp.asarray(images), jnp.asarray(labels), s, seed=seed, aug=aug,
-      shard_index=i, num_shards=num_shards))
+  fn = jax.jit(
+    lambda s, i: input_pipeline.train_batch(
+      jnp.asarray(images),
+      jnp.asarray(labels),
+      s,
+      seed=seed,
+      aug=aug,
+      shard_index=i,
+      num_shards=num_shards,
+    )
+  )
   x, y = fn(step, shard_index)
   return np.asarray(x), np.asarray(y)
 
@@ -74,7 +88,7 @@ def test_crop_pads_with_zeros_and_flip_mirrors():
       padded = np.pad(ref, ((2, 2), (2, 2), (0, 0)))
       for dy in range(5):
         for dx in range(5):
-          if np.allclose(padded[dy:dy + H, dx:dx + W], img):
+          if np.allclose(padded[dy : dy + H, dx : dx + W], img):
             found = True
             saw_flip |= flipped
             saw_padding |= (dy, dx) != (2, 2)
@@ -84,11 +98,13 @@ def test_crop_pads_with_zeros_and_flip_mirrors():
 
 def test_normalize_uses_channel_statistics():
   x = jnp.full((1, 2, 2, 3), 255, jnp.uint8)
-  out = input_pipeline.normalize(x, (0.5, 0.25, 0.0), (0.5, 0.25, 2.0),
-                                 jnp.bfloat16)
+  out = input_pipeline.normalize(
+    x, (0.5, 0.25, 0.0), (0.5, 0.25, 2.0), jnp.bfloat16
+  )
   assert out.dtype == jnp.bfloat16
-  np.testing.assert_allclose(np.asarray(out[0, 0, 0], np.float32),
-                             [1.0, 3.0, 0.5])
+  np.testing.assert_allclose(
+    np.asarray(out[0, 0, 0], np.float32), [1.0, 3.0, 0.5]
+  )
 
 
 @pytest.mark.parametrize("n,batch,devices", [(10, 4, 2), (12, 4, 4), (3, 8, 1)])
@@ -96,7 +112,8 @@ def test_eval_batches_cover_every_image_once(n, batch, devices):
   images = np.arange(n, dtype=np.uint8).reshape(n, 1, 1, 1)
   labels = np.arange(n, dtype=np.int32)
   imgs, labs, mask = input_pipeline.eval_batches(
-      images, labels, global_batch=batch, num_devices=devices)
+    images, labels, global_batch=batch, num_devices=devices
+  )
   assert imgs.shape[:3] == (devices, -(-n // batch), batch // devices)
   real = labs[mask == 1]
   assert sorted(real.tolist()) == list(range(n))

@@ -21,7 +21,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def range_config(arg=None, **range_overrides):
   spec = importlib.util.spec_from_file_location(
-      "_rt_config", os.path.join(REPO, "configs", "lr_range_test.py"))
+    "_rt_config", os.path.join(REPO, "configs", "lr_range_test.py")
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   c = module.get_config(arg)
@@ -52,8 +53,9 @@ def test_lr_sequence_hits_min_and_max_exactly(mode):
   if mode == "linear":
     np.testing.assert_allclose(np.diff(got), (hi - lo) / (n - 1), rtol=2e-5)
   else:
-    np.testing.assert_allclose(got[1:] / got[:-1],
-                               (hi / lo) ** (1 / (n - 1)), rtol=1e-6)
+    np.testing.assert_allclose(
+      got[1:] / got[:-1], (hi / lo) ** (1 / (n - 1)), rtol=1e-6
+    )
   np.testing.assert_allclose(got, lrt.lr_values(mode, lo, hi, n), rtol=1e-7)
 
 
@@ -73,7 +75,7 @@ def test_smoothed_loss_is_bias_corrected_ema():
   avg, expected = 0.0, []
   for t, loss in enumerate(losses, 1):
     avg = 0.9 * avg + 0.1 * loss
-    expected.append(avg / (1 - 0.9 ** t))
+    expected.append(avg / (1 - 0.9**t))
   assert reason == "completed"
   np.testing.assert_allclose(smoothed, expected, rtol=1e-12)
   assert smoothed[0] == 3.0
@@ -81,8 +83,9 @@ def test_smoothed_loss_is_bias_corrected_ema():
 
 def test_stops_when_smoothed_loss_exceeds_factor_times_minimum():
   # beta 0: smoothed = loss. Minimum 1.0; 3.9 is within 4x, 4.1 is not.
-  reason, smoothed = lrt.smooth_and_stop([2.0, 1.0, 1.5, 3.9, 4.1, 9.0, 1.0],
-                                         beta=0.0, diverge_factor=4.0)
+  reason, smoothed = lrt.smooth_and_stop(
+    [2.0, 1.0, 1.5, 3.9, 4.1, 9.0, 1.0], beta=0.0, diverge_factor=4.0
+  )
   assert reason == "diverged"
   assert len(smoothed) == 5  # Steps up to and including the stopping one.
   assert smoothed[-1] == 4.1
@@ -105,8 +108,9 @@ def test_nonfinite_loss_stops(bad):
 
 
 def test_diverge_factor_zero_never_stops_on_a_finite_loss():
-  reason, smoothed = lrt.smooth_and_stop([1.0, 100.0, 1e6], beta=0.5,
-                                         diverge_factor=0)
+  reason, smoothed = lrt.smooth_and_stop(
+    [1.0, 100.0, 1e6], beta=0.5, diverge_factor=0
+  )
   assert reason == "completed" and len(smoothed) == 3
 
 
@@ -122,9 +126,12 @@ def exponential_curve():
   middle), minimum at x = -0.5 (a quadratic rise starts there).
   """
   x = np.linspace(-4, 1, 101)
-  lrs = 10.0 ** x
-  loss = (2.3 - 2.0 / (1 + np.exp(-12 * (x + 1.975)))
-          + 3.0 * np.maximum(x + 0.5, 0) ** 2)
+  lrs = 10.0**x
+  loss = (
+    2.3
+    - 2.0 / (1 + np.exp(-12 * (x + 1.975)))
+    + 3.0 * np.maximum(x + 0.5, 0) ** 2
+  )
   return lrs, loss
 
 
@@ -151,14 +158,13 @@ def test_exponential_suggestions_on_a_known_curve():
   assert s["steepest"]["index"] == 40  # x = -2.
   assert s["steepest"]["lr"] == pytest.approx(0.01, rel=1e-12)
   assert s["min_loss_div_10"]["index"] == 70  # x = -0.5.
-  assert s["min_loss_div_10"]["lr"] == pytest.approx(10 ** -0.5 / 10,
-                                                     rel=1e-12)
+  assert s["min_loss_div_10"]["lr"] == pytest.approx(10**-0.5 / 10, rel=1e-12)
   # Window = points 10..95; the valley runs from its start to the minimum
   # (60 points after the first): fastai's index -1 + 20 + 10 = 29 -> 39.
   v = s["valley"]
   assert (v["valley_start"], v["valley_end"]) == (10, 70)
   assert v["index"] == 39
-  assert v["lr"] == pytest.approx(10 ** -2.05, rel=1e-12)
+  assert v["lr"] == pytest.approx(10**-2.05, rel=1e-12)
   assert v["lr"] == fastai_valley(lrs[10:-5], loss[10:-5])
   assert s["smith"] is None
   rec = lrt.recommend("exponential", s)
@@ -177,8 +183,7 @@ def test_linear_steepest_is_against_lr_not_log_lr():
   lrs = np.linspace(0.05, 3.0, 60)
   loss = 8.0 - 0.1 * np.arange(60)
   loss[3:] -= 0.2
-  s = lrt.suggest("linear", lrs, loss, num_planned=60, skip_start=0,
-                  skip_end=0)
+  s = lrt.suggest("linear", lrs, loss, num_planned=60, skip_start=0, skip_end=0)
   assert s["steepest"]["index"] == 2
   assert s["steepest"]["lr"] == pytest.approx(0.15)
   assert s["steepest"]["slope"] == pytest.approx(-0.3 / 0.05)
@@ -201,8 +206,9 @@ def test_no_suggestion_when_the_loss_never_falls():
 
 
 def test_too_few_points_gives_no_loss_suggestions():
-  s = lrt.suggest("exponential", [1e-3, 1e-2, 1e-1], [2.0, 1.0, 9.0],
-                  num_planned=100)
+  s = lrt.suggest(
+    "exponential", [1e-3, 1e-2, 1e-1], [2.0, 1.0, 9.0], num_planned=100
+  )
   assert s["steepest"] is s["valley"] is s["min_loss_div_10"] is None
   assert lrt.recommend("exponential", s) is None
 
@@ -227,12 +233,23 @@ def test_smith_rule_picks_where_accuracy_stops_rising():
 def test_linear_recommendation_uses_smith_and_falls_back_without_eval():
   lrs = np.linspace(0.01, 3.0, 100)
   loss = 2.3 - 1.5 * np.sin(np.linspace(0, np.pi, 100))
-  s = lrt.suggest("linear", lrs, loss, num_planned=100,
-                  eval_lrs=[0.5, 1.0, 1.5], eval_accuracies=[0.3, 0.5, 0.4],
-                  eval_size=1000)
+  s = lrt.suggest(
+    "linear",
+    lrs,
+    loss,
+    num_planned=100,
+    eval_lrs=[0.5, 1.0, 1.5],
+    eval_accuracies=[0.3, 0.5, 0.4],
+    eval_size=1000,
+  )
   rec = lrt.recommend("linear", s)
-  assert rec == {"rule": "smith", "max_lr": 1.0, "min_lr": 0.25,
-                 "div_factor": 4.0, "fallback": None}
+  assert rec == {
+    "rule": "smith",
+    "max_lr": 1.0,
+    "min_lr": 0.25,
+    "div_factor": 4.0,
+    "fallback": None,
+  }
   s["smith"] = None
   rec = lrt.recommend("linear", s, div_factor=5)
   assert rec["rule"] == "min_loss_div_10"
@@ -241,8 +258,9 @@ def test_linear_recommendation_uses_smith_and_falls_back_without_eval():
 
 
 def test_eval_subset_first_and_fixed_random():
-  dataset = data_lib.load("synthetic", synthetic_train_size=8,
-                          synthetic_test_size=50)
+  dataset = data_lib.load(
+    "synthetic", synthetic_train_size=8, synthetic_test_size=50
+  )
   first = lrt.eval_subset(dataset, 10, "first", 0)
   np.testing.assert_array_equal(first.test_images, dataset.test_images[:10])
   np.testing.assert_array_equal(first.train_images, dataset.train_images)
@@ -269,31 +287,45 @@ def rows_of(path):
 
 def test_cli_run_writes_the_three_files_and_no_checkpoint(tmp_path):
   workdir = tmp_path / "rt"
-  cmd = [sys.executable, "-m", "superconv.lr_range_test",
-         "--config", os.path.join(REPO, "configs", "lr_range_test.py"),
-         "--workdir", str(workdir), "--config.dataset=synthetic",
-         "--config.batch_size=16", "--config.synthetic_train_size=64",
-         "--config.synthetic_test_size=40", "--config.eval_batch_size=16",
-         "--config.range_test.num_steps=10",
-         "--config.range_test.min_lr=0.01", "--config.range_test.max_lr=0.1",
-         "--config.range_test.eval_every=5",
-         "--config.range_test.eval_size=24",
-         "--config.range_test.eval_subset=random",
-         "--config.range_test.skip_start=0", "--config.range_test.skip_end=0",
-         "--config.range_test.diverge_factor=0"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "superconv.lr_range_test",
+    "--config",
+    os.path.join(REPO, "configs", "lr_range_test.py"),
+    "--workdir",
+    str(workdir),
+    "--config.dataset=synthetic",
+    "--config.batch_size=16",
+    "--config.synthetic_train_size=64",
+    "--config.synthetic_test_size=40",
+    "--config.eval_batch_size=16",
+    "--config.range_test.num_steps=10",
+    "--config.range_test.min_lr=0.01",
+    "--config.range_test.max_lr=0.1",
+    "--config.range_test.eval_every=5",
+    "--config.range_test.eval_size=24",
+    "--config.range_test.eval_subset=random",
+    "--config.range_test.skip_start=0",
+    "--config.range_test.skip_end=0",
+    "--config.range_test.diverge_factor=0",
+  ]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
-                     timeout=300)
+  p = subprocess.run(
+    cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+  )
   assert p.returncode == 0, p.stderr[-3000:]
   assert "recommended: max_lr" in p.stdout
   assert sorted(os.listdir(workdir)) == [
-      "lr_range_test.json", "lr_range_test.jsonl", "lr_range_test.png"]
+    "lr_range_test.json",
+    "lr_range_test.jsonl",
+    "lr_range_test.png",
+  ]
 
   rows = rows_of(workdir / "lr_range_test.jsonl")
   assert [r["step"] for r in rows] == list(range(1, 11))
   assert rows[0]["lr"] == 0.01 and rows[-1]["lr"] == 0.1
-  np.testing.assert_allclose(np.diff([r["lr"] for r in rows]), 0.01,
-                             rtol=1e-5)
+  np.testing.assert_allclose(np.diff([r["lr"] for r in rows]), 0.01, rtol=1e-5)
   for r in rows:
     assert {"step", "lr", "loss", "smoothed_loss"} <= set(r)
   assert rows[0]["smoothed_loss"] == rows[0]["loss"]
@@ -302,7 +334,8 @@ def test_cli_run_writes_the_three_files_and_no_checkpoint(tmp_path):
   for r in evals:
     assert 0 <= r["eval_accuracy"] <= 1 and r["eval_loss"] > 0
     assert round(r["eval_accuracy"] * 24) == pytest.approx(
-        r["eval_accuracy"] * 24, abs=1e-4)  # Measured on 24 images.
+      r["eval_accuracy"] * 24, abs=1e-4
+    )  # Measured on 24 images.
 
   with open(workdir / "lr_range_test.json") as f:
     summary = json.load(f)
@@ -338,29 +371,43 @@ class ScriptedSteps:
     def step(state, images, labels):
       i = int(state["step"][0])
       self.calls += 1
-      metrics = {"train_loss": self.losses[i], "train_accuracy": 0.5,
-                 "grad_norm": 1.0, "learning_rate": 0.25 * (i + 1),
-                 "momentum": 0.9}
-      return ({"step": state["step"] + 1},
-              {k: np.array([v], np.float32) for k, v in metrics.items()})
+      metrics = {
+        "train_loss": self.losses[i],
+        "train_accuracy": 0.5,
+        "grad_norm": 1.0,
+        "learning_rate": 0.25 * (i + 1),
+        "momentum": 0.9,
+      }
+      return (
+        {"step": state["step"] + 1},
+        {k: np.array([v], np.float32) for k, v in metrics.items()},
+      )
+
     return step
 
 
-@pytest.mark.parametrize("losses,reason,recorded", [
+@pytest.mark.parametrize(
+  "losses,reason,recorded",
+  [
     ([2.0, 1.0, 1.0, 3.0, 9.0, 1.0, 1.0, 1.0], "diverged", 5),
     ([2.0, 1.0, float("nan"), 1.0, 1.0, 1.0, 1.0, 1.0], "nonfinite", 3),
     ([2.0, 1.0, 1.5, 3.9, 1.0, 1.0, 1.0, 1.0], "completed", 8),
-])
-def test_run_loop_stops_at_the_step_that_stopped_it(tmp_path, monkeypatch,
-                                                    losses, reason, recorded):
+  ],
+)
+def test_run_loop_stops_at_the_step_that_stopped_it(
+  tmp_path, monkeypatch, losses, reason, recorded
+):
   from superconv import train
+
   scripted = ScriptedSteps(losses)
   monkeypatch.setattr(train, "create_train_state", scripted.create_train_state)
   monkeypatch.setattr(train, "make_train_step", scripted.make_train_step)
-  config = range_config("exponential", num_steps=8, beta=0.0, min_lr=0.25,
-                        max_lr=2.0)
-  dataset = data_lib.load("synthetic", synthetic_train_size=64,
-                          synthetic_test_size=40)
+  config = range_config(
+    "exponential", num_steps=8, beta=0.0, min_lr=0.25, max_lr=2.0
+  )
+  dataset = data_lib.load(
+    "synthetic", synthetic_train_size=64, synthetic_test_size=40
+  )
   summary = lrt.run(config, str(tmp_path), dataset)
 
   rows = rows_of(tmp_path / "lr_range_test.jsonl")
@@ -368,11 +415,15 @@ def test_run_loop_stops_at_the_step_that_stopped_it(tmp_path, monkeypatch,
   assert summary["steps_run"] == len(rows) == recorded
   assert [r["step"] for r in rows] == list(range(1, recorded + 1))
   assert [float(r["loss"]) for r in rows] == pytest.approx(
-      losses[:recorded], nan_ok=True)
+    losses[:recorded], nan_ok=True
+  )
   # One step is in flight when the stop is seen; it is discarded.
   assert scripted.calls == min(recorded + 1, 8)
   assert sorted(os.listdir(tmp_path)) == [
-      "lr_range_test.json", "lr_range_test.jsonl", "lr_range_test.png"]
+    "lr_range_test.json",
+    "lr_range_test.jsonl",
+    "lr_range_test.png",
+  ]
 
   # The initial state is a training run's: train.create_train_state with
   # the config's seed, the training model and the data's image shape.
@@ -383,28 +434,58 @@ def test_run_loop_stops_at_the_step_that_stopped_it(tmp_path, monkeypatch,
 
 
 def test_cli_bad_key_is_one_line_naming_it(tmp_path):
-  cmd = [sys.executable, "-m", "superconv.lr_range_test",
-         "--config", os.path.join(REPO, "configs", "lr_range_test.py"),
-         "--workdir", str(tmp_path), "--config.range_test.min_lr=-1"]
-  p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
-                     timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  cmd = [
+    sys.executable,
+    "-m",
+    "superconv.lr_range_test",
+    "--config",
+    os.path.join(REPO, "configs", "lr_range_test.py"),
+    "--workdir",
+    str(tmp_path),
+    "--config.range_test.min_lr=-1",
+  ]
+  p = subprocess.run(
+    cmd,
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )
   assert p.returncode == 2
   assert p.stderr.strip().splitlines()[-1] == (
-      "superconv: error: range_test.min_lr: must be >= 0, got -1.0")
+    "superconv: error: range_test.min_lr: must be >= 0, got -1.0"
+  )
   assert not os.listdir(tmp_path)
 
 
 def test_cli_refuses_a_bucket_workdir_before_any_work(tmp_path):
-  cmd = [sys.executable, "-m", "superconv.lr_range_test",
-         "--config", os.path.join(REPO, "configs", "lr_range_test.py"),
-         "--workdir", "gs://bucket/rt"]
-  p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True,
-                     timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu",
-                                           PYTHONPATH=REPO))
+  cmd = [
+    sys.executable,
+    "-m",
+    "superconv.lr_range_test",
+    "--config",
+    os.path.join(REPO, "configs", "lr_range_test.py"),
+    "--workdir",
+    "gs://bucket/rt",
+  ]
+  p = subprocess.run(
+    cmd,
+    cwd=tmp_path,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO),
+  )
   assert p.returncode == 2
-  assert p.stderr.strip().splitlines()[-1].startswith(
+  assert (
+    p.stderr.strip()
+    .splitlines()[-1]
+    .startswith(
       "superconv: error: --workdir: gs://bucket/rt: the range test writes to"
-      " a local directory")
+      " a local directory"
+    )
+  )
   assert not os.listdir(tmp_path)  # No ./gs:/bucket/rt either.
 
 
@@ -414,19 +495,26 @@ def test_cli_refuses_a_bucket_workdir_before_any_work(tmp_path):
 
 
 def saved_test(tmp_path, rec):
-  lrt.write_json(str(tmp_path / "lr_range_test.json"),
-                 {"mode": "linear", "recommendation": rec, "notes": []})
+  lrt.write_json(
+    str(tmp_path / "lr_range_test.json"),
+    {"mode": "linear", "recommendation": rec, "notes": []},
+  )
   return str(tmp_path)
 
 
-@pytest.mark.parametrize("name,key,value", [
+@pytest.mark.parametrize(
+  "name,key,value",
+  [
     ("one_cycle", "div_factor", 4.0),
     ("cyclical", "base_lr", 0.3),
-])
-def test_apply_to_config_sets_lrs_and_returns_provenance(tmp_path, name, key,
-                                                         value):
-  path = saved_test(tmp_path, {"rule": "smith", "max_lr": 1.2,
-                               "min_lr": 0.3, "div_factor": 4.0})
+  ],
+)
+def test_apply_to_config_sets_lrs_and_returns_provenance(
+  tmp_path, name, key, value
+):
+  path = saved_test(
+    tmp_path, {"rule": "smith", "max_lr": 1.2, "min_lr": 0.3, "div_factor": 4.0}
+  )
   config = config_lib.base_config()
   config.schedule.name = name
   config.lock()
@@ -434,14 +522,19 @@ def test_apply_to_config_sets_lrs_and_returns_provenance(tmp_path, name, key,
   assert config.schedule.max_lr == 1.2
   assert config.schedule[key] == pytest.approx(value)
   assert provenance == {
-      "max_lr": 1.2, "min_lr": 0.3, "rule": "smith", "mode": "linear",
-      "source": os.path.join(path, "lr_range_test.json"),
-      "set": {"schedule.max_lr": 1.2, f"schedule.{key}": value}}
+    "max_lr": 1.2,
+    "min_lr": 0.3,
+    "rule": "smith",
+    "mode": "linear",
+    "source": os.path.join(path, "lr_range_test.json"),
+    "set": {"schedule.max_lr": 1.2, f"schedule.{key}": value},
+  }
 
 
 def test_apply_to_config_records_the_source_in_the_config(tmp_path):
-  path = saved_test(tmp_path, {"rule": "smith", "max_lr": 1.2,
-                               "min_lr": 0.3, "div_factor": 4.0})
+  path = saved_test(
+    tmp_path, {"rule": "smith", "max_lr": 1.2, "min_lr": 0.3, "div_factor": 4.0}
+  )
   config = config_lib.base_config()
   config.schedule.name = "one_cycle"
   if "lr_from_range_test" not in config.schedule:  # Until config.py has it.
@@ -451,14 +544,17 @@ def test_apply_to_config_records_the_source_in_the_config(tmp_path):
   lrt.apply_to_config(config, config.schedule.lr_from_range_test)
   recorded = json.loads(config.to_json_best_effort())["schedule"]
   assert recorded["lr_from_range_test"] == os.path.join(
-      os.path.abspath(path), "lr_range_test.json")
+    os.path.abspath(path), "lr_range_test.json"
+  )
   assert recorded["max_lr"] == 1.2
   assert recorded["div_factor"] == pytest.approx(4.0)
 
 
 def test_apply_to_config_warmup_starts_at_min_lr(tmp_path):
-  path = saved_test(tmp_path, {"rule": "valley", "max_lr": 0.5,
-                               "min_lr": 0.02, "div_factor": 25.0})
+  path = saved_test(
+    tmp_path,
+    {"rule": "valley", "max_lr": 0.5, "min_lr": 0.02, "div_factor": 25.0},
+  )
   config = config_lib.base_config()
   config.schedule.name = "cosine"
   config.schedule.warmup = 2.0
@@ -470,44 +566,70 @@ def test_apply_to_config_warmup_starts_at_min_lr(tmp_path):
 
 def test_apply_to_config_errors_name_the_key(tmp_path):
   config = config_lib.base_config()
-  with pytest.raises(lrt.RangeTestError,
-                     match="^schedule.lr_from_range_test: no such file"):
+  with pytest.raises(
+    lrt.RangeTestError, match="^schedule.lr_from_range_test: no such file"
+  ):
     lrt.apply_to_config(config, str(tmp_path / "missing"))
   path = saved_test(tmp_path, None)
-  with pytest.raises(lrt.RangeTestError, match=(
-      "^schedule.lr_from_range_test: .* no recommendation")):
+  with pytest.raises(
+    lrt.RangeTestError,
+    match=("^schedule.lr_from_range_test: .* no recommendation"),
+  ):
     lrt.apply_to_config(config, path)
 
 
 def test_training_run_takes_its_lrs_from_a_saved_test(tmp_path):
   """main applies schedule.lr_from_range_test; config.json records it."""
-  path = saved_test(tmp_path, {"rule": "smith", "max_lr": 0.5,
-                               "min_lr": 0.125, "div_factor": 4.0})
+  path = saved_test(
+    tmp_path,
+    {"rule": "smith", "max_lr": 0.5, "min_lr": 0.125, "div_factor": 4.0},
+  )
   workdir = tmp_path / "run"
-  base = [sys.executable, "-m", "superconv.main",
-          "--config", os.path.join(REPO, "configs", "quick.py"),
-          "--workdir", str(workdir), "--config.dataset=synthetic",
-          "--config.batch_size=16", "--config.synthetic_train_size=32",
-          "--config.synthetic_test_size=16", "--config.eval_batch_size=16",
-          "--config.num_steps=4", "--config.schedule.pct_start=0.5",
-          "--config.log_every_steps=1"]
+  base = [
+    sys.executable,
+    "-m",
+    "superconv.main",
+    "--config",
+    os.path.join(REPO, "configs", "quick.py"),
+    "--workdir",
+    str(workdir),
+    "--config.dataset=synthetic",
+    "--config.batch_size=16",
+    "--config.synthetic_train_size=32",
+    "--config.synthetic_test_size=16",
+    "--config.eval_batch_size=16",
+    "--config.num_steps=4",
+    "--config.schedule.pct_start=0.5",
+    "--config.log_every_steps=1",
+  ]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   bad = subprocess.run(
-      base + ["--config.schedule.lr_from_range_test=" + str(tmp_path / "no")],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    base + ["--config.schedule.lr_from_range_test=" + str(tmp_path / "no")],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert bad.returncode == 2
   assert "schedule.lr_from_range_test" in bad.stderr
   assert not workdir.exists()
 
-  p = subprocess.run(base + ["--config.schedule.lr_from_range_test=" + path],
-                     cwd=REPO, env=env, capture_output=True, text=True,
-                     timeout=300)
+  p = subprocess.run(
+    base + ["--config.schedule.lr_from_range_test=" + path],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert p.returncode == 0, p.stderr[-3000:]
   saved = json.loads((workdir / "config.json").read_text())
   assert saved["schedule"]["max_lr"] == 0.5
   assert saved["schedule"]["div_factor"] == 4.0
   assert saved["schedule"]["lr_from_range_test"] == os.path.join(
-      path, "lr_range_test.json")
+    path, "lr_range_test.json"
+  )
   rows = [json.loads(l) for l in (workdir / "metrics.jsonl").open()]
   # one_cycle over 4 steps: step 1 uses the initial LR, max_lr / 4.
   first = [r for r in rows if r["step"] == 1 and "learning_rate" in r]

@@ -20,13 +20,12 @@ import jax
 import numpy as np
 import pytest
 
-from superconv import checkpoint
-from superconv import distributed
+from superconv import checkpoint, distributed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 240  # A hung collective fails the test instead of CI.
 
-_CONFIG = '''
+_CONFIG = """
 from superconv import config as config_lib
 
 
@@ -48,12 +47,18 @@ def get_config():
   c.checkpoint_every_steps = 2  # Checkpoints 2 and 3.
   c.keep_checkpoints = 5
   return c
-'''
+"""
 
-_OWN_ENV = (distributed.ADDRESS_ENV, distributed.NUM_PROCESSES_ENV,
-            distributed.PROCESS_ID_ENV, distributed.SWITCH_ENV,
-            "TPU_WORKER_HOSTNAMES", "JAX_COORDINATOR_ADDRESS",
-            "JAX_COORDINATOR_BIND_ADDRESS", "SUPERCONV_DEBUG_SIGNAL_AT_STEP")
+_OWN_ENV = (
+  distributed.ADDRESS_ENV,
+  distributed.NUM_PROCESSES_ENV,
+  distributed.PROCESS_ID_ENV,
+  distributed.SWITCH_ENV,
+  "TPU_WORKER_HOSTNAMES",
+  "JAX_COORDINATOR_ADDRESS",
+  "JAX_COORDINATOR_BIND_ADDRESS",
+  "SUPERCONV_DEBUG_SIGNAL_AT_STEP",
+)
 
 
 # ---------------------------------------------------------------------------
@@ -63,35 +68,69 @@ _OWN_ENV = (distributed.ADDRESS_ENV, distributed.NUM_PROCESSES_ENV,
 _ADDR = {distributed.ADDRESS_ENV: "node0:1234"}
 
 
-@pytest.mark.parametrize("env, expected", [
+@pytest.mark.parametrize(
+  "env, expected",
+  [
     ({}, None),
     ({distributed.NUM_PROCESSES_ENV: "1"}, None),
-    ({**_ADDR, distributed.NUM_PROCESSES_ENV: "2",
-      distributed.PROCESS_ID_ENV: "1"},
-     {"coordinator_address": "node0:1234", "num_processes": 2,
-      "process_id": 1}),
-    ({**_ADDR, distributed.NUM_PROCESSES_ENV: "2",
-      distributed.PROCESS_ID_ENV: "1", distributed.SWITCH_ENV: "0"}, None),
+    (
+      {
+        **_ADDR,
+        distributed.NUM_PROCESSES_ENV: "2",
+        distributed.PROCESS_ID_ENV: "1",
+      },
+      {
+        "coordinator_address": "node0:1234",
+        "num_processes": 2,
+        "process_id": 1,
+      },
+    ),
+    (
+      {
+        **_ADDR,
+        distributed.NUM_PROCESSES_ENV: "2",
+        distributed.PROCESS_ID_ENV: "1",
+        distributed.SWITCH_ENV: "0",
+      },
+      None,
+    ),
     ({"TPU_WORKER_HOSTNAMES": "w0"}, None),  # A single-host slice.
     ({"TPU_WORKER_HOSTNAMES": "w0,w1"}, {}),  # A pod slice: auto-detect.
     ({"TPU_WORKER_HOSTNAMES": "w0,w1", distributed.SWITCH_ENV: "0"}, None),
     ({distributed.SWITCH_ENV: "1"}, {}),
-])
+  ],
+)
 def test_settings_follow_the_environment(env, expected):
   assert distributed.settings(env) == expected
 
 
-@pytest.mark.parametrize("env, names", [
-    ({distributed.NUM_PROCESSES_ENV: "2", distributed.PROCESS_ID_ENV: "0"},
-     distributed.ADDRESS_ENV),
-    ({**_ADDR, distributed.NUM_PROCESSES_ENV: "2"},
-     distributed.PROCESS_ID_ENV),
-    ({**_ADDR, distributed.NUM_PROCESSES_ENV: "2",
-      distributed.PROCESS_ID_ENV: "2"}, distributed.PROCESS_ID_ENV),
-    ({**_ADDR, distributed.NUM_PROCESSES_ENV: "two",
-      distributed.PROCESS_ID_ENV: "0"}, distributed.NUM_PROCESSES_ENV),
+@pytest.mark.parametrize(
+  "env, names",
+  [
+    (
+      {distributed.NUM_PROCESSES_ENV: "2", distributed.PROCESS_ID_ENV: "0"},
+      distributed.ADDRESS_ENV,
+    ),
+    ({**_ADDR, distributed.NUM_PROCESSES_ENV: "2"}, distributed.PROCESS_ID_ENV),
+    (
+      {
+        **_ADDR,
+        distributed.NUM_PROCESSES_ENV: "2",
+        distributed.PROCESS_ID_ENV: "2",
+      },
+      distributed.PROCESS_ID_ENV,
+    ),
+    (
+      {
+        **_ADDR,
+        distributed.NUM_PROCESSES_ENV: "two",
+        distributed.PROCESS_ID_ENV: "0",
+      },
+      distributed.NUM_PROCESSES_ENV,
+    ),
     ({distributed.SWITCH_ENV: "yes"}, distributed.SWITCH_ENV),
-])
+  ],
+)
 def test_bad_settings_name_the_variable(env, names):
   with pytest.raises(ValueError, match=names):
     distributed.settings(env)
@@ -108,18 +147,31 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _start(logs, name, config_path, workdir, *, devices, env=None,
-           args=()):
+def _start(logs, name, config_path, workdir, *, devices, env=None, args=()):
   full_env = {k: v for k, v in os.environ.items() if k not in _OWN_ENV}
-  full_env.update(JAX_PLATFORMS="cpu",
-                  XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-                  **(env or {}))
+  full_env.update(
+    JAX_PLATFORMS="cpu",
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    **(env or {}),
+  )
   out, err = open(logs / f"{name}.out", "w"), open(logs / f"{name}.err", "w")
   with out, err:
     return subprocess.Popen(
-        [sys.executable, "-m", "superconv.main", "--config", str(config_path),
-         "--workdir", str(workdir), *args],
-        cwd=REPO, env=full_env, stdout=out, stderr=err)
+      [
+        sys.executable,
+        "-m",
+        "superconv.main",
+        "--config",
+        str(config_path),
+        "--workdir",
+        str(workdir),
+        *args,
+      ],
+      cwd=REPO,
+      env=full_env,
+      stdout=out,
+      stderr=err,
+    )
 
 
 def _wait_all(procs: dict, logs, expected: int = 0) -> None:
@@ -131,10 +183,15 @@ def _wait_all(procs: dict, logs, expected: int = 0) -> None:
       try:
         code = proc.wait(max(1.0, deadline - time.time()))
       except subprocess.TimeoutExpired:
-        pytest.fail(f"{name} still running after {TIMEOUT_S}s (hung"
-                    f" collective?):\n{(logs / f'{name}.err').read_text()[-3000:]}")
-      assert code == expected, (name, code,
-                                (logs / f"{name}.err").read_text()[-3000:])
+        pytest.fail(
+          f"{name} still running after {TIMEOUT_S}s (hung"
+          f" collective?):\n{(logs / f'{name}.err').read_text()[-3000:]}"
+        )
+      assert code == expected, (
+        name,
+        code,
+        (logs / f"{name}.err").read_text()[-3000:],
+      )
   finally:
     for proc in procs.values():
       if proc.poll() is None:
@@ -142,21 +199,29 @@ def _wait_all(procs: dict, logs, expected: int = 0) -> None:
         proc.wait()
 
 
-def _two_processes(logs, prefix, config_path, workdir, *, args=(),
-                   env1=None):
+def _two_processes(logs, prefix, config_path, workdir, *, args=(), env1=None):
   """Processes <prefix>0 and <prefix>1, 2 devices each, one job."""
   address = f"127.0.0.1:{_free_port()}"
   procs = {}
   for pid in range(2):
-    env = {distributed.ADDRESS_ENV: address,
-           distributed.NUM_PROCESSES_ENV: "2",
-           distributed.PROCESS_ID_ENV: str(pid),
-           # The coordinator listens on loopback only.
-           "JAX_COORDINATOR_BIND_ADDRESS": address}
+    env = {
+      distributed.ADDRESS_ENV: address,
+      distributed.NUM_PROCESSES_ENV: "2",
+      distributed.PROCESS_ID_ENV: str(pid),
+      # The coordinator listens on loopback only.
+      "JAX_COORDINATOR_BIND_ADDRESS": address,
+    }
     if pid == 1:
       env.update(env1 or {})
-    procs[f"{prefix}{pid}"] = _start(logs, f"{prefix}{pid}", config_path,
-                                     workdir, devices=2, env=env, args=args)
+    procs[f"{prefix}{pid}"] = _start(
+      logs,
+      f"{prefix}{pid}",
+      config_path,
+      workdir,
+      devices=2,
+      env=env,
+      args=args,
+    )
   return procs
 
 
@@ -216,8 +281,14 @@ def test_metrics_and_evaluation_match_and_are_written_once(runs):
   assert kinds == [(1, False), (2, False), (2, True), (3, False), (3, True)]
   assert [(r["step"], "eval_loss" in r) for r in rows1] == kinds
   for r1, r2 in zip(rows1, rows2):
-    for key in ("train_loss", "train_accuracy", "grad_norm", "eval_loss",
-                "eval_accuracy", "learning_rate"):
+    for key in (
+      "train_loss",
+      "train_accuracy",
+      "grad_norm",
+      "eval_loss",
+      "eval_accuracy",
+      "learning_rate",
+    ):
       if key in r1:
         assert r2[key] == pytest.approx(r1[key], rel=1e-5, abs=1e-7), key
     if "eval_examples" in r1:  # Every test image counted once, globally.
@@ -231,12 +302,18 @@ def test_files_are_written_once_by_process_0(runs):
   assert sorted(os.listdir(os.path.join(w2, "checkpoints"))) == ["2", "3"]
   assert checkpoint.scan(str(w2)) == ([2, 3], [])
   assert not os.path.exists(os.path.join(w2, checkpoint.INCOMPLETE_DIR))
-  final = [l for l in (logs / "p0.out").read_text().splitlines()
-           if l.startswith("final:")]
+  final = [
+    l
+    for l in (logs / "p0.out").read_text().splitlines()
+    if l.startswith("final:")
+  ]
   assert len(final) == 1
   assert "final:" not in (logs / "p1.out").read_text()
-  assert final == [l for l in (logs / "single.out").read_text().splitlines()
-                   if l.startswith("final:")]
+  assert final == [
+    l
+    for l in (logs / "single.out").read_text().splitlines()
+    if l.startswith("final:")
+  ]
 
 
 # ---------------------------------------------------------------------------
@@ -244,9 +321,12 @@ def test_files_are_written_once_by_process_0(runs):
 # ---------------------------------------------------------------------------
 
 # 6 steps; the processes sync (and so agree on stopping) every 2 steps.
-_SIX_STEPS = ("--config.num_steps=6", "--config.log_every_steps=2",
-              "--config.checkpoint_every_steps=100",
-              "--config.eval_every_epochs=100")
+_SIX_STEPS = (
+  "--config.num_steps=6",
+  "--config.log_every_steps=2",
+  "--config.checkpoint_every_steps=100",
+  "--config.eval_every_epochs=100",
+)
 
 
 @pytest.fixture(scope="module")
@@ -261,15 +341,26 @@ def stopped(tmp_path_factory):
   """
   root, logs, config_path = _root(tmp_path_factory, "multihost_stop")
   reference, workdir = root / "REF", root / "STOP"
-  uninterrupted = _two_processes(logs, "u", config_path, reference,
-                                 args=_SIX_STEPS)
-  _wait_all(_two_processes(logs, "s", config_path, workdir, args=_SIX_STEPS,
-                           env1={"SUPERCONV_DEBUG_SIGNAL_AT_STEP": "3"}),
-            logs, expected=128 + 15)  # Both: stopped by SIGTERM.
+  uninterrupted = _two_processes(
+    logs, "u", config_path, reference, args=_SIX_STEPS
+  )
+  _wait_all(
+    _two_processes(
+      logs,
+      "s",
+      config_path,
+      workdir,
+      args=_SIX_STEPS,
+      env1={"SUPERCONV_DEBUG_SIGNAL_AT_STEP": "3"},
+    ),
+    logs,
+    expected=128 + 15,
+  )  # Both: stopped by SIGTERM.
   _wait_all(uninterrupted, logs)
   after_stop = (checkpoint.scan(str(workdir)), _rows(workdir))
-  _wait_all(_two_processes(logs, "r", config_path, workdir, args=_SIX_STEPS),
-            logs)
+  _wait_all(
+    _two_processes(logs, "r", config_path, workdir, args=_SIX_STEPS), logs
+  )
   return reference, workdir, after_stop, logs
 
 
@@ -280,8 +371,10 @@ def test_a_signal_to_one_process_stops_all_at_the_same_step(stopped):
   assert scanned == ([4], [])
   assert [r["step"] for r in rows] == [2, 4]
   assert "Received SIGTERM: saved checkpoint 4" in (logs / "s1.err").read_text()
-  assert ("Another process received SIGTERM: saved checkpoint 4"
-          in (logs / "s0.err").read_text())
+  assert (
+    "Another process received SIGTERM: saved checkpoint 4"
+    in (logs / "s0.err").read_text()
+  )
 
 
 def test_the_stopped_processes_resume_to_the_uninterrupted_result(stopped):
@@ -294,8 +387,9 @@ def test_the_stopped_processes_resume_to_the_uninterrupted_result(stopped):
   leaves2 = jax.tree.leaves(v2)
   assert len(leaves1) == len(leaves2) > 0
   for (path, a), b in zip(leaves1, leaves2):  # Bit-exact.
-    assert np.array_equal(np.asarray(a), np.asarray(b)), \
-        jax.tree_util.keystr(path)
+    assert np.array_equal(np.asarray(a), np.asarray(b)), jax.tree_util.keystr(
+      path
+    )
   steps = [(r["step"], "eval_loss" in r) for r in _rows(workdir)]
   assert steps == [(2, False), (4, False), (6, False), (6, True)]
   assert steps == [(r["step"], "eval_loss" in r) for r in _rows(reference)]

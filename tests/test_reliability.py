@@ -33,16 +33,15 @@ import jax
 import numpy as np
 import pytest
 
-from superconv import checkpoint
+from superconv import checkpoint, train
 from superconv import evaluate as evaluate_lib
-from superconv import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Every field that matters is set here, so edits to configs/ cannot break
 # these tests. A one-cycle schedule: a wrong step count after a resume
 # would change the learning rate and so the parameters.
-_CONFIG = '''
+_CONFIG = """
 from superconv import config as config_lib
 
 
@@ -66,7 +65,7 @@ def get_config():
   c.checkpoint_every_steps = 2
   c.keep_checkpoints = 3
   return c
-'''
+"""
 
 
 @dataclasses.dataclass
@@ -77,29 +76,45 @@ class Result:
 
   @property
   def errors(self) -> list[str]:
-    return [l for l in self.stderr.splitlines()
-            if l.startswith("superconv: error:")]
+    return [
+      l for l in self.stderr.splitlines() if l.startswith("superconv: error:")
+    ]
 
 
 class _Proc:
   """A superconv subprocess with its output in files (no pipe deadlock)."""
 
-  def __init__(self, logs, name, args, *, cache, devices=8, env=None,
-               module="superconv.main"):
+  def __init__(
+    self,
+    logs,
+    name,
+    args,
+    *,
+    cache,
+    devices=8,
+    env=None,
+    module="superconv.main",
+  ):
     self.out, self.err = logs / f"{name}.out", logs / f"{name}.err"
-    full_env = {k: v for k, v in os.environ.items()
-                if k != train.DEBUG_SIGNAL_ENV}
+    full_env = {
+      k: v for k, v in os.environ.items() if k != train.DEBUG_SIGNAL_ENV
+    }
     full_env.update(
-        JAX_PLATFORMS="cpu",
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-        JAX_COMPILATION_CACHE_DIR=str(cache),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-        **(env or {}))
+      JAX_PLATFORMS="cpu",
+      XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+      JAX_COMPILATION_CACHE_DIR=str(cache),
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+      **(env or {}),
+    )
     with open(self.out, "w") as out, open(self.err, "w") as err:
       self.popen = subprocess.Popen(
-          [sys.executable, "-m", module, *args], cwd=REPO, env=full_env,
-          stdout=out, stderr=err)
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        env=full_env,
+        stdout=out,
+        stderr=err,
+      )
 
   def wait(self, timeout=400) -> Result:
     try:
@@ -140,8 +155,13 @@ def runs(tmp_path_factory):
   base = ["--config", str(config_path)]
 
   def start(name, workdir, *extra, **kwargs):
-    return _Proc(logs, name, base + ["--workdir", str(workdir), *extra],
-                 cache=cache, **kwargs)
+    return _Proc(
+      logs,
+      name,
+      base + ["--workdir", str(workdir), *extra],
+      cache=cache,
+      **kwargs,
+    )
 
   results, info = {}, {}
   # --- Phase 1: the two train programs (plain; NaN injected at step 3) ---
@@ -159,10 +179,20 @@ def runs(tmp_path_factory):
   # --- Phase 2: kill -9 after a checkpoint; SIGTERM after step 3; skip ----
   k = start("K", wd["K"])
   t = start("T", wd["T"], env={train.DEBUG_SIGNAL_ENV: "3"})
-  nk = start("NK", wd["NK"], "--config.debug_nan_at_step=3",
-             "--config.nonfinite_policy=skip")
-  e = _Proc(logs, "E", ["--workdir", str(wd["R"]), "--json"], cache=cache,
-            devices=1, module="superconv.evaluate")
+  nk = start(
+    "NK",
+    wd["NK"],
+    "--config.debug_nan_at_step=3",
+    "--config.nonfinite_policy=skip",
+  )
+  e = _Proc(
+    logs,
+    "E",
+    ["--workdir", str(wd["R"]), "--json"],
+    cache=cache,
+    devices=1,
+    module="superconv.evaluate",
+  )
   deadline = time.time() + 400
   while not _complete_steps(wd["K"]) and k.popen.poll() is None:
     assert time.time() < deadline, "K never wrote a checkpoint"
@@ -186,9 +216,9 @@ def runs(tmp_path_factory):
   ckpts = wd["K"] / "checkpoints"
   latest = ckpts / str(info["K_latest"])
   planted = {
-      "97.orbax-checkpoint-tmp-1700000000": "temporary directory",
-      "98": "missing commit_success.txt",
-      "99": "unreadable",
+    "97.orbax-checkpoint-tmp-1700000000": "temporary directory",
+    "98": "missing commit_success.txt",
+    "99": "unreadable",
   }
   (ckpts / "97.orbax-checkpoint-tmp-1700000000").mkdir()
   shutil.copytree(latest, ckpts / "98")
@@ -197,9 +227,16 @@ def runs(tmp_path_factory):
   shutil.rmtree(ckpts / "99" / "state")
   (ckpts / "99" / "state").mkdir()  # Present, but holds nothing.
   info["planted"] = planted
-  procs = {"K2": start("K2", wd["K"]),
-           "T2": start("T2", wd["T"], "--config.log_every_steps=1",
-                       "--config.num_steps=0", "--config.num_epochs=2.0")}
+  procs = {
+    "K2": start("K2", wd["K"]),
+    "T2": start(
+      "T2",
+      wd["T"],
+      "--config.log_every_steps=1",
+      "--config.num_steps=0",
+      "--config.num_epochs=2.0",
+    ),
+  }
   for name, proc in procs.items():
     results[name] = proc.wait()
   return {"results": results, "workdirs": wd, "info": info}
@@ -247,7 +284,8 @@ def _all_finite(workdir) -> bool:
 def test_resume_after_kill_9_is_bit_exact(runs):
   r, wd = runs["results"], runs["workdirs"]
   assert r["K"].returncode == -signal.SIGKILL, (
-      "K finished before it was killed:\n" + r["K"].stderr[-2000:])
+    "K finished before it was killed:\n" + r["K"].stderr[-2000:]
+  )
   assert r["K2"].returncode == 0, r["K2"].stderr[-3000:]
   latest = runs["info"]["K_latest"]
   assert latest < 8
@@ -268,8 +306,10 @@ def test_split_training_across_an_epoch_boundary_is_bit_exact(runs):
   evals_t = [row for row in _rows(wd["T"]) if "eval_loss" in row]
   assert [e["step"] for e in evals_t] == [4, 8]
   for a, b in zip(evals_r, evals_t):
-    assert (a["eval_loss"], a["eval_accuracy"]) == (b["eval_loss"],
-                                                    b["eval_accuracy"])
+    assert (a["eval_loss"], a["eval_accuracy"]) == (
+      b["eval_loss"],
+      b["eval_accuracy"],
+    )
 
 
 def test_sigterm_saves_exactly_one_extra_checkpoint_and_exits_143(runs):
@@ -301,12 +341,16 @@ def test_incomplete_checkpoints_are_never_restored(runs):
   err = r["K2"].stderr
   latest = info["K_latest"]
   for name, reason in info["planted"].items():
-    line = [l for l in err.splitlines()
-            if f"Incomplete checkpoint {wd['K']}/checkpoints/{name} (" in l]
+    line = [
+      l
+      for l in err.splitlines()
+      if f"Incomplete checkpoint {wd['K']}/checkpoints/{name} (" in l
+    ]
     assert line, (name, err[-3000:])
     assert reason in line[0]
-    assert (f"never restored; using step {latest}, the latest complete"
-            in line[0])
+    assert (
+      f"never restored; using step {latest}, the latest complete" in line[0]
+    )
     assert (wd["K"] / "checkpoints_incomplete" / name).is_dir()
   # The resumed run only ever saw complete checkpoints (bit-exact above).
   assert _listing(wd["K"]) == ["4", "6", "8"]
@@ -320,10 +364,13 @@ def test_retention_keeps_the_last_k_checkpoints(runs):
   # Any kept step loads; a deleted one is named in a one-line error.
   _, at_6, _ = checkpoint.load(str(wd["R"]), step=6)
   _, at_8, _ = checkpoint.load(str(wd["R"]))
-  assert not np.array_equal(at_6["params"]["head"]["kernel"],
-                            at_8["params"]["head"]["kernel"])
-  with pytest.raises(checkpoint.CheckpointError,
-                     match="--step: no complete checkpoint 2 .* 4, 6, 8"):
+  assert not np.array_equal(
+    at_6["params"]["head"]["kernel"], at_8["params"]["head"]["kernel"]
+  )
+  with pytest.raises(
+    checkpoint.CheckpointError,
+    match="--step: no complete checkpoint 2 .* 4, 6, 8",
+  ):
     checkpoint.load(str(wd["R"]), step=2)
 
 
@@ -348,18 +395,28 @@ def test_trajectory_changes_are_refused_and_safe_changes_accepted(runs):
 
 
 def test_config_changes_uses_an_allow_list():
-  base = {"seed": 0, "log_every_steps": 5, "num_steps": 8, "num_epochs": 0.0,
-          "schedule": {"max_lr": 0.1}}
+  base = {
+    "seed": 0,
+    "log_every_steps": 5,
+    "num_steps": 8,
+    "num_epochs": 0.0,
+    "schedule": {"max_lr": 0.1},
+  }
   same = dict(base, log_every_steps=1, num_steps=0, num_epochs=2.0)
-  assert checkpoint.config_changes(base, same, saved_total_steps=8,
-                                   current_total_steps=8) == []
+  assert (
+    checkpoint.config_changes(
+      base, same, saved_total_steps=8, current_total_steps=8
+    )
+    == []
+  )
   changed = dict(base, schedule={"max_lr": 0.2}, new_field=1)
-  assert checkpoint.config_changes(base, changed, saved_total_steps=8,
-                                   current_total_steps=16) == [
-                                       "new_field ('<absent>' -> 1)",
-                                       "schedule.max_lr (0.1 -> 0.2)",
-                                       "num_steps/num_epochs (total steps 8"
-                                       " -> 16)"]
+  assert checkpoint.config_changes(
+    base, changed, saved_total_steps=8, current_total_steps=16
+  ) == [
+    "new_field ('<absent>' -> 1)",
+    "schedule.max_lr (0.1 -> 0.2)",
+    "num_steps/num_epochs (total steps 8 -> 16)",
+  ]
 
 
 # --- Non-finite loss ---------------------------------------------------------
@@ -386,17 +443,21 @@ def test_nan_with_policy_skip_counts_the_step_and_finishes(runs):
   assert r["NK"].returncode == 0, r["NK"].stderr[-3000:]
   rows = [row for row in _rows(wd["NK"]) if "train_loss" in row]
   assert {row["step"]: row["nonfinite_steps"] for row in rows} == {
-      2: 0, 4: 1, 6: 0, 8: 0}
+    2: 0,
+    4: 1,
+    6: 0,
+    8: 0,
+  }
   # The skipped step still moved the schedule on: same rates as R.
-  lr_r = [row["learning_rate"] for row in _rows(wd["R"])
-          if "train_loss" in row]
+  lr_r = [row["learning_rate"] for row in _rows(wd["R"]) if "train_loss" in row]
   assert [row["learning_rate"] for row in rows] == lr_r
   assert _all_finite(wd["NK"])
   _, state = _full_state(wd["NK"])
   _, ref = _full_state(wd["R"])
   assert int(state["step"]) == 8
-  assert not np.array_equal(state["params"]["head"]["kernel"],
-                            ref["params"]["head"]["kernel"])
+  assert not np.array_equal(
+    state["params"]["head"]["kernel"], ref["params"]["head"]["kernel"]
+  )
 
 
 def test_save_refuses_a_nonfinite_state(tmp_path):
@@ -426,8 +487,12 @@ def test_eight_device_checkpoint_evaluates_identically_on_one_device(runs):
 
 
 def test_eval_batch_is_rounded_to_the_device_count():
-  assert [evaluate_lib.round_to_devices(b, 8) for b in (1, 8, 1000, 1001)] \
-      == [8, 8, 1000, 1008]
+  assert [evaluate_lib.round_to_devices(b, 8) for b in (1, 8, 1000, 1001)] == [
+    8,
+    8,
+    1000,
+    1008,
+  ]
   assert evaluate_lib.round_to_devices(16, 3) == 18
 
 
@@ -440,8 +505,13 @@ def _immutable_dir(path):
   if os.geteuid() != 0:
     path.chmod(0o555)
     return path
-  if shutil.which("chattr") and subprocess.run(
-      ["chattr", "+i", str(path)], capture_output=True).returncode == 0:
+  if (
+    shutil.which("chattr")
+    and subprocess.run(
+      ["chattr", "+i", str(path)], capture_output=True
+    ).returncode
+    == 0
+  ):
     return path
   return None
 
@@ -452,13 +522,26 @@ def _release(path):
   path.chmod(0o755)
 
 
-@pytest.mark.parametrize("case", [
-    "missing_config", "missing_workdir_flag", "workdir_is_a_file",
-    "unwritable_workdir", "uncreatable_workdir", "offline_dataset"])
+@pytest.mark.parametrize(
+  "case",
+  [
+    "missing_config",
+    "missing_workdir_flag",
+    "workdir_is_a_file",
+    "unwritable_workdir",
+    "uncreatable_workdir",
+    "offline_dataset",
+  ],
+)
 def test_bad_input_fails_in_one_line_and_writes_nothing(case, tmp_path):
   workdir = tmp_path / "run"
-  args = ["--config", os.path.join(REPO, "configs", "quick.py"),
-          "--workdir", str(workdir), "--config.dataset=synthetic"]
+  args = [
+    "--config",
+    os.path.join(REPO, "configs", "quick.py"),
+    "--workdir",
+    str(workdir),
+    "--config.dataset=synthetic",
+  ]
   expected, created = "", None
   if case == "missing_config":
     args[1] = str(tmp_path / "no_such_config.py")
@@ -481,16 +564,27 @@ def test_bad_input_fails_in_one_line_and_writes_nothing(case, tmp_path):
   elif case == "offline_dataset":
     empty = tmp_path / "tfds"
     empty.mkdir()
-    args += ["--config.dataset=tfds:cifar10", "--config.tfds_download=False",
-             f"--config.data_dir={empty}"]
+    args += [
+      "--config.dataset=tfds:cifar10",
+      "--config.tfds_download=False",
+      f"--config.data_dir={empty}",
+    ]
     expected = "dataset: tfds:cifar10 is not prepared"
   before = _tree(tmp_path)
   try:
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    result = subprocess.run([sys.executable, "-m", "superconv.main", *args],
-                            cwd=REPO, env=env, capture_output=True,
-                            text=True, timeout=120)
+    env = dict(
+      os.environ,
+      JAX_PLATFORMS="cpu",
+      XLA_FLAGS="--xla_force_host_platform_device_count=8",
+    )
+    result = subprocess.run(
+      [sys.executable, "-m", "superconv.main", *args],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=120,
+    )
     after = _tree(tmp_path)
   finally:
     if created is not None:

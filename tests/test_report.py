@@ -14,8 +14,7 @@ import os
 
 import pytest
 
-from superconv import report
-from superconv import stats
+from superconv import report, stats
 
 T975_2 = 4.302653  # t_{0.975, 2}
 T975_4 = 2.776445  # t_{0.975, 4}
@@ -26,39 +25,57 @@ T975_4 = 2.776445  # t_{0.975, 4}
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("q, df, expected", [
-    (0.975, 1, 12.706205), (0.975, 2, 4.302653), (0.975, 3, 3.182446),
-    (0.975, 4, 2.776445), (0.975, 10, 2.228139), (0.975, 30, 2.042272),
-    (0.95, 5, 2.015048), (0.995, 1, 63.656741), (0.995, 8, 3.355387),
-    (0.9, 20, 1.325341), (0.025, 4, -2.776445), (0.5, 7, 0.0),
-])
+@pytest.mark.parametrize(
+  "q, df, expected",
+  [
+    (0.975, 1, 12.706205),
+    (0.975, 2, 4.302653),
+    (0.975, 3, 3.182446),
+    (0.975, 4, 2.776445),
+    (0.975, 10, 2.228139),
+    (0.975, 30, 2.042272),
+    (0.95, 5, 2.015048),
+    (0.995, 1, 63.656741),
+    (0.995, 8, 3.355387),
+    (0.9, 20, 1.325341),
+    (0.025, 4, -2.776445),
+    (0.5, 7, 0.0),
+  ],
+)
 def test_t_quantiles_match_the_table(q, df, expected):
   assert stats.t_ppf(q, df) == pytest.approx(expected, abs=2e-6)
 
 
 @pytest.mark.parametrize("t", [-30.0, -2.0, -0.3, 0.0, 0.1, 1.0, 3.0, 250.0])
 def test_t_cdf_matches_closed_forms_for_one_and_two_df(t):
-  assert stats.t_cdf(t, 1) == pytest.approx(0.5 + math.atan(t) / math.pi,
-                                            abs=1e-13)
+  assert stats.t_cdf(t, 1) == pytest.approx(
+    0.5 + math.atan(t) / math.pi, abs=1e-13
+  )
   assert stats.t_cdf(t, 2) == pytest.approx(
-      0.5 + t / (2 * math.sqrt(2 + t * t)), abs=1e-13)
+    0.5 + t / (2 * math.sqrt(2 + t * t)), abs=1e-13
+  )
 
 
 def test_betainc_symmetry_and_a_known_value():
   # I_x(a, 1) = x^a and I_x(a, b) = 1 - I_{1-x}(b, a).
-  assert stats.betainc(2.5, 1.0, 0.3) == pytest.approx(0.3 ** 2.5, rel=1e-12)
+  assert stats.betainc(2.5, 1.0, 0.3) == pytest.approx(0.3**2.5, rel=1e-12)
   assert stats.betainc(3.0, 7.5, 0.2) == pytest.approx(
-      1 - stats.betainc(7.5, 3.0, 0.8), abs=1e-14)
+    1 - stats.betainc(7.5, 3.0, 0.8), abs=1e-14
+  )
 
 
 def t_two_sided_p_by_integration(t: float, df: float) -> float:
   """1 - 2 * integral_0^|t| of the t density (Simpson, 20k intervals)."""
-  const = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / \
-      math.sqrt(df * math.pi)
+  const = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(
+    df * math.pi
+  )
   pdf = lambda x: const * (1 + x * x / df) ** (-(df + 1) / 2)
   n, h = 20000, abs(t) / 20000
-  total = pdf(0) + pdf(abs(t)) + sum(
-      (4 if i % 2 else 2) * pdf(i * h) for i in range(1, n))
+  total = (
+    pdf(0)
+    + pdf(abs(t))
+    + sum((4 if i % 2 else 2) * pdf(i * h) for i in range(1, n))
+  )
   return 1 - 2 * total * h / 3
 
 
@@ -71,23 +88,55 @@ def test_welch_closed_form_example():
   assert w.df == pytest.approx(2.0, rel=1e-12)
   assert w.p_value == pytest.approx(1 - math.sqrt(9 / 13), abs=1e-12)
   half = T975_2 * math.sqrt(2)
-  assert (w.ci_low, w.ci_high) == pytest.approx((-3 - half, -3 + half),
-                                                abs=1e-5)
+  assert (w.ci_low, w.ci_high) == pytest.approx(
+    (-3 - half, -3 + half), abs=1e-5
+  )
 
 
 def test_welch_wikipedia_example():
   # en.wikipedia.org/wiki/Welch%27s_t-test, example 1: t = -2.46,
   # df = 24.9 (Welch-Satterthwaite 24.99), p = 0.021.
-  a1 = [27.5, 21.0, 19.0, 23.6, 17.0, 17.9, 16.9, 20.1, 21.9, 22.6, 23.1,
-        19.6, 19.0, 21.7, 21.4]
-  a2 = [27.1, 22.0, 20.8, 23.4, 23.4, 23.5, 25.8, 22.0, 24.8, 20.2, 21.9,
-        22.1, 22.9, 20.5, 24.4]
+  a1 = [
+    27.5,
+    21.0,
+    19.0,
+    23.6,
+    17.0,
+    17.9,
+    16.9,
+    20.1,
+    21.9,
+    22.6,
+    23.1,
+    19.6,
+    19.0,
+    21.7,
+    21.4,
+  ]
+  a2 = [
+    27.1,
+    22.0,
+    20.8,
+    23.4,
+    23.4,
+    23.5,
+    25.8,
+    22.0,
+    24.8,
+    20.2,
+    21.9,
+    22.1,
+    22.9,
+    20.5,
+    24.4,
+  ]
   w = stats.welch(a1, a2)
   assert w.t == pytest.approx(-2.46, abs=0.005)
   assert w.df == pytest.approx(24.99, abs=0.01)
   assert w.p_value == pytest.approx(0.021, abs=0.0005)
-  assert w.p_value == pytest.approx(t_two_sided_p_by_integration(w.t, w.df),
-                                    abs=1e-9)
+  assert w.p_value == pytest.approx(
+    t_two_sided_p_by_integration(w.t, w.df), abs=1e-9
+  )
 
 
 def test_ratio_of_means_delta_interval():
@@ -102,7 +151,8 @@ def test_ratio_of_means_delta_interval():
   # Swapping the groups inverts the interval.
   inv = stats.ratio_of_means([4, 5, 6], [8, 10, 12])
   assert (inv.ci_low, inv.ci_high) == pytest.approx(
-      (1 / r.ci_high, 1 / r.ci_low), rel=1e-9)
+    (1 / r.ci_high, 1 / r.ci_low), rel=1e-9
+  )
   assert math.isnan(stats.ratio_of_means([1.0], [2.0, 3.0]).ci_low)
 
 
@@ -124,22 +174,51 @@ def write_run(path, config, evals, *, steps_per_epoch, batch_size, wall_of):
     json.dump(config, f)
   with open(os.path.join(path, "metrics.jsonl"), "w") as f:
     for step, accuracy in evals:
-      common = {"step": step, "epoch": step / steps_per_epoch,
-                "examples_seen": step * batch_size, "wall_time": wall_of(step)}
-      f.write(json.dumps({**common, "train_loss": 2.0 - accuracy,
-                          "train_accuracy": accuracy,
-                          "learning_rate": config["schedule"]["max_lr"],
-                          "momentum": 0.9, "batch_size": batch_size}) + "\n")
-      f.write(json.dumps({**common, "eval_loss": 1.0 - accuracy,
-                          "eval_accuracy": accuracy, "eval_examples": 100,
-                          "eval_seconds": 0.1}) + "\n")
+      common = {
+        "step": step,
+        "epoch": step / steps_per_epoch,
+        "examples_seen": step * batch_size,
+        "wall_time": wall_of(step),
+      }
+      f.write(
+        json.dumps(
+          {
+            **common,
+            "train_loss": 2.0 - accuracy,
+            "train_accuracy": accuracy,
+            "learning_rate": config["schedule"]["max_lr"],
+            "momentum": 0.9,
+            "batch_size": batch_size,
+          }
+        )
+        + "\n"
+      )
+      f.write(
+        json.dumps(
+          {
+            **common,
+            "eval_loss": 1.0 - accuracy,
+            "eval_accuracy": accuracy,
+            "eval_examples": 100,
+            "eval_seconds": 0.1,
+          }
+        )
+        + "\n"
+      )
 
 
 def config(seed, **kw):
-  c = {"seed": seed, "model": "resnet56", "dataset": "synthetic",
-       "batch_size": 128, "num_steps": 0, "num_epochs": 0.0,
-       "log_every_steps": 10, "data_dir": f"/somewhere/{seed}",
-       "schedule": {"name": "piecewise", "max_lr": 0.1}}
+  c = {
+    "seed": seed,
+    "model": "resnet56",
+    "dataset": "synthetic",
+    "batch_size": 128,
+    "num_steps": 0,
+    "num_epochs": 0.0,
+    "log_every_steps": 10,
+    "data_dir": f"/somewhere/{seed}",
+    "schedule": {"name": "piecewise", "max_lr": 0.1},
+  }
   for k, v in kw.items():
     if k in ("name", "max_lr"):
       c["schedule"][k] = v
@@ -149,48 +228,68 @@ def config(seed, **kw):
 
 
 # Baseline: batch 128, 600 steps, evaluation every 100 steps (1 epoch).
-BASE_ACC = {0: [.3, .5, .7, .90, .90, .90],  # 0.90 reached at 400
-            1: [.3, .5, .7, .8, .905, .91],  # at 500
-            2: [.3, .5, .7, .8, .85, .92]}   # at 600 (and 0.92 at 600)
+BASE_ACC = {
+  0: [0.3, 0.5, 0.7, 0.90, 0.90, 0.90],  # 0.90 reached at 400
+  1: [0.3, 0.5, 0.7, 0.8, 0.905, 0.91],  # at 500
+  2: [0.3, 0.5, 0.7, 0.8, 0.85, 0.92],
+}  # at 600 (and 0.92 at 600)
 # Fast: batch 256, 300 steps, evaluation every 50 steps (1 epoch).
-FAST_ACC = {0: [.3, .5, .7, .90, .91, .93],  # 0.90 at 200, 0.92 at 300
-            1: [.3, .5, .7, .8, .90, .94],   # at 250, 300
-            2: [.3, .5, .7, .8, .85, .95]}   # at 300, 300
+FAST_ACC = {
+  0: [0.3, 0.5, 0.7, 0.90, 0.91, 0.93],  # 0.90 at 200, 0.92 at 300
+  1: [0.3, 0.5, 0.7, 0.8, 0.90, 0.94],  # at 250, 300
+  2: [0.3, 0.5, 0.7, 0.8, 0.85, 0.95],
+}  # at 300, 300
 # Five seeds, 3 epochs of 100 steps (num_epochs, not num_steps).
-FIVE_FINAL = [.80, .81, .82, .83, .84]
+FIVE_FINAL = [0.80, 0.81, 0.82, 0.83, 0.84]
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp("runs")
   for seed, accs in BASE_ACC.items():
-    write_run(str(root / "base" / f"seed={seed}"),
-              config(seed, num_steps=600),
-              list(zip(range(100, 700, 100), accs)), steps_per_epoch=100,
-              batch_size=128, wall_of=lambda s, seed=seed: s / 10 + seed)
+    write_run(
+      str(root / "base" / f"seed={seed}"),
+      config(seed, num_steps=600),
+      list(zip(range(100, 700, 100), accs)),
+      steps_per_epoch=100,
+      batch_size=128,
+      wall_of=lambda s, seed=seed: s / 10 + seed,
+    )
   for seed, accs in FAST_ACC.items():
-    write_run(str(root / "fast" / f"seed={seed}"),
-              config(seed, num_steps=300, batch_size=256, name="one_cycle",
-                     max_lr=1.0),
-              list(zip(range(50, 350, 50), accs)), steps_per_epoch=50,
-              batch_size=256, wall_of=lambda s, seed=seed: s / 10 + seed)
+    write_run(
+      str(root / "fast" / f"seed={seed}"),
+      config(seed, num_steps=300, batch_size=256, name="one_cycle", max_lr=1.0),
+      list(zip(range(50, 350, 50), accs)),
+      steps_per_epoch=50,
+      batch_size=256,
+      wall_of=lambda s, seed=seed: s / 10 + seed,
+    )
   for seed, final in enumerate(FIVE_FINAL):
-    write_run(str(root / "five" / f"seed={seed}"),
-              config(seed, model="resnet20", num_epochs=3.0),
-              [(100, .5), (200, .7), (300, final)], steps_per_epoch=100,
-              batch_size=128, wall_of=lambda s: s / 10)
+    write_run(
+      str(root / "five" / f"seed={seed}"),
+      config(seed, model="resnet20", num_epochs=3.0),
+      [(100, 0.5), (200, 0.7), (300, final)],
+      steps_per_epoch=100,
+      batch_size=128,
+      wall_of=lambda s: s / 10,
+    )
   # Killed after 2 of 3 epochs: listed, not counted.
-  write_run(str(root / "five" / "seed=5"),
-            config(5, model="resnet20", num_epochs=3.0),
-            [(100, .5), (200, .99)], steps_per_epoch=100, batch_size=128,
-            wall_of=lambda s: s / 10)
+  write_run(
+    str(root / "five" / "seed=5"),
+    config(5, model="resnet20", num_epochs=3.0),
+    [(100, 0.5), (200, 0.99)],
+    steps_per_epoch=100,
+    batch_size=128,
+    wall_of=lambda s: s / 10,
+  )
   return root
 
 
 def build(runs, **kw):
   labels = {str(runs / n): n for n in ("base", "fast", "five")}
-  return report.build([str(runs)], targets=(0.90, 0.92), baseline="base",
-                      labels=labels, **kw)
+  return report.build(
+    [str(runs)], targets=(0.90, 0.92), baseline="base", labels=labels, **kw
+  )
 
 
 def by(rows, **match):
@@ -210,7 +309,10 @@ def test_runs_are_grouped_by_config_minus_seed(runs):
 def test_automatic_labels_use_the_keys_that_differ(runs):
   r = report.build([str(runs)], targets=(0.9,))
   assert [c.label for c in r.configs] == [
-      "resnet56 piecewise", "resnet56 one_cycle", "resnet20 piecewise"]
+    "resnet56 piecewise",
+    "resnet56 one_cycle",
+    "resnet20 piecewise",
+  ]
 
 
 def test_final_accuracy_mean_std_and_t_interval(runs):
@@ -223,12 +325,13 @@ def test_final_accuracy_mean_std_and_t_interval(runs):
   assert base["ci95_low"] == pytest.approx(0.91 - half, abs=1e-7)
   assert base["ci95_high"] == pytest.approx(0.91 + half, abs=1e-7)
   five = by(rows, configuration="five")
-  std = math.sqrt((0.02 ** 2 * 2 + 0.01 ** 2 * 2) / 4)
+  std = math.sqrt((0.02**2 * 2 + 0.01**2 * 2) / 4)
   assert (five["seeds"], five["incomplete_runs"]) == (5, 1)
   assert five["final_accuracy_mean"] == pytest.approx(0.82, abs=1e-12)
   assert five["final_accuracy_std"] == pytest.approx(std, abs=1e-12)
   assert five["ci95_high"] - five["final_accuracy_mean"] == pytest.approx(
-      T975_4 * std / math.sqrt(5), abs=1e-7)
+    T975_4 * std / math.sqrt(5), abs=1e-7
+  )
   assert five["final_accuracy_max"] == 0.84  # The killed run's 0.99 is out.
   fast = by(rows, configuration="fast")
   assert fast["peak_accuracy_mean"] == pytest.approx(0.94, abs=1e-12)
@@ -262,18 +365,21 @@ def test_speedup_and_welch_against_the_baseline(runs):
   se = math.sqrt(2 * 0.04 / 3)
   assert fast["speedup_steps"] == pytest.approx(2.0)
   assert fast["speedup_steps_ci95_low"] == pytest.approx(
-      2 * math.exp(-T975_4 * se), rel=1e-6)
+    2 * math.exp(-T975_4 * se), rel=1e-6
+  )
   assert fast["speedup_steps_ci95_high"] == pytest.approx(
-      2 * math.exp(T975_4 * se), rel=1e-6)
+    2 * math.exp(T975_4 * se), rel=1e-6
+  )
   # Examples: batch 256 vs 128 cancels the step advantage.
   assert fast["speedup_examples"] == pytest.approx(1.0)
   # Wall: base 40, 51, 62 (mean 51, s 11); fast 20, 26, 32 (mean 26, s 6).
   assert fast["speedup_wall_seconds"] == pytest.approx(51 / 26)
-  parts = [11 ** 2 / (3 * 51 ** 2), 6 ** 2 / (3 * 26 ** 2)]
+  parts = [11**2 / (3 * 51**2), 6**2 / (3 * 26**2)]
   df = sum(parts) ** 2 / sum(p * p / 2 for p in parts)
   half = stats.t_ppf(0.975, df) * math.sqrt(sum(parts))
   assert fast["speedup_wall_seconds_ci95_low"] == pytest.approx(
-      51 / 26 * math.exp(-half), rel=1e-9)
+    51 / 26 * math.exp(-half), rel=1e-9
+  )
   # 0.92: only 1 of 3 baseline seeds got there -> no ratio.
   fast92 = by(r.tables["speedup"], configuration="fast", target=0.92)
   assert (fast92["seeds_reached"], fast92["baseline_seeds_reached"]) == (3, 1)
@@ -284,8 +390,9 @@ def test_speedup_and_welch_against_the_baseline(runs):
   assert w["accuracy_diff"] == pytest.approx(0.03, abs=1e-12)
   assert w["welch_t"] == pytest.approx(t, rel=1e-9)
   assert w["welch_df"] == pytest.approx(4.0, rel=1e-9)
-  assert w["p_value"] == pytest.approx(t_two_sided_p_by_integration(t, 4),
-                                       abs=1e-9)
+  assert w["p_value"] == pytest.approx(
+    t_two_sided_p_by_integration(t, 4), abs=1e-9
+  )
   assert 0.02 < w["p_value"] < 0.022  # t = 3.674 on 4 df.
   five = by(r.tables["comparison"], configuration="five")
   assert five["accuracy_diff"] == pytest.approx(-0.09, abs=1e-12)
@@ -308,12 +415,14 @@ def test_written_report_csv_and_plots(runs, tmp_path):
   base = by(accuracy, configuration="base")
   assert float(base["final_accuracy_mean"]) == pytest.approx(0.91)
   assert float(base["ci95_high"]) == pytest.approx(
-      0.91 + T975_2 * 0.01 / math.sqrt(3), abs=1e-8)
+    0.91 + T975_2 * 0.01 / math.sqrt(3), abs=1e-8
+  )
   targets = read_csv(os.path.join(out, "targets.csv"))
   assert by(targets, configuration="fast", target="0.9")["steps_mean"] == "250"
   speedup = read_csv(os.path.join(out, "speedup.csv"))
-  assert float(by(speedup, configuration="fast",
-                  target="0.9")["speedup_steps"]) == pytest.approx(2.0)
+  assert float(
+    by(speedup, configuration="fast", target="0.9")["speedup_steps"]
+  ) == pytest.approx(2.0)
   runs_csv = read_csv(os.path.join(out, "runs.csv"))
   assert len(runs_csv) == 12
   assert [x["complete"] for x in runs_csv].count("false") == 1
@@ -321,11 +430,14 @@ def test_written_report_csv_and_plots(runs, tmp_path):
     md = f.read()
   assert "| base | 3 | 91.00 ± 1.00 | [88.52, 93.48] |" in md
   assert "| five | 5 | 82.00 ± 1.58 | [80.04, 83.96] |" in md
-  assert "| base | 90.00% | 3/3 | 500 ± 100 (400–600) | 5.0 ± 1.0 (4.0–6.0)" \
-      in md
+  assert (
+    "| base | 90.00% | 3/3 | 500 ± 100 (400–600) | 5.0 ± 1.0 (4.0–6.0)" in md
+  )
   se = math.sqrt(2 * 0.04 / 3)
-  assert (f"| fast | 90.00% | 3/3 vs 3/3 | 2.00× [{2 * math.exp(-T975_4 * se):.2f},"
-          f" {2 * math.exp(T975_4 * se):.2f}] | 1.00× ") in md
+  assert (
+    f"| fast | 90.00% | 3/3 vs 3/3 | 2.00× [{2 * math.exp(-T975_4 * se):.2f},"
+    f" {2 * math.exp(T975_4 * se):.2f}] | 1.00× "
+  ) in md
   assert "| fast | 3.00 |" in md and "0.0213" in md
   assert all(f"]({name})" in md for name in report.PLOTS)
   # Deterministic: the same runs give byte-identical markdown and CSVs.
@@ -333,27 +445,43 @@ def test_written_report_csv_and_plots(runs, tmp_path):
   report.write(build(runs), again)
   for path in paths:
     if path.endswith((".md", ".csv")):
-      with open(path) as a, open(os.path.join(again,
-                                              os.path.basename(path))) as b:
+      with (
+        open(path) as a,
+        open(os.path.join(again, os.path.basename(path))) as b,
+      ):
         assert a.read() == b.read()
 
 
 def test_cli_errors_are_one_line(runs, tmp_path, capsys):
-  assert report.main([str(runs), "--out", str(tmp_path),
-                      "--baseline", "nope"]) == 2
+  assert (
+    report.main([str(runs), "--out", str(tmp_path), "--baseline", "nope"]) == 2
+  )
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and "--baseline 'nope'" in err
   assert report.main([str(tmp_path / "missing"), "--out", str(tmp_path)]) == 2
-  assert report.main([str(runs), "--out", str(tmp_path),
-                      "--targets", "92"]) == 2
+  assert (
+    report.main([str(runs), "--out", str(tmp_path), "--targets", "92"]) == 2
+  )
   assert "--targets" in capsys.readouterr().err
 
 
 def test_cli_writes_the_report(runs, tmp_path, capsys):
   out = tmp_path / "cli"
-  assert report.main([str(runs / "base"), str(runs / "fast"), "--out",
-                      str(out), "--targets", "0.9", "--baseline",
-                      "one_cycle"]) == 0
+  assert (
+    report.main(
+      [
+        str(runs / "base"),
+        str(runs / "fast"),
+        "--out",
+        str(out),
+        "--targets",
+        "0.9",
+        "--baseline",
+        "one_cycle",
+      ]
+    )
+    == 0
+  )
   assert "Baseline: **one_cycle**" in capsys.readouterr().out
   speedup = read_csv(str(out / "speedup.csv"))
   assert float(speedup[0]["speedup_steps"]) == pytest.approx(0.5)

@@ -52,24 +52,47 @@ def load_config(name: str):
 # ---------------------------------------------------------------------------
 
 
-def ref_one_cycle(total_steps, max_lr, pct_start=0.3, anneal_strategy="cos",
-                  div_factor=25.0, final_div_factor=1e4, three_phase=False,
-                  base_momentum=0.85, max_momentum=0.95):
+def ref_one_cycle(
+  total_steps,
+  max_lr,
+  pct_start=0.3,
+  anneal_strategy="cos",
+  div_factor=25.0,
+  final_div_factor=1e4,
+  three_phase=False,
+  base_momentum=0.85,
+  max_momentum=0.95,
+):
   initial_lr = max_lr / div_factor
   min_lr = initial_lr / final_div_factor
   if three_phase:
     phases = [
-        (float(pct_start * total_steps) - 1, initial_lr, max_lr,
-         max_momentum, base_momentum),
-        (float(2 * pct_start * total_steps) - 2, max_lr, initial_lr,
-         base_momentum, max_momentum),
-        (total_steps - 1, initial_lr, min_lr, max_momentum, max_momentum),
+      (
+        float(pct_start * total_steps) - 1,
+        initial_lr,
+        max_lr,
+        max_momentum,
+        base_momentum,
+      ),
+      (
+        float(2 * pct_start * total_steps) - 2,
+        max_lr,
+        initial_lr,
+        base_momentum,
+        max_momentum,
+      ),
+      (total_steps - 1, initial_lr, min_lr, max_momentum, max_momentum),
     ]
   else:
     phases = [
-        (float(pct_start * total_steps) - 1, initial_lr, max_lr,
-         max_momentum, base_momentum),
-        (total_steps - 1, max_lr, min_lr, base_momentum, max_momentum),
+      (
+        float(pct_start * total_steps) - 1,
+        initial_lr,
+        max_lr,
+        max_momentum,
+        base_momentum,
+      ),
+      (total_steps - 1, max_lr, min_lr, base_momentum, max_momentum),
     ]
 
   def anneal(start, end, pct):
@@ -94,85 +117,111 @@ def ref_one_cycle(total_steps, max_lr, pct_start=0.3, anneal_strategy="cos",
 # One-cycle: table of hand-computed points.
 # ---------------------------------------------------------------------------
 
-_C = lambda a, b, pct: b + (a - b) / 2 * (1 + math.cos(math.pi * pct))  # cos anneal
+_C = lambda a, b, pct: (
+  b + (a - b) / 2 * (1 + math.cos(math.pi * pct))
+)  # cos anneal
 _L = lambda a, b, pct: a + (b - a) * pct  # linear anneal
 
 # Two-phase cos, T=100, max_lr 1: initial 0.04, min 4e-6; phase ends 29, 99.
 OC_COS = dict(total_steps=100, max_lr=1.0)
 # Three-phase linear, T=1000, max 0.8, div 10, final_div 1000, pct 0.25:
 # initial 0.08, min 8e-5; phase ends 249, 498, 999.
-OC_LIN3 = dict(total_steps=1000, max_lr=0.8, pct_start=0.25,
-               anneal_strategy="linear", div_factor=10.0,
-               final_div_factor=1000.0, three_phase=True)
+OC_LIN3 = dict(
+  total_steps=1000,
+  max_lr=0.8,
+  pct_start=0.25,
+  anneal_strategy="linear",
+  div_factor=10.0,
+  final_div_factor=1000.0,
+  three_phase=True,
+)
 # Fractional phase end: T=1234, pct 0.3 -> end 0.3 * 1234 - 1 = 369.2.
 OC_FRAC = dict(total_steps=1234, max_lr=2.0, pct_start=0.3)
 # Three-phase cos, T=10, pct 0.4: ends 3, 6, 9.
 OC_COS3 = dict(total_steps=10, max_lr=1.0, pct_start=0.4, three_phase=True)
 # Two-phase linear, T=10, pct 0.5: ends 4, 9; initial 0.04, min 4e-6.
-OC_LIN = dict(total_steps=10, max_lr=1.0, pct_start=0.5,
-              anneal_strategy="linear")
+OC_LIN = dict(
+  total_steps=10, max_lr=1.0, pct_start=0.5, anneal_strategy="linear"
+)
 
 ONE_CYCLE_ROWS = [
-    # (kwargs, step, expected lr, expected momentum)
-    (OC_COS, 0, 0.04, 0.95),  # start: max_lr / div_factor, max_momentum
-    (OC_COS, 14, _C(0.04, 1.0, 14 / 29), _C(0.95, 0.85, 14 / 29)),
-    (OC_COS, 29, 1.0, 0.85),  # peak: end of phase 1
-    (OC_COS, 30, _C(1.0, 4e-6, 1 / 70), _C(0.85, 0.95, 1 / 70)),
-    (OC_COS, 64, (1.0 + 4e-6) / 2, 0.90),  # middle of phase 2
-    (OC_COS, 98, _C(1.0, 4e-6, 69 / 70), _C(0.85, 0.95, 69 / 70)),
-    (OC_COS, 99, 4e-6, 0.95),  # last: initial / final_div_factor
-    (OC_LIN3, 0, 0.08, 0.95),
-    (OC_LIN3, 124, 0.08 + 0.72 * 124 / 249, 0.95 - 0.1 * 124 / 249),
-    (OC_LIN3, 249, 0.8, 0.85),  # peak, phase 1 end
-    (OC_LIN3, 373, 0.8 - 0.72 * 124 / 249, 0.85 + 0.1 * 124 / 249),
-    (OC_LIN3, 498, 0.08, 0.95),  # phase 2 end: back to initial
-    (OC_LIN3, 750, 0.08 + (8e-5 - 0.08) * 252 / 501, 0.95),  # phase 3: m flat
-    (OC_LIN3, 999, 8e-5, 0.95),  # last
-    (OC_FRAC, 0, 0.08, 0.95),
-    (OC_FRAC, 369, _C(0.08, 2.0, 369 / 369.2), _C(0.95, 0.85, 369 / 369.2)),
-    (OC_FRAC, 370, _C(2.0, 8e-6, 0.8 / 863.8), _C(0.85, 0.95, 0.8 / 863.8)),
-    (OC_FRAC, 1233, 8e-6, 0.95),
-    (OC_COS3, 0, 0.04, 0.95),
-    (OC_COS3, 3, 1.0, 0.85),
-    (OC_COS3, 5, _C(1.0, 0.04, 2 / 3), _C(0.85, 0.95, 2 / 3)),
-    (OC_COS3, 6, 0.04, 0.95),
-    (OC_COS3, 7, _C(0.04, 4e-6, 1 / 3), 0.95),
-    (OC_COS3, 9, 4e-6, 0.95),
-    (OC_LIN, 0, 0.04, 0.95),
-    (OC_LIN, 2, 0.04 + 0.96 / 2, 0.90),
-    (OC_LIN, 4, 1.0, 0.85),
-    (OC_LIN, 7, 1.0 + (4e-6 - 1.0) * 3 / 5, 0.85 + 0.1 * 3 / 5),
-    (OC_LIN, 9, 4e-6, 0.95),
+  # (kwargs, step, expected lr, expected momentum)
+  (OC_COS, 0, 0.04, 0.95),  # start: max_lr / div_factor, max_momentum
+  (OC_COS, 14, _C(0.04, 1.0, 14 / 29), _C(0.95, 0.85, 14 / 29)),
+  (OC_COS, 29, 1.0, 0.85),  # peak: end of phase 1
+  (OC_COS, 30, _C(1.0, 4e-6, 1 / 70), _C(0.85, 0.95, 1 / 70)),
+  (OC_COS, 64, (1.0 + 4e-6) / 2, 0.90),  # middle of phase 2
+  (OC_COS, 98, _C(1.0, 4e-6, 69 / 70), _C(0.85, 0.95, 69 / 70)),
+  (OC_COS, 99, 4e-6, 0.95),  # last: initial / final_div_factor
+  (OC_LIN3, 0, 0.08, 0.95),
+  (OC_LIN3, 124, 0.08 + 0.72 * 124 / 249, 0.95 - 0.1 * 124 / 249),
+  (OC_LIN3, 249, 0.8, 0.85),  # peak, phase 1 end
+  (OC_LIN3, 373, 0.8 - 0.72 * 124 / 249, 0.85 + 0.1 * 124 / 249),
+  (OC_LIN3, 498, 0.08, 0.95),  # phase 2 end: back to initial
+  (OC_LIN3, 750, 0.08 + (8e-5 - 0.08) * 252 / 501, 0.95),  # phase 3: m flat
+  (OC_LIN3, 999, 8e-5, 0.95),  # last
+  (OC_FRAC, 0, 0.08, 0.95),
+  (OC_FRAC, 369, _C(0.08, 2.0, 369 / 369.2), _C(0.95, 0.85, 369 / 369.2)),
+  (OC_FRAC, 370, _C(2.0, 8e-6, 0.8 / 863.8), _C(0.85, 0.95, 0.8 / 863.8)),
+  (OC_FRAC, 1233, 8e-6, 0.95),
+  (OC_COS3, 0, 0.04, 0.95),
+  (OC_COS3, 3, 1.0, 0.85),
+  (OC_COS3, 5, _C(1.0, 0.04, 2 / 3), _C(0.85, 0.95, 2 / 3)),
+  (OC_COS3, 6, 0.04, 0.95),
+  (OC_COS3, 7, _C(0.04, 4e-6, 1 / 3), 0.95),
+  (OC_COS3, 9, 4e-6, 0.95),
+  (OC_LIN, 0, 0.04, 0.95),
+  (OC_LIN, 2, 0.04 + 0.96 / 2, 0.90),
+  (OC_LIN, 4, 1.0, 0.85),
+  (OC_LIN, 7, 1.0 + (4e-6 - 1.0) * 3 / 5, 0.85 + 0.1 * 3 / 5),
+  (OC_LIN, 9, 4e-6, 0.95),
 ]
 
 
 @pytest.mark.parametrize("kwargs,step,lr,momentum", ONE_CYCLE_ROWS)
 def test_one_cycle_table(kwargs, step, lr, momentum):
   kwargs = dict(kwargs)
-  lr_fn, m_fn = schedules.one_cycle(kwargs.pop("total_steps"),
-                                    kwargs.pop("max_lr"), **kwargs)
+  lr_fn, m_fn = schedules.one_cycle(
+    kwargs.pop("total_steps"), kwargs.pop("max_lr"), **kwargs
+  )
   np.testing.assert_allclose(values(lr_fn, [step])[0], lr, rtol=RTOL)
   np.testing.assert_allclose(values(m_fn, [step])[0], momentum, rtol=RTOL)
 
 
-@pytest.mark.parametrize("kwargs", [
+@pytest.mark.parametrize(
+  "kwargs",
+  [
     dict(total_steps=10_000, max_lr=3.0),
     dict(total_steps=12_345, max_lr=3.0, pct_start=0.25),
     dict(total_steps=12_345, max_lr=0.8, anneal_strategy="linear"),
-    dict(total_steps=9_215, max_lr=0.8, pct_start=41 / 95, div_factor=10.0,
-         final_div_factor=1000.0, three_phase=True,
-         anneal_strategy="linear"),
+    dict(
+      total_steps=9_215,
+      max_lr=0.8,
+      pct_start=41 / 95,
+      div_factor=10.0,
+      final_div_factor=1000.0,
+      three_phase=True,
+      anneal_strategy="linear",
+    ),
     dict(total_steps=10_001, max_lr=1.0, pct_start=0.123, three_phase=True),
-    dict(total_steps=64_000, max_lr=0.4, base_momentum=0.8,
-         max_momentum=0.9),
-], ids=["cos-10k", "cos-12345", "linear-12345", "lin3-smith", "cos3-10001",
-        "cos-64k"])
+    dict(total_steps=64_000, max_lr=0.4, base_momentum=0.8, max_momentum=0.9),
+  ],
+  ids=[
+    "cos-10k",
+    "cos-12345",
+    "linear-12345",
+    "lin3-smith",
+    "cos3-10001",
+    "cos-64k",
+  ],
+)
 def test_one_cycle_every_step_matches_pytorch_formula(kwargs):
   """Every step i in [0, total_steps): within 1e-5 of OneCycleLR's value."""
   ref_lr, ref_m = ref_one_cycle(**kwargs)
   kwargs = dict(kwargs)
-  lr_fn, m_fn = schedules.one_cycle(kwargs.pop("total_steps"),
-                                    kwargs.pop("max_lr"), **kwargs)
+  lr_fn, m_fn = schedules.one_cycle(
+    kwargs.pop("total_steps"), kwargs.pop("max_lr"), **kwargs
+  )
   steps = np.arange(len(ref_lr))
   np.testing.assert_allclose(values(lr_fn, steps), ref_lr, rtol=RTOL, atol=0)
   np.testing.assert_allclose(values(m_fn, steps), ref_m, rtol=RTOL, atol=0)
@@ -182,11 +231,13 @@ def test_one_cycle_without_momentum_and_past_the_end():
   lr_fn, m_fn = schedules.one_cycle(100, 1.0, cycle_momentum=False)
   assert m_fn is None
   # Past the last step the value is held at min_lr (PyTorch would raise).
-  np.testing.assert_allclose(values(lr_fn, [99, 100, 5000]), [4e-6] * 3,
-                             rtol=RTOL)
+  np.testing.assert_allclose(
+    values(lr_fn, [99, 100, 5000]), [4e-6] * 3, rtol=RTOL
+  )
   # Jittable on a scalar step, as inside inject_hyperparams.
-  np.testing.assert_allclose(float(jax.jit(lr_fn)(jnp.int32(29))), 1.0,
-                             rtol=RTOL)
+  np.testing.assert_allclose(
+    float(jax.jit(lr_fn)(jnp.int32(29))), 1.0, rtol=RTOL
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -196,26 +247,27 @@ def test_one_cycle_without_momentum_and_past_the_end():
 
 PAPER = dict(base_lr=0.1, max_lr=3.0, step_size=5000)
 TRI2 = dict(base_lr=0.0, max_lr=1.0, step_size=100, mode="triangular2")
-EXP = dict(base_lr=0.1, max_lr=1.1, step_size=100, mode="exp_range",
-           gamma=0.999)
+EXP = dict(
+  base_lr=0.1, max_lr=1.1, step_size=100, mode="exp_range", gamma=0.999
+)
 
 CYCLICAL_ROWS = [
-    # (kwargs, step, lr, h = max(0, 1 - x) * scale)
-    (PAPER, 0, 0.1, 0.0),
-    (PAPER, 2500, 1.55, 0.5),
-    (PAPER, 5000, 3.0, 1.0),  # the paper's peak
-    (PAPER, 7500, 1.55, 0.5),
-    (PAPER, 9999, 0.1 + 2.9 / 5000, 1 / 5000),  # last step of the 10k run
-    (PAPER, 10_000, 0.1, 0.0),  # a second cycle would start here
-    (TRI2, 100, 1.0, 1.0),  # cycle 1 top
-    (TRI2, 250, 0.25, 0.25),  # cycle 2: x = 0.5, scale 1/2
-    (TRI2, 300, 0.5, 0.5),  # cycle 2 top: halved
-    (TRI2, 500, 0.25, 0.25),  # cycle 3 top: quartered
-    (TRI2, 399, 0.5 / 100, 0.5 / 100),
-    (EXP, 0, 0.1, 0.0),
-    (EXP, 100, 0.1 + 0.999 ** 100, 0.999 ** 100),
-    (EXP, 150, 0.1 + 0.5 * 0.999 ** 150, 0.5 * 0.999 ** 150),
-    (EXP, 2100, 0.1 + 0.999 ** 2100, 0.999 ** 2100),
+  # (kwargs, step, lr, h = max(0, 1 - x) * scale)
+  (PAPER, 0, 0.1, 0.0),
+  (PAPER, 2500, 1.55, 0.5),
+  (PAPER, 5000, 3.0, 1.0),  # the paper's peak
+  (PAPER, 7500, 1.55, 0.5),
+  (PAPER, 9999, 0.1 + 2.9 / 5000, 1 / 5000),  # last step of the 10k run
+  (PAPER, 10_000, 0.1, 0.0),  # a second cycle would start here
+  (TRI2, 100, 1.0, 1.0),  # cycle 1 top
+  (TRI2, 250, 0.25, 0.25),  # cycle 2: x = 0.5, scale 1/2
+  (TRI2, 300, 0.5, 0.5),  # cycle 2 top: halved
+  (TRI2, 500, 0.25, 0.25),  # cycle 3 top: quartered
+  (TRI2, 399, 0.5 / 100, 0.5 / 100),
+  (EXP, 0, 0.1, 0.0),
+  (EXP, 100, 0.1 + 0.999**100, 0.999**100),
+  (EXP, 150, 0.1 + 0.5 * 0.999**150, 0.5 * 0.999**150),
+  (EXP, 2100, 0.1 + 0.999**2100, 0.999**2100),
 ]
 
 
@@ -226,8 +278,9 @@ def test_cyclical_table(kwargs, step, lr, height):
   # Momentum cycled inversely: 0.95 at the LR's bottom, 0.85 at its top.
   m_kwargs = {k: v for k, v in kwargs.items() if k not in ("base_lr", "max_lr")}
   m_fn = schedules.cyclical_momentum(0.85, 0.95, **m_kwargs)
-  np.testing.assert_allclose(values(m_fn, [step])[0], 0.95 - 0.1 * height,
-                             rtol=RTOL)
+  np.testing.assert_allclose(
+    values(m_fn, [step])[0], 0.95 - 0.1 * height, rtol=RTOL
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -260,94 +313,171 @@ def cosine_config(**schedule):
 _cos = lambda t, d: 0.5 * (1 + math.cos(math.pi * t / d))
 
 BASELINE_ROWS = [
-    # (name, config, total_steps, steps_per_epoch, step, lr, momentum)
-    # He et al.: 0.1, /10 at 32k and 48k of 64k steps.
-    ("he", he_config(), 64_000, 390, 0, 0.1, 0.9),
-    ("he", he_config(), 64_000, 390, 31_999, 0.1, 0.9),
-    ("he", he_config(), 64_000, 390, 32_000, 0.01, 0.9),
-    ("he", he_config(), 64_000, 390, 47_999, 0.01, 0.9),
-    ("he", he_config(), 64_000, 390, 48_000, 0.001, 0.9),
-    ("he", he_config(), 64_000, 390, 63_999, 0.001, 0.9),
-    # ...with a 500-step warm-up from 0.1 x 0.1 (boundaries stay absolute).
-    ("he+warmup", he_config(warmup=500), 64_000, 390, 0, 0.01, 0.9),
-    ("he+warmup", he_config(warmup=500), 64_000, 390, 250, 0.055, 0.9),
-    ("he+warmup", he_config(warmup=500), 64_000, 390, 500, 0.1, 0.9),
-    ("he+warmup", he_config(warmup=500), 64_000, 390, 31_999, 0.1, 0.9),
-    ("he+warmup", he_config(warmup=500), 64_000, 390, 32_000, 0.01, 0.9),
-    ("he+warmup", he_config(warmup=500), 64_000, 390, 48_000, 0.001, 0.9),
-    ("he+warmup", he_config(warmup=500), 64_000, 390, 63_999, 0.001, 0.9),
-    # Same in epochs (390 steps/epoch): warm-up 2 ep, boundaries 25, 37.5 ep.
-    ("epochs", he_config(unit="epochs", warmup=2.0, boundaries=(25.0, 37.5)),
-     19_500, 390, 780, 0.1, 0.9),
-    ("epochs", he_config(unit="epochs", warmup=2.0, boundaries=(25.0, 37.5)),
-     19_500, 390, 9_749, 0.1, 0.9),
-    ("epochs", he_config(unit="epochs", warmup=2.0, boundaries=(25.0, 37.5)),
-     19_500, 390, 9_750, 0.01, 0.9),
-    ("epochs", he_config(unit="epochs", warmup=2.0, boundaries=(25.0, 37.5)),
-     19_500, 390, 14_625, 0.001, 0.9),
-    # Fractions of the run: boundaries at 50% and 75% of 1000 steps.
-    ("fraction", he_config(unit="fraction", boundaries=(0.5, 0.75)),
-     1000, 10, 499, 0.1, 0.9),
-    ("fraction", he_config(unit="fraction", boundaries=(0.5, 0.75)),
-     1000, 10, 500, 0.01, 0.9),
-    ("fraction", he_config(unit="fraction", boundaries=(0.5, 0.75)),
-     1000, 10, 750, 0.001, 0.9),
-    # Cosine, warm-up 100 of 1000 steps from 0.1, peak 1, to 0 at step 1000.
-    ("cosine", cosine_config(), 1000, 10, 0, 0.1, 0.9),
-    ("cosine", cosine_config(), 1000, 10, 50, 0.55, 0.9),
-    ("cosine", cosine_config(), 1000, 10, 100, 1.0, 0.9),
-    ("cosine", cosine_config(), 1000, 10, 550, 0.5, 0.9),
-    ("cosine", cosine_config(), 1000, 10, 999, _cos(899, 900), 0.9),
-    ("cosine", cosine_config(final_lr_factor=0.1), 1000, 10, 999,
-     0.1 + 0.9 * _cos(899, 900), 0.9),
-    # Cosine with momentum cycled inversely (LR range [0, 1] -> m .95..0.85).
-    ("cosine+cm", cosine_config(cycle_momentum=True), 1000, 10, 0, 0.1, 0.94),
-    ("cosine+cm", cosine_config(cycle_momentum=True), 1000, 10, 100, 1.0,
-     0.85),
-    ("cosine+cm", cosine_config(cycle_momentum=True), 1000, 10, 550, 0.5,
-     0.90),
-    # Constant with warm-up.
-    ("constant", cosine_config(name="constant", warmup=10), 100, 10, 5, 0.55,
-     0.9),
-    ("constant", cosine_config(name="constant", warmup=10), 100, 10, 99, 1.0,
-     0.9),
+  # (name, config, total_steps, steps_per_epoch, step, lr, momentum)
+  # He et al.: 0.1, /10 at 32k and 48k of 64k steps.
+  ("he", he_config(), 64_000, 390, 0, 0.1, 0.9),
+  ("he", he_config(), 64_000, 390, 31_999, 0.1, 0.9),
+  ("he", he_config(), 64_000, 390, 32_000, 0.01, 0.9),
+  ("he", he_config(), 64_000, 390, 47_999, 0.01, 0.9),
+  ("he", he_config(), 64_000, 390, 48_000, 0.001, 0.9),
+  ("he", he_config(), 64_000, 390, 63_999, 0.001, 0.9),
+  # ...with a 500-step warm-up from 0.1 x 0.1 (boundaries stay absolute).
+  ("he+warmup", he_config(warmup=500), 64_000, 390, 0, 0.01, 0.9),
+  ("he+warmup", he_config(warmup=500), 64_000, 390, 250, 0.055, 0.9),
+  ("he+warmup", he_config(warmup=500), 64_000, 390, 500, 0.1, 0.9),
+  ("he+warmup", he_config(warmup=500), 64_000, 390, 31_999, 0.1, 0.9),
+  ("he+warmup", he_config(warmup=500), 64_000, 390, 32_000, 0.01, 0.9),
+  ("he+warmup", he_config(warmup=500), 64_000, 390, 48_000, 0.001, 0.9),
+  ("he+warmup", he_config(warmup=500), 64_000, 390, 63_999, 0.001, 0.9),
+  # Same in epochs (390 steps/epoch): warm-up 2 ep, boundaries 25, 37.5 ep.
+  (
+    "epochs",
+    he_config(unit="epochs", warmup=2.0, boundaries=(25.0, 37.5)),
+    19_500,
+    390,
+    780,
+    0.1,
+    0.9,
+  ),
+  (
+    "epochs",
+    he_config(unit="epochs", warmup=2.0, boundaries=(25.0, 37.5)),
+    19_500,
+    390,
+    9_749,
+    0.1,
+    0.9,
+  ),
+  (
+    "epochs",
+    he_config(unit="epochs", warmup=2.0, boundaries=(25.0, 37.5)),
+    19_500,
+    390,
+    9_750,
+    0.01,
+    0.9,
+  ),
+  (
+    "epochs",
+    he_config(unit="epochs", warmup=2.0, boundaries=(25.0, 37.5)),
+    19_500,
+    390,
+    14_625,
+    0.001,
+    0.9,
+  ),
+  # Fractions of the run: boundaries at 50% and 75% of 1000 steps.
+  (
+    "fraction",
+    he_config(unit="fraction", boundaries=(0.5, 0.75)),
+    1000,
+    10,
+    499,
+    0.1,
+    0.9,
+  ),
+  (
+    "fraction",
+    he_config(unit="fraction", boundaries=(0.5, 0.75)),
+    1000,
+    10,
+    500,
+    0.01,
+    0.9,
+  ),
+  (
+    "fraction",
+    he_config(unit="fraction", boundaries=(0.5, 0.75)),
+    1000,
+    10,
+    750,
+    0.001,
+    0.9,
+  ),
+  # Cosine, warm-up 100 of 1000 steps from 0.1, peak 1, to 0 at step 1000.
+  ("cosine", cosine_config(), 1000, 10, 0, 0.1, 0.9),
+  ("cosine", cosine_config(), 1000, 10, 50, 0.55, 0.9),
+  ("cosine", cosine_config(), 1000, 10, 100, 1.0, 0.9),
+  ("cosine", cosine_config(), 1000, 10, 550, 0.5, 0.9),
+  ("cosine", cosine_config(), 1000, 10, 999, _cos(899, 900), 0.9),
+  (
+    "cosine",
+    cosine_config(final_lr_factor=0.1),
+    1000,
+    10,
+    999,
+    0.1 + 0.9 * _cos(899, 900),
+    0.9,
+  ),
+  # Cosine with momentum cycled inversely (LR range [0, 1] -> m .95..0.85).
+  ("cosine+cm", cosine_config(cycle_momentum=True), 1000, 10, 0, 0.1, 0.94),
+  ("cosine+cm", cosine_config(cycle_momentum=True), 1000, 10, 100, 1.0, 0.85),
+  ("cosine+cm", cosine_config(cycle_momentum=True), 1000, 10, 550, 0.5, 0.90),
+  # Constant with warm-up.
+  (
+    "constant",
+    cosine_config(name="constant", warmup=10),
+    100,
+    10,
+    5,
+    0.55,
+    0.9,
+  ),
+  (
+    "constant",
+    cosine_config(name="constant", warmup=10),
+    100,
+    10,
+    99,
+    1.0,
+    0.9,
+  ),
 ]
 
 
-@pytest.mark.parametrize("name,s,total,spe,step,lr,momentum", BASELINE_ROWS,
-                         ids=[f"{r[0]}-{r[4]}" for r in BASELINE_ROWS])
+@pytest.mark.parametrize(
+  "name,s,total,spe,step,lr,momentum",
+  BASELINE_ROWS,
+  ids=[f"{r[0]}-{r[4]}" for r in BASELINE_ROWS],
+)
 def test_baseline_table(name, s, total, spe, step, lr, momentum):
-  lr_fn, m_fn = schedules.create(s, momentum=0.9, steps_per_epoch=spe,
-                                 total_steps=total)
+  lr_fn, m_fn = schedules.create(
+    s, momentum=0.9, steps_per_epoch=spe, total_steps=total
+  )
   np.testing.assert_allclose(values(lr_fn, [step])[0], lr, rtol=RTOL)
   np.testing.assert_allclose(values(m_fn, [step])[0], momentum, rtol=RTOL)
 
 
 def test_create_one_cycle_and_cyclical_from_config():
   s = schedules.default_schedule_config()  # The paper's CLR run.
-  lr_fn, m_fn = schedules.create(s, momentum=0.9, steps_per_epoch=50,
-                                 total_steps=10_000)
-  np.testing.assert_allclose(values(lr_fn, [0, 5000, 9999]),
-                             [0.1, 3.0, 0.1 + 2.9 / 5000], rtol=RTOL)
+  lr_fn, m_fn = schedules.create(
+    s, momentum=0.9, steps_per_epoch=50, total_steps=10_000
+  )
+  np.testing.assert_allclose(
+    values(lr_fn, [0, 5000, 9999]), [0.1, 3.0, 0.1 + 2.9 / 5000], rtol=RTOL
+  )
   np.testing.assert_allclose(values(m_fn, [0, 5000]), [0.9, 0.9], rtol=RTOL)
   s.step_size = 100.0  # epochs: 100 x 50 steps = 5000 steps, same schedule
   s.unit = "epochs"
-  lr_fn, _ = schedules.create(s, momentum=0.9, steps_per_epoch=50,
-                              total_steps=10_000)
+  lr_fn, _ = schedules.create(
+    s, momentum=0.9, steps_per_epoch=50, total_steps=10_000
+  )
   np.testing.assert_allclose(values(lr_fn, [5000]), [3.0], rtol=RTOL)
 
   s = schedules.default_schedule_config()
   s.name = "one_cycle"
   s.max_lr = 1.0
   s.cycle_momentum = True
-  lr_fn, m_fn = schedules.create(s, momentum=0.9, steps_per_epoch=10,
-                                 total_steps=100)
+  lr_fn, m_fn = schedules.create(
+    s, momentum=0.9, steps_per_epoch=10, total_steps=100
+  )
   ref_lr, ref_m = ref_one_cycle(100, 1.0)
   np.testing.assert_allclose(values(lr_fn, range(100)), ref_lr, rtol=RTOL)
   np.testing.assert_allclose(values(m_fn, range(100)), ref_m, rtol=RTOL)
   s.cycle_momentum = False
-  _, m_fn = schedules.create(s, momentum=0.9, steps_per_epoch=10,
-                             total_steps=100)
+  _, m_fn = schedules.create(
+    s, momentum=0.9, steps_per_epoch=10, total_steps=100
+  )
   np.testing.assert_allclose(values(m_fn, [0, 29, 99]), [0.9] * 3, rtol=RTOL)
 
 
@@ -358,10 +488,10 @@ def test_create_one_cycle_and_cyclical_from_config():
 
 def test_resumed_optimizer_state_continues_schedule():
   total, k = 40, 17
-  lr_fn, m_fn = schedules.one_cycle(total, 1.0, pct_start=0.4,
-                                    three_phase=True)
+  lr_fn, m_fn = schedules.one_cycle(total, 1.0, pct_start=0.4, three_phase=True)
   tx = optax.inject_hyperparams(optax.sgd, static_args=("nesterov",))(
-      learning_rate=lr_fn, momentum=m_fn, nesterov=True)
+    learning_rate=lr_fn, momentum=m_fn, nesterov=True
+  )
   params = {"w": jnp.arange(3, dtype=jnp.float32)}
   grads = {"w": jnp.ones(3, dtype=jnp.float32)}
 
@@ -377,10 +507,12 @@ def test_resumed_optimizer_state_continues_schedule():
   def check(state, i):
     # After update i, the state holds the values that update used.
     assert int(state.count) == i + 1
-    np.testing.assert_allclose(float(state.hyperparams["learning_rate"]),
-                               expected_lr[i], rtol=1e-6)
-    np.testing.assert_allclose(float(state.hyperparams["momentum"]),
-                               expected_m[i], rtol=1e-6)
+    np.testing.assert_allclose(
+      float(state.hyperparams["learning_rate"]), expected_lr[i], rtol=1e-6
+    )
+    np.testing.assert_allclose(
+      float(state.hyperparams["momentum"]), expected_m[i], rtol=1e-6
+    )
 
   # Uninterrupted run.
   p_ref, s_ref = params, tx.init(params)
@@ -390,7 +522,7 @@ def test_resumed_optimizer_state_continues_schedule():
 
   # k steps, then a host round trip (as a checkpoint would), then the rest.
   p, s = params, tx.init(params)
-  for i in range(k):
+  for _ in range(k):
     p, s = step(p, s)
   saved = jax.tree.map(np.array, jax.device_get((p, s)))
   p, s = jax.tree.map(jnp.asarray, saved)
@@ -405,58 +537,127 @@ def test_resumed_optimizer_state_continues_schedule():
 # ---------------------------------------------------------------------------
 
 ERROR_ROWS = [
-    # (overrides, total_steps, expected message prefix)
-    (dict(name="sgdr"), 1000, "schedule.name: unknown 'sgdr'"),
-    (dict(unit="minutes"), 1000, "schedule.unit: unknown 'minutes'"),
-    (dict(name="one_cycle", pct_start=1.5), 1000,
-     "schedule.pct_start: must be in (0, 1), got 1.5"),
-    (dict(name="one_cycle", pct_start=0.0), 1000,
-     "schedule.pct_start: must be in (0, 1), got 0.0"),
-    (dict(name="one_cycle", pct_start=0.001), 500, "schedule.pct_start: 0.001"),
-    (dict(name="one_cycle", pct_start=0.6, three_phase=True), 1000,
-     "schedule.pct_start: 0.6 of 1000 steps leaves no third phase"),
-    (dict(name="one_cycle", max_lr=0.0), 1000,
-     "schedule.max_lr: must be > 0, got 0.0"),
-    (dict(name="one_cycle", anneal_strategy="exp"), 1000,
-     "schedule.anneal_strategy: unknown 'exp'; valid: cos, linear"),
-    (dict(name="one_cycle", div_factor=0.0), 1000, "schedule.div_factor"),
-    (dict(name="one_cycle", cycle_momentum=True, base_momentum=0.99), 1000,
-     "schedule.base_momentum: 0.99 exceeds max_momentum 0.95"),
-    (dict(name="one_cycle", cycle_momentum=True, max_momentum=1.0), 1000,
-     "schedule.max_momentum: must be in [0, 1)"),
-    (dict(max_lr=-1.0), 1000, "schedule.max_lr: must be > 0"),
-    (dict(base_lr=5.0), 10_000, "schedule.base_lr: must be in [0, max_lr=3.0]"),
-    (dict(mode="sine"), 10_000, "schedule.mode: unknown 'sine'"),
-    (dict(step_size=0.0), 10_000, "schedule.step_size: must be at least one"),
-    (dict(mode="exp_range", gamma=0.0), 10_000, "schedule.gamma"),
-    (dict(name="piecewise", max_lr=0.1, boundaries=(32_000, 70_000),
-          decay_factors=(0.1, 0.1)), 64_000,
-     "schedule.boundaries: 70000 is past the end of the run (64000 steps)"),
-    (dict(name="piecewise", max_lr=0.1, boundaries=(48_000, 32_000),
-          decay_factors=(0.1, 0.1)), 64_000,
-     "schedule.boundaries: must be strictly increasing, got 48000 then 32000"),
-    (dict(name="piecewise", max_lr=0.1, boundaries=(32_000, 48_000),
-          decay_factors=(0.1,)), 64_000,
-     "schedule.decay_factors: has 1 entries for 2 boundaries"),
-    (dict(name="piecewise", max_lr=0.1, boundaries=(400,),
-          decay_factors=(0.1,), warmup=500), 64_000,
-     "schedule.boundaries: 400 is not after the warm-up (500 steps)"),
-    (dict(name="piecewise", max_lr=0.1, boundaries=(32_000,),
-          decay_factors=(-0.1,)), 64_000, "schedule.decay_factors: must be > 0"),
-    (dict(name="cosine", warmup=2000), 1000,
-     "schedule.warmup: 2000 steps is not shorter than the run (1000 steps)"),
-    (dict(name="cosine", warmup_start_factor=1.5), 1000,
-     "schedule.warmup_start_factor: must be in [0, 1]"),
-    (dict(name="cosine", final_lr_factor=2.0), 1000,
-     "schedule.final_lr_factor: must be in [0, 1]"),
-    (dict(name="constant", cycle_momentum=True), 1000,
-     "schedule.cycle_momentum:"),
+  # (overrides, total_steps, expected message prefix)
+  (dict(name="sgdr"), 1000, "schedule.name: unknown 'sgdr'"),
+  (dict(unit="minutes"), 1000, "schedule.unit: unknown 'minutes'"),
+  (
+    dict(name="one_cycle", pct_start=1.5),
+    1000,
+    "schedule.pct_start: must be in (0, 1), got 1.5",
+  ),
+  (
+    dict(name="one_cycle", pct_start=0.0),
+    1000,
+    "schedule.pct_start: must be in (0, 1), got 0.0",
+  ),
+  (dict(name="one_cycle", pct_start=0.001), 500, "schedule.pct_start: 0.001"),
+  (
+    dict(name="one_cycle", pct_start=0.6, three_phase=True),
+    1000,
+    "schedule.pct_start: 0.6 of 1000 steps leaves no third phase",
+  ),
+  (
+    dict(name="one_cycle", max_lr=0.0),
+    1000,
+    "schedule.max_lr: must be > 0, got 0.0",
+  ),
+  (
+    dict(name="one_cycle", anneal_strategy="exp"),
+    1000,
+    "schedule.anneal_strategy: unknown 'exp'; valid: cos, linear",
+  ),
+  (dict(name="one_cycle", div_factor=0.0), 1000, "schedule.div_factor"),
+  (
+    dict(name="one_cycle", cycle_momentum=True, base_momentum=0.99),
+    1000,
+    "schedule.base_momentum: 0.99 exceeds max_momentum 0.95",
+  ),
+  (
+    dict(name="one_cycle", cycle_momentum=True, max_momentum=1.0),
+    1000,
+    "schedule.max_momentum: must be in [0, 1)",
+  ),
+  (dict(max_lr=-1.0), 1000, "schedule.max_lr: must be > 0"),
+  (dict(base_lr=5.0), 10_000, "schedule.base_lr: must be in [0, max_lr=3.0]"),
+  (dict(mode="sine"), 10_000, "schedule.mode: unknown 'sine'"),
+  (dict(step_size=0.0), 10_000, "schedule.step_size: must be at least one"),
+  (dict(mode="exp_range", gamma=0.0), 10_000, "schedule.gamma"),
+  (
+    dict(
+      name="piecewise",
+      max_lr=0.1,
+      boundaries=(32_000, 70_000),
+      decay_factors=(0.1, 0.1),
+    ),
+    64_000,
+    "schedule.boundaries: 70000 is past the end of the run (64000 steps)",
+  ),
+  (
+    dict(
+      name="piecewise",
+      max_lr=0.1,
+      boundaries=(48_000, 32_000),
+      decay_factors=(0.1, 0.1),
+    ),
+    64_000,
+    "schedule.boundaries: must be strictly increasing, got 48000 then 32000",
+  ),
+  (
+    dict(
+      name="piecewise",
+      max_lr=0.1,
+      boundaries=(32_000, 48_000),
+      decay_factors=(0.1,),
+    ),
+    64_000,
+    "schedule.decay_factors: has 1 entries for 2 boundaries",
+  ),
+  (
+    dict(
+      name="piecewise",
+      max_lr=0.1,
+      boundaries=(400,),
+      decay_factors=(0.1,),
+      warmup=500,
+    ),
+    64_000,
+    "schedule.boundaries: 400 is not after the warm-up (500 steps)",
+  ),
+  (
+    dict(
+      name="piecewise", max_lr=0.1, boundaries=(32_000,), decay_factors=(-0.1,)
+    ),
+    64_000,
+    "schedule.decay_factors: must be > 0",
+  ),
+  (
+    dict(name="cosine", warmup=2000),
+    1000,
+    "schedule.warmup: 2000 steps is not shorter than the run (1000 steps)",
+  ),
+  (
+    dict(name="cosine", warmup_start_factor=1.5),
+    1000,
+    "schedule.warmup_start_factor: must be in [0, 1]",
+  ),
+  (
+    dict(name="cosine", final_lr_factor=2.0),
+    1000,
+    "schedule.final_lr_factor: must be in [0, 1]",
+  ),
+  (
+    dict(name="constant", cycle_momentum=True),
+    1000,
+    "schedule.cycle_momentum:",
+  ),
 ]
 
 
-@pytest.mark.parametrize("overrides,total,message", ERROR_ROWS,
-                         ids=[r[2].split(":")[0] + f"-{i}"
-                              for i, r in enumerate(ERROR_ROWS)])
+@pytest.mark.parametrize(
+  "overrides,total,message",
+  ERROR_ROWS,
+  ids=[r[2].split(":")[0] + f"-{i}" for i, r in enumerate(ERROR_ROWS)],
+)
 def test_schedule_errors_name_the_key(overrides, total, message):
   s = schedules.default_schedule_config()
   for k, v in overrides.items():
@@ -474,19 +675,29 @@ def test_builder_errors_name_the_argument():
     schedules.one_cycle(100, 1.0, pct_start=1.0)
   with pytest.raises(schedules.ScheduleError, match=r"^mode: unknown"):
     schedules.cyclical(0.1, 1.0, 10, mode="square")
-  with pytest.raises(schedules.ScheduleError,
-                     match=r"^boundaries: 70000 is past the end"):
+  with pytest.raises(
+    schedules.ScheduleError, match=r"^boundaries: 70000 is past the end"
+  ):
     schedules.warmup_piecewise(0.1, [70_000], [0.1], total_steps=64_000)
 
 
 def test_every_default_field_is_commented():
   source = inspect.getsource(schedules.default_schedule_config).splitlines()
   fields = list(schedules.default_schedule_config().keys())
-  assert {"name", "unit", "max_lr", "base_lr", "step_size", "pct_start",
-          "div_factor", "final_div_factor"} <= set(fields)
+  assert {
+    "name",
+    "unit",
+    "max_lr",
+    "base_lr",
+    "step_size",
+    "pct_start",
+    "div_factor",
+    "final_div_factor",
+  } <= set(fields)
   for field in fields:
-    (i, line), = [(i, l) for i, l in enumerate(source)
-                  if re.match(rf"\s*s\.{field} = ", l)]
+    ((i, line),) = [
+      (i, l) for i, l in enumerate(source) if re.match(rf"\s*s\.{field} = ", l)
+    ]
     assert "#" in line or source[i - 1].strip().startswith("#"), field
 
 
@@ -495,33 +706,67 @@ def test_every_default_field_is_commented():
 # ---------------------------------------------------------------------------
 
 CONFIG_ROWS = [
-    # (file, steps_per_epoch, total_steps, [(step, lr, momentum)])
-    ("default.py", 50, 10_000, [(0, 0.1, 0.9), (5000, 3.0, 0.9)]),
-    ("paper_piecewise.py", 50, 80_000,
-     [(0, 0.35, 0.9), (49_999, 0.35, 0.9), (50_000, 0.035, 0.9),
-      (70_000, 0.0035, 0.9), (79_999, 0.0035, 0.9)]),
-    ("he2016_resnet56.py", 390, 64_000,
-     [(0, 0.1, 0.9), (32_000, 0.01, 0.9), (48_000, 0.001, 0.9)]),
-    ("onecycle_resnet56.py", 97, 9215,
-     [(0, 0.08, 0.95), (3976, 0.8, 0.85), (7952, 0.08, 0.95),
-      (9214, 8e-5, 0.95)]),
-    ("tuned_resnet18.py", 390, 19_500,
-     [(0, 0.01, 0.9), (780, 0.1, 0.9), (9750, 0.01, 0.9),
-      (14_625, 0.001, 0.9)]),
-    ("cosine_resnet56.py", 50, 10_000,
-     [(0, 0.08, 0.9), (250, 0.8, 0.9), (5125, 0.4, 0.9)]),
+  # (file, steps_per_epoch, total_steps, [(step, lr, momentum)])
+  ("default.py", 50, 10_000, [(0, 0.1, 0.9), (5000, 3.0, 0.9)]),
+  (
+    "paper_piecewise.py",
+    50,
+    80_000,
+    [
+      (0, 0.35, 0.9),
+      (49_999, 0.35, 0.9),
+      (50_000, 0.035, 0.9),
+      (70_000, 0.0035, 0.9),
+      (79_999, 0.0035, 0.9),
+    ],
+  ),
+  (
+    "he2016_resnet56.py",
+    390,
+    64_000,
+    [(0, 0.1, 0.9), (32_000, 0.01, 0.9), (48_000, 0.001, 0.9)],
+  ),
+  (
+    "onecycle_resnet56.py",
+    97,
+    9215,
+    [
+      (0, 0.08, 0.95),
+      (3976, 0.8, 0.85),
+      (7952, 0.08, 0.95),
+      (9214, 8e-5, 0.95),
+    ],
+  ),
+  (
+    "tuned_resnet18.py",
+    390,
+    19_500,
+    [(0, 0.01, 0.9), (780, 0.1, 0.9), (9750, 0.01, 0.9), (14_625, 0.001, 0.9)],
+  ),
+  (
+    "cosine_resnet56.py",
+    50,
+    10_000,
+    [(0, 0.08, 0.9), (250, 0.8, 0.9), (5125, 0.4, 0.9)],
+  ),
 ]
 
 
-@pytest.mark.parametrize("name,spe,total,rows", CONFIG_ROWS,
-                         ids=[r[0] for r in CONFIG_ROWS])
+@pytest.mark.parametrize(
+  "name,spe,total,rows", CONFIG_ROWS, ids=[r[0] for r in CONFIG_ROWS]
+)
 def test_experiment_config_schedules(name, spe, total, rows):
   from superconv import config as config_lib
+
   config = load_config(name)
   assert config_lib.steps_per_epoch(50_000, config.batch_size) == spe
   assert config_lib.total_steps(config, 50_000) == total
-  lr_fn, m_fn = schedules.create(config.schedule, momentum=config.momentum,
-                                 steps_per_epoch=spe, total_steps=total)
+  lr_fn, m_fn = schedules.create(
+    config.schedule,
+    momentum=config.momentum,
+    steps_per_epoch=spe,
+    total_steps=total,
+  )
   steps, lrs, moms = zip(*rows)
   np.testing.assert_allclose(values(lr_fn, steps), lrs, rtol=RTOL)
   np.testing.assert_allclose(values(m_fn, steps), moms, rtol=RTOL)
@@ -538,20 +783,24 @@ def _table_rows(text: str) -> dict[int, tuple[str, float, float, float]]:
   for line in text.splitlines():
     m = re.match(r"^(\S.*?)\s+(\d+)\s+([\d.]+)\s+(\S+)\s+([\d.]+)$", line)
     if m and m.group(1) != "point":
-      rows[int(m.group(2))] = (m.group(1), float(m.group(3)),
-                               float(m.group(4)), float(m.group(5)))
+      rows[int(m.group(2))] = (
+        m.group(1),
+        float(m.group(3)),
+        float(m.group(4)),
+        float(m.group(5)),
+      )
   return rows
 
 
 def test_run_prints_key_points_and_plots(tmp_path):
   out = tmp_path / "schedule.png"
-  text = schedules.run(load_config("onecycle_resnet56.py"), out=str(out),
-                       title="test")
+  text = schedules.run(
+    load_config("onecycle_resnet56.py"), out=str(out), title="test"
+  )
   rows = _table_rows(text)
   assert sorted(rows) == [0, 3976, 7952, 9214]
   assert rows[3976][0] == "peak, phase 1 end"
-  np.testing.assert_allclose(rows[3976][1:], [3976 / 97, 0.8, 0.85],
-                             rtol=1e-4)
+  np.testing.assert_allclose(rows[3976][1:], [3976 / 97, 0.8, 0.85], rtol=1e-4)
   np.testing.assert_allclose(rows[9214][2], 8e-5, rtol=1e-4)
   assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -560,10 +809,22 @@ def test_cli_on_default_config(tmp_path):
   out = tmp_path / "default.png"
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   result = subprocess.run(
-      [sys.executable, "-m", "superconv.schedules", "--config",
-       str(REPO / "configs" / "default.py"), "--out", str(out),
-       "--config.schedule.base_lr=0.1"],
-      capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    [
+      sys.executable,
+      "-m",
+      "superconv.schedules",
+      "--config",
+      str(REPO / "configs" / "default.py"),
+      "--out",
+      str(out),
+      "--config.schedule.base_lr=0.1",
+    ],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    env=env,
+    timeout=120,
+  )
   assert result.returncode == 0, result.stderr
   rows = _table_rows(result.stdout)
   point, epoch, lr, momentum = rows[5000]
@@ -577,10 +838,21 @@ def test_cli_on_default_config(tmp_path):
 
 def test_cli_reports_config_error(tmp_path):
   result = subprocess.run(
-      [sys.executable, "-m", "superconv.schedules", "--config",
-       str(REPO / "configs" / "default.py"), "--out", "",
-       "--config.schedule.mode=sine"],
-      capture_output=True, text=True, cwd=REPO,
-      env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=120)
+    [
+      sys.executable,
+      "-m",
+      "superconv.schedules",
+      "--config",
+      str(REPO / "configs" / "default.py"),
+      "--out",
+      "",
+      "--config.schedule.mode=sine",
+    ],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    timeout=120,
+  )
   assert result.returncode != 0
   assert "schedule.mode: unknown 'sine'" in result.stderr

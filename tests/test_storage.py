@@ -12,16 +12,13 @@ import json
 import os
 import sys
 
-import fsspec
-import pytest
 from etils.epath import backend as epath_backend
 from etils.epath import gpath
+import fsspec
 from fsspec.implementations.local import LocalFileSystem
+import pytest
 
-from superconv import checkpoint
-from superconv import cli
-from superconv import metric_writer
-from superconv import storage
+from superconv import checkpoint, cli, metric_writer, storage
 
 
 class _FakeGCS(LocalFileSystem):
@@ -38,7 +35,7 @@ class _FakeGCS(LocalFileSystem):
     path = fsspec.utils.stringify_path(path)
     for prefix in ("gs://", "gcs://"):
       if path.startswith(prefix):
-        path = path[len(prefix):]
+        path = path[len(prefix) :]
     if not path.startswith(cls.root):
       path = os.path.join(cls.root, path.lstrip("/"))
     return path.rstrip("/") or "/"
@@ -75,8 +72,9 @@ def test_paths():
   assert storage.is_remote("gs://b/run") and not storage.is_remote("runs/x")
   assert storage.absolute("gs://b/run/") == "gs://b/run"
   assert storage.absolute("runs/x") == os.path.abspath("runs/x")
-  assert storage.join("gs://b/run", "checkpoints", "3") == \
-      "gs://b/run/checkpoints/3"
+  assert (
+    storage.join("gs://b/run", "checkpoints", "3") == "gs://b/run/checkpoints/3"
+  )
   assert storage.basename("gs://b/run/checkpoints/3") == "3"
 
 
@@ -85,25 +83,31 @@ def test_metrics_rows_reach_the_bucket_and_resume_truncates(bucket):
   for step in (10, 20, 30):
     writer.write({"step": step, "train_loss": 1.0 / step})
     # Every row is in the bucket as soon as it is written.
-    rows = [json.loads(l) for l in
-            (bucket / "b/run/metrics.jsonl").read_text().splitlines()]
+    rows = [
+      json.loads(l)
+      for l in (bucket / "b/run/metrics.jsonl").read_text().splitlines()
+    ]
     assert [r["step"] for r in rows] == list(range(10, step + 1, 10))
   writer.close()
-  assert metric_writer.read_jsonl("gs://b/run/metrics.jsonl")[-1] == \
-      {"step": 30, "train_loss": pytest.approx(1 / 30)}
+  assert metric_writer.read_jsonl("gs://b/run/metrics.jsonl")[-1] == {
+    "step": 30,
+    "train_loss": pytest.approx(1 / 30),
+  }
   # Resuming from step 20 drops row 30, which the resumed run logs again.
   writer = metric_writer.MetricWriter("gs://b/run", resume_from_step=20)
   assert [r["step"] for r in writer.previous_rows] == [10, 20]
   writer.write({"step": 30, "train_loss": 0.5})
   writer.close()
-  assert [(r["step"], r["train_loss"]) for r in
-          metric_writer.read_jsonl("gs://b/run/metrics.jsonl")] == \
-      [(10, 0.1), (20, 0.05), (30, 0.5)]
+  assert [
+    (r["step"], r["train_loss"])
+    for r in metric_writer.read_jsonl("gs://b/run/metrics.jsonl")
+  ] == [(10, 0.1), (20, 0.05), (30, 0.5)]
 
 
 def test_config_json_reaches_the_bucket(bucket):
   from superconv import config as config_lib  # pylint: disable=g-import-not-at-top
   from superconv import train  # pylint: disable=g-import-not-at-top
+
   config = config_lib.base_config()
   config.seed = 7
   train.write_config(config, "gs://b/run")
@@ -124,6 +128,7 @@ def test_check_workdir_probes_the_bucket_and_leaves_nothing(bucket):
 def test_check_workdir_without_a_gs_file_system_names_the_extra(monkeypatch):
   def missing(path):
     raise ImportError("Install gcsfs to access Google Storage")
+
   monkeypatch.setattr(storage, "_epath", missing)
   with pytest.raises(ValueError, match=r"superconv\[gcs\]"):
     cli.check_workdir("gs://b/run")
@@ -145,17 +150,21 @@ def test_checkpoint_scan_and_set_aside_in_the_bucket(bucket):
   steps, incomplete = checkpoint.scan("gs://b/run")
   assert steps == [100]
   assert sorted(i.path for i in incomplete) == [
-      "gs://b/run/checkpoints/200",
-      "gs://b/run/checkpoints/300.orbax-checkpoint-tmp-17"]
+    "gs://b/run/checkpoints/200",
+    "gs://b/run/checkpoints/300.orbax-checkpoint-tmp-17",
+  ]
   checkpoint.set_aside("gs://b/run", incomplete)
   assert sorted(os.listdir(root)) == ["100"]
   assert sorted(os.listdir(bucket / "b/run/checkpoints_incomplete")) == [
-      "200", "300.orbax-checkpoint-tmp-17"]
+    "200",
+    "300.orbax-checkpoint-tmp-17",
+  ]
   assert checkpoint.scan("gs://b/run") == ([100], [])
 
 
 def test_tfds_data_dir_in_the_bucket(bucket):
   from superconv import data  # pylint: disable=g-import-not-at-top
+
   assert data._tfds_data_dir("gs://b/tfds") == "gs://b/tfds"  # pylint: disable=protected-access
   assert not data._tfds_prepared("gs://b/tfds", "cifar10")  # pylint: disable=protected-access
   info = bucket / "b/tfds/cifar10/3.0.2/dataset_info.json"

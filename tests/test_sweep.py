@@ -30,10 +30,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # latest checkpoint. Accuracy peaks at max_lr = 0.8 and warmup = 2. Files in
 # the run directory steer it: `die_at` (SIGKILL itself before that step's
 # checkpoint), `block_at` (wait there for a signal; on SIGINT/SIGTERM, note
-# it in `signals` and exit 128 + signum as main does). max_lr >= 3 "diverges" (exit 3, as main on NaN). With
+# it in `signals` and exit 128 + signum as main does). max_lr >= 3 "diverges"
+# (exit 3, as main on NaN). With
 # FAKE_IGNORE_VALIDATION=1 it evaluates on 100 "test" images whatever
 # validation_size says.
-FAKE_TRAINER = textwrap.dedent('''
+FAKE_TRAINER = textwrap.dedent("""
     import json, math, os, signal, sys, time
     args = sys.argv[1:]
     workdir = args[args.index("--workdir") + 1]
@@ -102,7 +103,7 @@ FAKE_TRAINER = textwrap.dedent('''
         f.flush()
         os.makedirs(os.path.join(ckpts, str(step)))
     print(f"final: test accuracy {final:.4f}, test loss {1 - final:.4f}")
-''')
+""")
 
 
 @pytest.fixture
@@ -131,13 +132,19 @@ CONFIG = os.path.join(REPO, "configs", "quick.py")
 
 
 def test_grid_is_the_cartesian_product_last_sweep_fastest(tmp_path):
-  sweeps = [sweep.parse_sweep("seed=0,1"),
-            sweep.parse_sweep("schedule.max_lr=0.8,1.6,3.0")]
+  sweeps = [
+    sweep.parse_sweep("seed=0,1"),
+    sweep.parse_sweep("schedule.max_lr=0.8,1.6,3.0"),
+  ]
   runs = sweep.plan(sweeps, str(tmp_path))
   assert [r.name for r in runs] == [
-      "schedule.max_lr=0.8,seed=0", "schedule.max_lr=1.6,seed=0",
-      "schedule.max_lr=3.0,seed=0", "schedule.max_lr=0.8,seed=1",
-      "schedule.max_lr=1.6,seed=1", "schedule.max_lr=3.0,seed=1"]
+    "schedule.max_lr=0.8,seed=0",
+    "schedule.max_lr=1.6,seed=0",
+    "schedule.max_lr=3.0,seed=0",
+    "schedule.max_lr=0.8,seed=1",
+    "schedule.max_lr=1.6,seed=1",
+    "schedule.max_lr=3.0,seed=1",
+  ]
   assert runs[4].overrides == {"seed": "1", "schedule.max_lr": "1.6"}
   assert runs[4].workdir == str(tmp_path / "schedule.max_lr=1.6,seed=1")
   assert sweep.plan([], str(tmp_path))[0].name == "run"
@@ -145,19 +152,28 @@ def test_grid_is_the_cartesian_product_last_sweep_fastest(tmp_path):
 
 def test_values_with_commas_in_brackets_and_unsafe_characters():
   key, values = sweep.parse_sweep(
-      "config.schedule.boundaries=(25,37.5),(30, 40)")
+    "config.schedule.boundaries=(25,37.5),(30, 40)"
+  )
   assert key == "schedule.boundaries"
   assert values == ["(25,37.5)", "(30, 40)"]
-  assert sweep.run_name({"schedule.boundaries": "(30, 40)"}) == \
-      "schedule.boundaries=_30,_40_"
-  assert sweep.run_name({"dataset": "folder:/d/c.tar"}) == \
-      "dataset=folder__d_c.tar"
+  assert (
+    sweep.run_name({"schedule.boundaries": "(30, 40)"})
+    == "schedule.boundaries=_30,_40_"
+  )
+  assert (
+    sweep.run_name({"dataset": "folder:/d/c.tar"}) == "dataset=folder__d_c.tar"
+  )
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("seed", "expected key=v1,v2"), ("seed=0,,1", "empty value"),
-    ("seed=1,1", "repeated value"), ("9x=1", "expected key=v1,v2"),
-])
+@pytest.mark.parametrize(
+  "spec, message",
+  [
+    ("seed", "expected key=v1,v2"),
+    ("seed=0,,1", "empty value"),
+    ("seed=1,1", "repeated value"),
+    ("9x=1", "expected key=v1,v2"),
+  ],
+)
 def test_bad_sweep_specs(spec, message):
   with pytest.raises(sweep.SweepError, match=message):
     sweep.parse_sweep(spec)
@@ -172,7 +188,8 @@ def test_same_key_twice_and_colliding_names_are_errors(tmp_path):
 
 def test_parse_overrides_both_spellings():
   common, rest = sweep.parse_overrides(
-      ["--config.seed=3", "--workdir", "w", "--config.schedule.max_lr", "0.4"])
+    ["--config.seed=3", "--workdir", "w", "--config.schedule.max_lr", "0.4"]
+  )
   assert common == {"seed": "3", "schedule.max_lr": "0.4"}
   assert rest == ["--workdir", "w"]
 
@@ -182,12 +199,24 @@ def test_parse_overrides_both_spellings():
 # ---------------------------------------------------------------------------
 
 
-def test_sweep_skips_complete_runs_and_resumes_a_killed_one(fake, tmp_path,
-                                                            capsys):
+def test_sweep_skips_complete_runs_and_resumes_a_killed_one(
+  fake, tmp_path, capsys
+):
   workdir = tmp_path / "sweep"
-  argv = ["--config", CONFIG, "--workdir", str(workdir), "--trainer", fake,
-          "--sweep", "seed=0,1", "--sweep", "schedule.max_lr=0.4,0.8",
-          "--config.num_steps=5", "--quiet"]
+  argv = [
+    "--config",
+    CONFIG,
+    "--workdir",
+    str(workdir),
+    "--trainer",
+    fake,
+    "--sweep",
+    "seed=0,1",
+    "--sweep",
+    "schedule.max_lr=0.4,0.8",
+    "--config.num_steps=5",
+    "--quiet",
+  ]
   killed = workdir / "schedule.max_lr=0.8,seed=0"
   killed.mkdir(parents=True)
   (killed / "die_at").write_text("3")
@@ -195,29 +224,40 @@ def test_sweep_skips_complete_runs_and_resumes_a_killed_one(fake, tmp_path,
   assert sweep.main(argv) == 1  # One run died.
   state = read_json(workdir / "sweep.json")
   status = {r["name"]: r["status"] for r in state["runs"]}
-  assert status == {"schedule.max_lr=0.4,seed=0": "completed",
-                    "schedule.max_lr=0.8,seed=0": "killed (signal 9)",
-                    "schedule.max_lr=0.4,seed=1": "completed",
-                    "schedule.max_lr=0.8,seed=1": "completed"}
-  assert state["grid"] == {"seed": ["0", "1"],
-                           "schedule.max_lr": ["0.4", "0.8"]}
+  assert status == {
+    "schedule.max_lr=0.4,seed=0": "completed",
+    "schedule.max_lr=0.8,seed=0": "killed (signal 9)",
+    "schedule.max_lr=0.4,seed=1": "completed",
+    "schedule.max_lr=0.8,seed=1": "completed",
+  }
+  assert state["grid"] == {
+    "seed": ["0", "1"],
+    "schedule.max_lr": ["0.4", "0.8"],
+  }
   assert state["common_overrides"] == {"num_steps": "5"}
   assert not sweep.is_complete(killed)
   done = read_json(workdir / "schedule.max_lr=0.8,seed=1" / "done.json")
   assert done["returncode"] == 0 and done["final_step"] == 5
   assert done["final_accuracy"] == pytest.approx(0.881)  # warmup 0: -0.02.
-  assert done["overrides"] == {"num_steps": "5", "seed": "1",
-                               "schedule.max_lr": "0.8"}
+  assert done["overrides"] == {
+    "num_steps": "5",
+    "seed": "1",
+    "schedule.max_lr": "0.8",
+  }
   # The trainer got the swept and the common overrides.
   assert invocations(killed)[0].endswith(
-      "--config.num_steps=5 --config.seed=0 --config.schedule.max_lr=0.8")
+    "--config.num_steps=5 --config.seed=0 --config.schedule.max_lr=0.8"
+  )
 
   (killed / "die_at").unlink()
   capsys.readouterr()
   assert sweep.main(argv) == 0
   out = capsys.readouterr().out
-  for name in ("schedule.max_lr=0.4,seed=0", "schedule.max_lr=0.4,seed=1",
-               "schedule.max_lr=0.8,seed=1"):
+  for name in (
+    "schedule.max_lr=0.4,seed=0",
+    "schedule.max_lr=0.4,seed=1",
+    "schedule.max_lr=0.8,seed=1",
+  ):
     assert len(invocations(workdir / name)) == 1  # Skipped, not re-run.
     assert f"[{name}] complete, skipped" in out
   calls = invocations(killed)
@@ -227,29 +267,52 @@ def test_sweep_skips_complete_runs_and_resumes_a_killed_one(fake, tmp_path,
   # The summary table: run, status, final accuracy.
   assert "schedule.max_lr=0.8,seed=0  completed" in out
   assert "skipped (complete)" in out and "0.8800" in out
-  status = {r["name"]: r["status"]
-            for r in read_json(workdir / "sweep.json")["runs"]}
+  status = {
+    r["name"]: r["status"] for r in read_json(workdir / "sweep.json")["runs"]
+  }
   assert status["schedule.max_lr=0.8,seed=0"] == "completed"
   assert status["schedule.max_lr=0.4,seed=1"] == "skipped (complete)"
 
   # Growing the grid adds runs; the others stay skipped.
-  assert sweep.main(argv[:-4] + ["--sweep", "schedule.max_lr=0.4,0.8,1.6",
-                                 "--config.num_steps=5", "--quiet"]) == 0
+  assert (
+    sweep.main(
+      argv[:-4]
+      + [
+        "--sweep",
+        "schedule.max_lr=0.4,0.8,1.6",
+        "--config.num_steps=5",
+        "--quiet",
+      ]
+    )
+    == 0
+  )
   assert len(invocations(workdir / "schedule.max_lr=0.4,seed=0")) == 1
   assert sweep.is_complete(workdir / "schedule.max_lr=1.6,seed=1")
 
 
-def test_ctrl_c_is_forwarded_once_and_the_same_command_resumes(fake,
-                                                               tmp_path):
+def test_ctrl_c_is_forwarded_once_and_the_same_command_resumes(fake, tmp_path):
   workdir = tmp_path / "sig"
   run = workdir / "seed=0"
   run.mkdir(parents=True)
   (run / "block_at").write_text("3")
-  argv = ["--config", CONFIG, "--workdir", str(workdir), "--trainer", fake,
-          "--sweep", "seed=0,1", "--config.num_steps=5", "--quiet"]
-  process = subprocess.Popen([sys.executable, "-m", "superconv.sweep", *argv],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
+  argv = [
+    "--config",
+    CONFIG,
+    "--workdir",
+    str(workdir),
+    "--trainer",
+    fake,
+    "--sweep",
+    "seed=0,1",
+    "--config.num_steps=5",
+    "--quiet",
+  ]
+  process = subprocess.Popen(
+    [sys.executable, "-m", "superconv.sweep", *argv],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   try:
     for _ in range(600):
       if (run / "blocked").exists() or process.poll() is not None:
@@ -276,8 +339,17 @@ def test_ctrl_c_is_forwarded_once_and_the_same_command_resumes(fake,
 
 
 def test_changed_common_overrides_are_refused(fake, tmp_path, capsys):
-  argv = ["--config", CONFIG, "--workdir", str(tmp_path), "--trainer", fake,
-          "--sweep", "seed=0", "--quiet"]
+  argv = [
+    "--config",
+    CONFIG,
+    "--workdir",
+    str(tmp_path),
+    "--trainer",
+    fake,
+    "--sweep",
+    "seed=0",
+    "--quiet",
+  ]
   assert sweep.main(argv + ["--config.num_steps=2"]) == 0
   capsys.readouterr()
   assert sweep.main(argv + ["--config.num_steps=3"]) == 2
@@ -289,9 +361,22 @@ def test_changed_common_overrides_are_refused(fake, tmp_path, capsys):
 
 
 def test_dry_run_runs_nothing(fake, tmp_path, capsys):
-  assert sweep.main(["--config", CONFIG, "--workdir", str(tmp_path / "d"),
-                     "--trainer", fake, "--sweep", "seed=0,1",
-                     "--dry-run"]) == 0
+  assert (
+    sweep.main(
+      [
+        "--config",
+        CONFIG,
+        "--workdir",
+        str(tmp_path / "d"),
+        "--trainer",
+        fake,
+        "--sweep",
+        "seed=0,1",
+        "--dry-run",
+      ]
+    )
+    == 0
+  )
   out = capsys.readouterr().out.splitlines()
   assert len(out) == 2 and out[0].startswith("pending")
   assert "--config.seed=1" in out[1]
@@ -299,8 +384,19 @@ def test_dry_run_runs_nothing(fake, tmp_path, capsys):
 
 
 def test_unknown_key_is_refused_before_any_run(tmp_path, capsys):
-  assert sweep.main(["--config", CONFIG, "--workdir", str(tmp_path / "u"),
-                     "--sweep", "schedule.max_rl=1,2"]) == 2
+  assert (
+    sweep.main(
+      [
+        "--config",
+        CONFIG,
+        "--workdir",
+        str(tmp_path / "u"),
+        "--sweep",
+        "schedule.max_rl=1,2",
+      ]
+    )
+    == 2
+  )
   err = capsys.readouterr().err
   assert "config.schedule.max_rl: unknown key" in err and "max_lr" in err
   assert not (tmp_path / "u").exists()
@@ -312,10 +408,25 @@ def test_unknown_key_is_refused_before_any_run(tmp_path, capsys):
 
 
 def tune_argv(fake, workdir, *extra):
-  return ["tune", "--config", CONFIG, "--workdir", str(workdir), "--trainer",
-          fake, "--budget-steps", "4", "--validation-size", "500", "--quiet",
-          "--sweep", "schedule.max_lr=0.2,0.8,3.2",
-          "--sweep", "schedule.warmup=0,2", *extra]
+  return [
+    "tune",
+    "--config",
+    CONFIG,
+    "--workdir",
+    str(workdir),
+    "--trainer",
+    fake,
+    "--budget-steps",
+    "4",
+    "--validation-size",
+    "500",
+    "--quiet",
+    "--sweep",
+    "schedule.max_lr=0.2,0.8,3.2",
+    "--sweep",
+    "schedule.warmup=0,2",
+    *extra,
+  ]
 
 
 def test_tune_picks_the_best_validation_accuracy(fake, tmp_path, capsys):
@@ -328,39 +439,58 @@ def test_tune_picks_the_best_validation_accuracy(fake, tmp_path, capsys):
   assert len(candidates) == 6
   # 0.9 - 0.05 log2(lr / 0.8)^2 - 0.01 |warmup - 2|.
   assert candidates["schedule.max_lr=0.2,schedule.warmup=0"][
-      "mean_validation_accuracy"] == pytest.approx(0.9 - 0.2 - 0.02)
+    "mean_validation_accuracy"
+  ] == pytest.approx(0.9 - 0.2 - 0.02)
   assert candidates["schedule.max_lr=0.8,schedule.warmup=0"][
-      "mean_validation_accuracy"] == pytest.approx(0.88)
+    "mean_validation_accuracy"
+  ] == pytest.approx(0.88)
   diverged = candidates["schedule.max_lr=3.2,schedule.warmup=2"]
   assert not diverged["eligible"]
   assert diverged["runs"][0]["status"] == "diverged (rc=3)"
-  assert result["winner"]["overrides"] == {"schedule.max_lr": "0.8",
-                                           "schedule.warmup": "2"}
+  assert result["winner"]["overrides"] == {
+    "schedule.max_lr": "0.8",
+    "schedule.warmup": "2",
+  }
   # Every candidate trained at the budget on the validation split.
   run = workdir / "schedule.max_lr=0.2,schedule.warmup=2"
   call = invocations(run)[0]
-  assert "--config.num_steps=4" in call and \
-      "--config.validation_size=500" in call and \
-      "--config.momentum=0.8" in call
+  assert (
+    "--config.num_steps=4" in call
+    and "--config.validation_size=500" in call
+    and "--config.momentum=0.8" in call
+  )
   command = result["test_command"]
   assert command == (
-      f"python -m superconv.sweep --config {os.path.relpath(CONFIG)}"
-      f" --workdir {os.path.relpath(workdir)}/test --sweep seed=0,1,2,3,4"
-      " --config.num_steps=4 --config.momentum=0.8"
-      " --config.schedule.max_lr=0.8 --config.schedule.warmup=2")
+    f"python -m superconv.sweep --config {os.path.relpath(CONFIG)}"
+    f" --workdir {os.path.relpath(workdir)}/test --sweep seed=0,1,2,3,4"
+    " --config.num_steps=4 --config.momentum=0.8"
+    " --config.schedule.max_lr=0.8 --config.schedule.warmup=2"
+  )
   assert "validation_size" not in command
   # 0.8/warmup 0 (0.88) is 0.02 below the winner, within 2 binomial standard
   # errors of a difference on 500 images: 2 sqrt(2 * 0.9 * 0.1 / 500) = 0.038.
   assert result["close_to_winner"] == ["schedule.max_lr=0.8,schedule.warmup=0"]
   assert "within 2 binomial standard errors (0.0379)" in out
-  assert command in out and "winner: schedule.max_lr=0.8,schedule.warmup=2" \
-      in out
+  assert (
+    command in out and "winner: schedule.max_lr=0.8,schedule.warmup=2" in out
+  )
 
 
-def test_tune_averages_swept_seeds_and_warns_about_epochs(fake, tmp_path,
-                                                          capsys):
-  assert sweep.main(tune_argv(fake, tmp_path / "t", "--sweep", "seed=0,1",
-                              "--config.schedule.unit=epochs")) == 0
+def test_tune_averages_swept_seeds_and_warns_about_epochs(
+  fake, tmp_path, capsys
+):
+  assert (
+    sweep.main(
+      tune_argv(
+        fake,
+        tmp_path / "t",
+        "--sweep",
+        "seed=0,1",
+        "--config.schedule.unit=epochs",
+      )
+    )
+    == 0
+  )
   assert "note: schedule.unit is epochs" in capsys.readouterr().out
   result = read_json(tmp_path / "t" / "tuning.json")
   winner = result["winner"]
@@ -369,8 +499,9 @@ def test_tune_averages_swept_seeds_and_warns_about_epochs(fake, tmp_path,
   assert any("schedule.unit=steps" in n for n in result["notes"])
 
 
-def test_tune_refuses_runs_scored_on_the_test_set(fake, tmp_path, capsys,
-                                                  monkeypatch):
+def test_tune_refuses_runs_scored_on_the_test_set(
+  fake, tmp_path, capsys, monkeypatch
+):
   monkeypatch.setenv("FAKE_IGNORE_VALIDATION", "1")
   assert sweep.main(tune_argv(fake, tmp_path / "t")) == 2
   err = capsys.readouterr().err
@@ -379,8 +510,9 @@ def test_tune_refuses_runs_scored_on_the_test_set(fake, tmp_path, capsys,
 
 
 def test_tune_refuses_to_override_the_budget(fake, tmp_path, capsys):
-  assert sweep.main(tune_argv(fake, tmp_path / "t",
-                              "--config.num_steps=9")) == 2
+  assert (
+    sweep.main(tune_argv(fake, tmp_path / "t", "--config.num_steps=9")) == 2
+  )
   assert "config.num_steps: set by tune" in capsys.readouterr().err
 
 
@@ -398,9 +530,13 @@ def indexed_dataset(num_train=50, num_test=20):
   test[:, 0, 0, 0] = 2
   test[:, 0, 0, 1] = np.arange(num_test)
   return data_lib.Dataset(
-      "fake", train, (np.arange(num_train) % 10).astype(np.int32), test,
-      (np.arange(num_test) % 10).astype(np.int32),
-      tuple(f"c{i}" for i in range(10)))
+    "fake",
+    train,
+    (np.arange(num_train) % 10).astype(np.int32),
+    test,
+    (np.arange(num_test) % 10).astype(np.int32),
+    tuple(f"c{i}" for i in range(10)),
+  )
 
 
 def test_validation_split_is_held_out_train_data_only():
@@ -431,16 +567,20 @@ def test_validation_split_size_checks():
   ds = indexed_dataset()
   assert data_lib.split_validation(ds, 0) is ds
   for bad in (50, 51, -1):
-    with pytest.raises(ValueError, match=r"validation_size: must be in \[1,"
-                                         r" 49\]"):
+    with pytest.raises(
+      ValueError,
+      match=r"validation_size: must be in \[1,"
+      r" 49\]",
+    ):
       data_lib.split_validation(ds, bad)
   with pytest.raises(ValueError, match="validation_size: must be an integer"):
     data_lib.split_validation(ds, 2.5)
 
 
 def test_validation_split_of_synthetic_data_normalizes_on_train_only():
-  ds = data_lib.load("synthetic", synthetic_train_size=64,
-                     synthetic_test_size=32)
+  ds = data_lib.load(
+    "synthetic", synthetic_train_size=64, synthetic_test_size=32
+  )
   split = data_lib.split_validation(ds, 16)
   keep, held = data_lib.validation_indices(64, 16)
   mean, _ = split.channel_mean_std()
@@ -456,28 +596,46 @@ def test_validation_split_of_synthetic_data_normalizes_on_train_only():
 # A real sweep of superconv.main.
 # ---------------------------------------------------------------------------
 
-TINY = ["--config.dataset=synthetic", "--config.synthetic_train_size=64",
-        "--config.synthetic_test_size=32", "--config.batch_size=16",
-        "--config.eval_batch_size=16", "--config.num_steps=4",
-        "--config.model=resnet20", "--config.dtype=float32",
-        # quick.py's pct_start 0.25 leaves no rising phase in 4 steps.
-        "--config.schedule.pct_start=0.5"]
+TINY = [
+  "--config.dataset=synthetic",
+  "--config.synthetic_train_size=64",
+  "--config.synthetic_test_size=32",
+  "--config.batch_size=16",
+  "--config.eval_batch_size=16",
+  "--config.num_steps=4",
+  "--config.model=resnet20",
+  "--config.dtype=float32",
+  # quick.py's pct_start 0.25 leaves no rising phase in 4 steps.
+  "--config.schedule.pct_start=0.5",
+]
 
 
-def test_real_sweep_of_two_runs_completes_then_skips(tmp_path, capsys,
-                                                     monkeypatch):
+def test_real_sweep_of_two_runs_completes_then_skips(
+  tmp_path, capsys, monkeypatch
+):
   # The runs inherit the environment: unoptimized XLA code compiles in half
   # the time, and these runs are all compilation.
   monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")
   workdir = tmp_path / "real"
-  argv = ["--config", CONFIG, "--workdir", str(workdir), "--sweep",
-          "seed=0,1", "--quiet", *TINY]
+  argv = [
+    "--config",
+    CONFIG,
+    "--workdir",
+    str(workdir),
+    "--sweep",
+    "seed=0,1",
+    "--quiet",
+    *TINY,
+  ]
   assert sweep.main(argv) == 0
   for seed in (0, 1):
     run = workdir / f"seed={seed}"
     done = read_json(run / "done.json")
-    assert (done["returncode"], done["final_step"], done["eval_examples"]) \
-        == (0, 4, 32)
+    assert (done["returncode"], done["final_step"], done["eval_examples"]) == (
+      0,
+      4,
+      32,
+    )
     assert 0.0 <= done["final_accuracy"] <= 1.0
     assert read_json(run / "config.json")["seed"] == seed
     assert (run / "checkpoints" / "4").is_dir()
@@ -487,8 +645,9 @@ def test_real_sweep_of_two_runs_completes_then_skips(tmp_path, capsys,
   logs = [(workdir / f"seed={s}" / "train.log").read_text() for s in (0, 1)]
   assert sweep.main(argv) == 0
   # Skipped: no trainer started, so nothing appended to the logs.
-  assert logs == [(workdir / f"seed={s}" / "train.log").read_text()
-                  for s in (0, 1)]
+  assert logs == [
+    (workdir / f"seed={s}" / "train.log").read_text() for s in (0, 1)
+  ]
   out = capsys.readouterr().out
   assert out.count("complete, skipped") == 2
   runs = read_json(workdir / "sweep.json")["runs"]

@@ -14,8 +14,7 @@ import pytest
 
 from superconv import config as config_lib
 from superconv import data as data_lib
-from superconv import input_pipeline
-from superconv import train
+from superconv import input_pipeline, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,39 +37,49 @@ def tiny_config(**overrides):
 
 
 def load(config):
-  return data_lib.load(config.dataset,
-                       synthetic_train_size=config.synthetic_train_size,
-                       synthetic_test_size=config.synthetic_test_size)
+  return data_lib.load(
+    config.dataset,
+    synthetic_train_size=config.synthetic_train_size,
+    synthetic_test_size=config.synthetic_test_size,
+  )
 
 
 def batch_loss(state, x, y):
   """Train-mode loss (batch statistics) of `state` on a fixed batch."""
+
   def loss(x, y):
     logits, _ = state.apply_fn(
-        {"params": state.params, "batch_stats": state.batch_stats}, x,
-        train=True, mutable=["batch_stats"])
+      {"params": state.params, "batch_stats": state.batch_stats},
+      x,
+      train=True,
+      mutable=["batch_stats"],
+    )
     return train.cross_entropy(logits, y, 10, 0.0).mean()
+
   # vmap over a device axis of size 1 binds the BatchNorm's axis name.
   return float(jax.vmap(loss, axis_name=train.AXIS)(x[None], y[None])[0])
 
 
 def test_one_step_changes_parameters_and_lowers_the_loss():
   # Data set = one batch, no augmentation: every step sees the same images.
-  config = tiny_config(synthetic_train_size=16, crop_padding=0,
-                       random_flip=False, num_steps=1)
+  config = tiny_config(
+    synthetic_train_size=16, crop_padding=0, random_flip=False, num_steps=1
+  )
   dataset = load(config)
   run = train.setup(config, dataset)
   state = train.create_train_state(config, run.model, (32, 32, 3), run.tx)
-  x = input_pipeline.normalize(jnp.asarray(dataset.train_images),
-                               run.aug.mean, run.aug.std, jnp.float32)
+  x = input_pipeline.normalize(
+    jnp.asarray(dataset.train_images), run.aug.mean, run.aug.std, jnp.float32
+  )
   y = jnp.asarray(dataset.train_labels)
   before = batch_loss(state, x, y)
 
   step = train.make_train_step(config, dataset, run.aug)
   new_state, metrics = step(
-      input_pipeline.replicate_tree(state),
-      input_pipeline.replicate(dataset.train_images),
-      input_pipeline.replicate(dataset.train_labels))
+    input_pipeline.replicate_tree(state),
+    input_pipeline.replicate(dataset.train_images),
+    input_pipeline.replicate(dataset.train_labels),
+  )
   new_state = train.unreplicate(new_state)
   after = batch_loss(new_state, x, y)
 
@@ -78,8 +87,9 @@ def test_one_step_changes_parameters_and_lowers_the_loss():
   assert float(metrics["train_loss"][0]) == pytest.approx(before, rel=1e-5)
   assert float(metrics["learning_rate"][0]) == pytest.approx(0.1)
   assert float(metrics["momentum"][0]) == pytest.approx(0.9)
-  changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)),
-                         state.params, new_state.params)
+  changed = jax.tree.map(
+    lambda a, b: bool(jnp.any(a != b)), state.params, new_state.params
+  )
   assert all(jax.tree.leaves(changed))
   assert after < before - 0.05, (before, after)
 
@@ -91,10 +101,10 @@ def test_bfloat16_first_step_loss_within_one_percent_of_float32():
     dataset = load(config)
     run = train.setup(config, dataset)
     state = train.create_train_state(config, run.model, (32, 32, 3), run.tx)
-    x = input_pipeline.normalize(jnp.asarray(dataset.train_images[:16]),
-                                 run.aug.mean, run.aug.std, dtype)
-    losses[dtype] = batch_loss(state, x, jnp.asarray(
-        dataset.train_labels[:16]))
+    x = input_pipeline.normalize(
+      jnp.asarray(dataset.train_images[:16]), run.aug.mean, run.aug.std, dtype
+    )
+    losses[dtype] = batch_loss(state, x, jnp.asarray(dataset.train_labels[:16]))
   assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=0.01)
   assert losses["bfloat16"] != losses["float32"]  # bf16 really ran.
 
@@ -107,8 +117,9 @@ def test_weight_decay_mask_excludes_batchnorm_and_bias_when_asked():
   mask = train.decay_mask(state.params)
   flat = flax.traverse_util.flatten_dict(mask, sep="/")
   assert all(v for k, v in flat.items() if k.endswith("kernel"))
-  assert not any(v for k, v in flat.items()
-                 if k.endswith("scale") or k.endswith("bias"))
+  assert not any(
+    v for k, v in flat.items() if k.endswith("scale") or k.endswith("bias")
+  )
 
 
 def test_eval_counts_every_test_image_once():
@@ -118,14 +129,17 @@ def test_eval_counts_every_test_image_once():
   run = train.setup(config, dataset)
   state = train.create_train_state(config, run.model, (32, 32, 3), run.tx)
   result = train.Evaluator(config, dataset, run.aug)(
-      input_pipeline.replicate_tree(state))
+    input_pipeline.replicate_tree(state)
+  )
   assert result["eval_examples"] == 40
 
   logits = state.apply_fn(
-      {"params": state.params, "batch_stats": state.batch_stats},
-      input_pipeline.normalize(jnp.asarray(dataset.test_images),
-                               run.aug.mean, run.aug.std, jnp.float32),
-      train=False)
+    {"params": state.params, "batch_stats": state.batch_stats},
+    input_pipeline.normalize(
+      jnp.asarray(dataset.test_images), run.aug.mean, run.aug.std, jnp.float32
+    ),
+    train=False,
+  )
   labels = jnp.asarray(dataset.test_labels)
   accuracy = float(jnp.mean(jnp.argmax(logits, -1) == labels))
   loss = float(train.cross_entropy(logits, labels, 10, 0.0).mean())
@@ -160,12 +174,15 @@ _DEVICE_SCRIPT = textwrap.dedent("""
 
 def _train_on(devices: int, tmp_path) -> dict:
   out = str(tmp_path / f"params_{devices}.npz")
-  env = dict(os.environ,
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             JAX_PLATFORMS="cpu")
+  env = dict(
+    os.environ,
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    JAX_PLATFORMS="cpu",
+  )
   script = _DEVICE_SCRIPT.format(tests=os.path.join(REPO, "tests"), out=out)
-  subprocess.run([sys.executable, "-c", script], check=True, env=env,
-                 cwd=REPO, timeout=600)
+  subprocess.run(
+    [sys.executable, "-c", script], check=True, env=env, cwd=REPO, timeout=600
+  )
   return dict(np.load(out))
 
 
@@ -186,14 +203,24 @@ def test_eight_devices_match_one_device_after_three_steps(tmp_path):
 
 
 def run_main(args, *, devices=1, timeout=600):
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+  )
   return subprocess.run(
-      [sys.executable, "-m", "superconv.main", *args], cwd=REPO, env=env,
-      capture_output=True, text=True, timeout=timeout)
+    [sys.executable, "-m", "superconv.main", *args],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
 
 
-@pytest.mark.parametrize("override,key", [
+@pytest.mark.parametrize(
+  "override,key",
+  [
     ("--config.no_such_key=1", "no_such_key"),
     ("--config.schedule.no_such_key=1", "schedule.no_such_key"),
     ("--config.batch_size=abc", "batch_size"),
@@ -203,12 +230,22 @@ def run_main(args, *, devices=1, timeout=600):
     ("--config.dataset=imagenet", "dataset"),
     ("--config.dtype=float16", "dtype"),
     ("--config.conv_impl=fast", "conv_impl"),
-])
+  ],
+)
 def test_bad_override_exits_nonzero_naming_the_key(override, key, tmp_path):
   workdir = tmp_path / "run"
-  result = run_main(["--config", "configs/quick.py", "--workdir",
-                     str(workdir), "--config.dataset=synthetic", override],
-                    devices=8, timeout=120)
+  result = run_main(
+    [
+      "--config",
+      "configs/quick.py",
+      "--workdir",
+      str(workdir),
+      "--config.dataset=synthetic",
+      override,
+    ],
+    devices=8,
+    timeout=120,
+  )
   assert result.returncode == 2, result.stderr
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1, result.stderr
@@ -218,13 +255,25 @@ def test_bad_override_exits_nonzero_naming_the_key(override, key, tmp_path):
 
 def tiny_main_args(workdir, **overrides) -> list[str]:
   """configs/quick.py on 64 synthetic images, batch 16 (4 steps/epoch)."""
-  settings = {"dataset": "synthetic", "synthetic_train_size": 64,
-              "synthetic_test_size": 40, "batch_size": 16,
-              "eval_batch_size": 16, "num_steps": 8, "log_every_steps": 2,
-              "eval_every_epochs": 1, "checkpoint_every_steps": 4,
-              **overrides}
-  return ["--config", "configs/quick.py", "--workdir", str(workdir),
-          *(f"--config.{k}={v}" for k, v in settings.items())]
+  settings = {
+    "dataset": "synthetic",
+    "synthetic_train_size": 64,
+    "synthetic_test_size": 40,
+    "batch_size": 16,
+    "eval_batch_size": 16,
+    "num_steps": 8,
+    "log_every_steps": 2,
+    "eval_every_epochs": 1,
+    "checkpoint_every_steps": 4,
+    **overrides,
+  }
+  return [
+    "--config",
+    "configs/quick.py",
+    "--workdir",
+    str(workdir),
+    *(f"--config.{k}={v}" for k, v in settings.items()),
+  ]
 
 
 def test_main_trains_logs_and_resumes(tmp_path):
@@ -242,23 +291,30 @@ def test_main_trains_logs_and_resumes(tmp_path):
   assert [r["step"] for r in train_rows] == [2, 4, 6, 8]
   assert [r["step"] for r in eval_rows] == [4, 8]  # 4 steps per epoch.
   for r in train_rows:
-    assert {"epoch", "train_accuracy", "learning_rate", "momentum",
-            "steps_per_sec", "examples_seen", "wall_time"} <= r.keys()
+    assert {
+      "epoch",
+      "train_accuracy",
+      "learning_rate",
+      "momentum",
+      "steps_per_sec",
+      "examples_seen",
+      "wall_time",
+    } <= r.keys()
     assert r["examples_seen"] == 16 * r["step"]
     assert r["epoch"] == r["step"] / 4
   assert all(r["eval_examples"] == 40 for r in eval_rows)
   # one_cycle from configs/quick.py: peak 0.4 at 25% of 8 steps.
   assert max(r["learning_rate"] for r in train_rows) <= 0.4 + 1e-6
   assert sorted(os.listdir(workdir / "checkpoints")) == ["4", "8"]
-  assert any(f.startswith("events") for f in
-             os.listdir(workdir / "tensorboard"))
+  assert any(
+    f.startswith("events") for f in os.listdir(workdir / "tensorboard")
+  )
 
   # The same command again: already complete, reports the same accuracy.
   again = run_main(args, devices=2)
   assert again.returncode == 0, again.stderr[-3000:]
   final = [l for l in result.stdout.splitlines() if l.startswith("final:")]
-  final_again = [l for l in again.stdout.splitlines()
-                 if l.startswith("final:")]
+  final_again = [l for l in again.stdout.splitlines() if l.startswith("final:")]
   assert final == final_again
   assert len((workdir / "metrics.jsonl").read_text().splitlines()) == len(rows)
 
@@ -285,7 +341,8 @@ def test_validation_size_holds_out_train_images_as_the_eval_set():
 def _train_steps(config, dataset, run, steps: int):
   """(final host state, per-step host metrics) of `steps` pmapped steps."""
   state = input_pipeline.replicate_tree(
-      train.create_train_state(config, run.model, (32, 32, 3), run.tx))
+    train.create_train_state(config, run.model, (32, 32, 3), run.tx)
+  )
   step = train.make_train_step(config, dataset, run.aug)
   images = input_pipeline.replicate(dataset.train_images)
   labels = input_pipeline.replicate(dataset.train_labels)
@@ -306,8 +363,12 @@ def test_parallel_seeds_equal_separate_runs():
   # grad_norm by 2e-4 at once and by 1% two steps later), so the comparison
   # stops at 2 steps and uses whole-state norms. A wrong seed, batch or
   # augmentation changes everything by ~1e-1.
-  schedule = {"name": "one_cycle", "max_lr": 0.02, "pct_start": 0.75,
-              "cycle_momentum": True}
+  schedule = {
+    "name": "one_cycle",
+    "max_lr": 0.02,
+    "pct_start": 0.75,
+    "cycle_momentum": True,
+  }
   sizes = {"synthetic_train_size": 32, "num_steps": 2}
   config = tiny_config(num_parallel_seeds=3, seed=5, **sizes)
   config.schedule.update(schedule)
@@ -319,8 +380,9 @@ def test_parallel_seeds_equal_separate_runs():
   assert np.shape(metrics[0]["train_loss"]) == (3,)
 
   def flat(tree):
-    return np.concatenate([np.ravel(np.asarray(x, np.float64))
-                           for x in jax.tree.leaves(tree)])
+    return np.concatenate(
+      [np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(tree)]
+    )
 
   finals = []
   for k, seed in enumerate((5, 6, 7)):
@@ -329,17 +391,26 @@ def test_parallel_seeds_equal_separate_runs():
     single, single_metrics = _train_steps(one, dataset, run, 2)
     finals.append(single)
     assert float(metrics[0]["train_loss"][k]) == pytest.approx(
-        float(single_metrics[0]["train_loss"]), rel=1e-6)
+      float(single_metrics[0]["train_loss"]), rel=1e-6
+    )
     for i, m in enumerate(single_metrics):
-      for key, rel in (("train_loss", 1e-6), ("train_accuracy", 1e-6),
-                       ("grad_norm", 1e-4), ("learning_rate", 1e-6),
-                       ("momentum", 1e-6)):
+      for key, rel in (
+        ("train_loss", 1e-6),
+        ("train_accuracy", 1e-6),
+        ("grad_norm", 1e-4),
+        ("learning_rate", 1e-6),
+        ("momentum", 1e-6),
+      ):
         assert float(metrics[i][key][k]) == pytest.approx(
-            float(m[key]), rel=rel, abs=1e-7), (seed, i, key)
+          float(m[key]), rel=rel, abs=1e-7
+        ), (seed, i, key)
     replica = jax.tree.map(lambda x, k=k: x[k], stacked)
     # Momentum traces are sums of those gradients: seed 6 differs by 1.3e-3.
-    for part, rel in (("params", 1e-5), ("batch_stats", 1e-5),
-                      ("opt_state", 5e-3)):
+    for part, rel in (
+      ("params", 1e-5),
+      ("batch_stats", 1e-5),
+      ("opt_state", 5e-3),
+    ):
       a, b = flat(getattr(replica, part)), flat(getattr(single, part))
       assert a.shape == b.shape
       assert np.linalg.norm(a - b) / np.linalg.norm(b) <= rel, (seed, part)
@@ -350,13 +421,16 @@ def test_parallel_seeds_equal_separate_runs():
 
 def test_main_with_parallel_seeds_logs_each_replica_as_a_run(tmp_path):
   workdir = tmp_path / "run"
-  args = tiny_main_args(workdir, log_every_steps=4, seed=1,
-                        num_parallel_seeds=2)
+  args = tiny_main_args(
+    workdir, log_every_steps=4, seed=1, num_parallel_seeds=2
+  )
   result = run_main(args, devices=2)
   assert result.returncode == 0, result.stderr[-3000:]
   finals = [l for l in result.stdout.splitlines() if l.startswith("final")]
-  assert [l.split(":")[0] for l in finals] == ["final (seed 1)",
-                                               "final (seed 2)"]
+  assert [l.split(":")[0] for l in finals] == [
+    "final (seed 1)",
+    "final (seed 2)",
+  ]
   assert "[seed 2] step 8/8" in result.stdout
   top = json.loads((workdir / "config.json").read_text())
   assert top["seed"] == 1 and top["num_parallel_seeds"] == 2
@@ -368,7 +442,11 @@ def test_main_with_parallel_seeds_logs_each_replica_as_a_run(tmp_path):
     assert saved == {**top, "seed": seed, "num_parallel_seeds": 1}
     rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").open()]
     assert [(r["step"], "eval_accuracy" in r) for r in rows] == [
-        (4, False), (4, True), (8, False), (8, True)]
+      (4, False),
+      (4, True),
+      (8, False),
+      (8, True),
+    ]
     accuracies.append(rows[-1]["eval_accuracy"])
     line = f"final (seed {seed}): test accuracy {accuracies[-1]:.4f}"
     assert any(l.startswith(line) for l in finals)
@@ -377,9 +455,20 @@ def test_main_with_parallel_seeds_logs_each_replica_as_a_run(tmp_path):
 
   # Evaluating the checkpoint gives each replica's accuracy again.
   ev = subprocess.run(
-      [sys.executable, "-m", "superconv.evaluate", "--workdir", str(workdir),
-       "--json"], cwd=REPO, capture_output=True, text=True, timeout=300,
-      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    [
+      sys.executable,
+      "-m",
+      "superconv.evaluate",
+      "--workdir",
+      str(workdir),
+      "--json",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )
   assert ev.returncode == 0, ev.stderr[-3000:]
   replicas = json.loads(ev.stdout.strip().splitlines()[-1])["replicas"]
   assert [r["seed"] for r in replicas] == [1, 2]
