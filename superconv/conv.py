@@ -7,7 +7,7 @@ a second thread. Split into batch chunks whose activations fit in a core's
 L2 cache and summed, the same gradient is 2-3 times faster (ResNet-20
 shapes at batch 128 on a 2-core Xeon: 37 -> 14 ms at 32x32x16,
 21 -> 8.5 ms at 16x16x32). Its inputs are stored once before they are cut
-into chunks (see `_materialized`). The forward convolution and the
+into chunks (see `materialized`). The forward convolution and the
 input gradient are XLA's own.
 
 `make_conv` returns a drop-in replacement for
@@ -54,8 +54,9 @@ def chunk_bounds(
   return list(zip(edges[:-1], edges[1:]))
 
 
-def _materialized(tree, token):
-  """`tree` itself, computed once into buffers, not fused into consumers.
+def materialized(tree, token, fn=None):
+  """`tree` itself (or `fn(tree)`), computed once into buffers, not fused
+  into consumers.
 
   XLA:CPU duplicates cheap elementwise producers into each consumer. The
   consumers of the weight gradient's inputs are transposes of batch chunks,
@@ -63,17 +64,20 @@ def _materialized(tree, token):
   strided transpose made those transposes 4-10 times slower than copies of
   a stored array (about 130 of 470 ms per ResNet-20 step at batch 128).
   `lax.optimization_barrier` would say this, but the CPU compiler drops
-  it; a conditional's operands are always buffers. Its predicate is always
-  true, `(bits | 1) != 0`, but computed from `token` so that XLA cannot
-  fold the conditional away.
+  it; a conditional's operands and results are always buffers. Its
+  predicate is always true, `(bits | 1) != 0`, but computed from `token` so
+  that XLA cannot fold the conditional away. With `fn`, the conditional
+  computes `fn(tree)` and writes it straight into its result (an identity
+  branch costs a copy of its operand).
   """
+  fn = (lambda t: t) if fn is None else fn
   bits = lax.bitcast_convert_type(
     jnp.ravel(token)[0].astype(jnp.float32), jnp.int32
   )
   return lax.cond(
     (bits | 1) != 0,
-    lambda t: t,
-    lambda t: jax.tree.map(jnp.zeros_like, t),
+    fn,
+    lambda t: jax.tree.map(jnp.zeros_like, jax.eval_shape(fn, t)),
     tree,
   )
 
@@ -130,7 +134,7 @@ def make_conv(chunk_bytes: int | None = None) -> Callable:
 
     def bwd(res, g):
       x, w = res
-      x, g = _materialized((x, g), w)
+      x, g = materialized((x, g), w)
       _, vjp_x = jax.vjp(lambda x_: conv(x_, w), x)
       (gx,) = vjp_x(g)
       gw = None

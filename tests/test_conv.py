@@ -139,7 +139,7 @@ def test_bfloat16_gradients_equal_xla():
 
 
 def test_weight_gradient_inputs_are_stored_once_not_folded_away():
-  # The conditional of conv._materialized must survive XLA's simplifier,
+  # The conditional of conv.materialized must survive XLA's simplifier,
   # else the chunk transposes recompute their producers (superconv/conv.py).
   conv = conv_lib.make_conv(chunk_bytes=4 * 4 * 3 * 4)  # 1 image a chunk.
   x = jnp.ones((3, 4, 4, 3))
