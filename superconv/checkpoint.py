@@ -67,9 +67,10 @@ RESUME_SAFE_KEYS = frozenset(
     "data_dir",
     "tfds_download",
     "nonfinite_policy",
-    # The convolution's implementation: the same function, only the float
-    # summation order of weight gradients differs.
+    # The convolution's and BatchNorm's implementations: the same
+    # function, only the float summation order of gradients differs.
     "conv_impl",
+    "bn_impl",
   }
 )
 _DURATION_KEYS = frozenset({"num_steps", "num_epochs"})
@@ -394,6 +395,7 @@ def create_model(config, num_classes: int, axis_name: str | None = None):
     shortcut=config.shortcut,
     axis_name=axis_name,
     conv_impl=config.get("conv_impl", "auto"),
+    bn_impl=config.get("bn_impl", "auto"),
   )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from superconv import batchnorm as bn_lib
 from superconv import conv as conv_lib
 from superconv import data as data_lib
 from superconv import models, schedules
@@ -62,6 +63,11 @@ def base_config() -> ml_collections.ConfigDict:
   # superconv/conv.py); 'auto' = chunked on CPU, XLA's own elsewhere. Same
   # values up to float summation order, so it may change on resume.
   c.conv_impl = "auto"
+  # BatchNorm: auto | flax | fused. 'fused' computes BN, the residual add
+  # and ReLU with a hand-derived backward (faster on XLA:CPU, see
+  # superconv/batchnorm.py); 'auto' = fused on CPU, flax's elsewhere. Same
+  # values up to float summation order, so it may change on resume.
+  c.bn_impl = "auto"
 
   # --- Duration and batch --------------------------------------------------
   # Global batch over all devices (must divide by the device count).
@@ -178,6 +184,11 @@ def validate_static(config, *, num_devices: int) -> None:
     config.conv_impl in conv_lib.CONV_IMPLS,
     "conv_impl",
     f"unknown {config.conv_impl!r}; valid: {', '.join(conv_lib.CONV_IMPLS)}",
+  )
+  _check(
+    config.bn_impl in bn_lib.BN_IMPLS,
+    "bn_impl",
+    f"unknown {config.bn_impl!r}; valid: {', '.join(bn_lib.BN_IMPLS)}",
   )
   _check(
     config.batch_size > 0,

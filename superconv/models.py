@@ -30,6 +30,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from superconv import batchnorm as bn_lib
 from superconv import conv as conv_lib
 
 ModuleDef = Callable[..., nn.Module]
@@ -50,6 +51,21 @@ def _out_size(size: int, strides: int) -> int:
 def _needs_projection(in_ch: int, out_ch: int, strides: int) -> bool:
   """Whether a residual shortcut must change the shape of its input."""
   return strides != 1 or in_ch != out_ch
+
+
+def _norm_act(norm: ModuleDef, name: str, x, residual=None, relu=True):
+  """`relu(norm(x) + residual)`, the add and the ReLU each optional.
+
+  One call to a fused `superconv.batchnorm.BatchNorm`; with
+  `flax.linen.BatchNorm`, the same three operations one after another.
+  """
+  bn = norm(name=name)
+  if isinstance(bn, bn_lib.BatchNorm):
+    return bn(x, residual=residual, relu=relu)
+  y = bn(x)
+  if residual is not None:
+    y = y + residual
+  return nn.relu(y) if relu else y
 
 
 def _shortcut(
@@ -82,7 +98,7 @@ def _shortcut(
     )
   x = conv(out_ch, (1, 1), strides, padding=0, name="shortcut_conv")(x)
   if norm is not None:
-    x = norm(name="shortcut_bn")(x)
+    x = _norm_act(norm, "shortcut_bn", x, relu=False)
   return x
 
 
@@ -114,15 +130,12 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x):
     y = self.conv(self.planes, (3, 3), self.strides, padding=1, name="conv1")(x)
-    y = nn.relu(self.norm(name="bn1")(y))
+    y = _norm_act(self.norm, "bn1", y)
     y = self.conv(self.planes, (3, 3), 1, padding=1, name="conv2")(y)
-    y = self.norm(name="bn2")(y)
-    return nn.relu(
-      y
-      + _shortcut(
-        x, self.planes, self.strides, self.shortcut, self.conv, self.norm
-      )
+    short = _shortcut(
+      x, self.planes, self.strides, self.shortcut, self.conv, self.norm
     )
+    return _norm_act(self.norm, "bn2", y, residual=short)
 
   @staticmethod
   def macs(
@@ -157,15 +170,14 @@ class Bottleneck(nn.Module):
   def __call__(self, x):
     out_ch = self.planes * self.expansion
     y = self.conv(self.planes, (1, 1), 1, padding=0, name="conv1")(x)
-    y = nn.relu(self.norm(name="bn1")(y))
+    y = _norm_act(self.norm, "bn1", y)
     y = self.conv(self.planes, (3, 3), self.strides, padding=1, name="conv2")(y)
-    y = nn.relu(self.norm(name="bn2")(y))
+    y = _norm_act(self.norm, "bn2", y)
     y = self.conv(out_ch, (1, 1), 1, padding=0, name="conv3")(y)
-    y = self.norm(name="bn3")(y)
-    return nn.relu(
-      y
-      + _shortcut(x, out_ch, self.strides, self.shortcut, self.conv, self.norm)
+    short = _shortcut(
+      x, out_ch, self.strides, self.shortcut, self.conv, self.norm
     )
+    return _norm_act(self.norm, "bn3", y, residual=short)
 
   @staticmethod
   def macs(
@@ -201,7 +213,7 @@ class PreActBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    out = nn.relu(self.norm(name="bn1")(x))
+    out = _norm_act(self.norm, "bn1", x)
     short = x
     if _needs_projection(x.shape[-1], self.planes, self.strides):
       short = _shortcut(
@@ -210,7 +222,7 @@ class PreActBlock(nn.Module):
     y = self.conv(self.planes, (3, 3), self.strides, padding=1, name="conv1")(
       out
     )
-    y = nn.relu(self.norm(name="bn2")(y))
+    y = _norm_act(self.norm, "bn2", y)
     y = self.conv(self.planes, (3, 3), 1, padding=1, name="conv2")(y)
     return y + short
 
@@ -229,20 +241,27 @@ def _layer_factories(
     kernel_init=_CONV_INIT,
     conv_general_dilated=conv_lib.conv_for_backend(module.conv_impl),
   )
-  norm = functools.partial(
-    nn.BatchNorm,
+  norm_args = dict(
     use_running_average=not train,
     momentum=module.bn_momentum,
     epsilon=module.bn_epsilon,
     dtype=module.dtype,
     param_dtype=jnp.float32,
     axis_name=module.axis_name,
-    # Two-pass variance, mean((x - mean)^2): the
-    # one-pass E[x^2] - E[x]^2 cancels badly when
-    # |mean| >> std, which makes results depend on
-    # how the batch is split over devices.
-    use_fast_variance=False,
   )
+  if bn_lib.resolve(module.bn_impl) == "fused":
+    # Two-pass variance too (superconv/batchnorm.py).
+    norm = functools.partial(bn_lib.BatchNorm, **norm_args)
+  else:
+    norm = functools.partial(
+      nn.BatchNorm,
+      **norm_args,
+      # Two-pass variance, mean((x - mean)^2): the
+      # one-pass E[x^2] - E[x]^2 cancels badly when
+      # |mean| >> std, which makes results depend on
+      # how the batch is split over devices.
+      use_fast_variance=False,
+    )
   return conv, norm
 
 
@@ -266,13 +285,16 @@ class ResNet(nn.Module):
   conv_impl: str = (
     "auto"  # superconv.conv.CONV_IMPLS: 'auto' = chunked weight gradient on CPU
   )
+  bn_impl: str = (
+    "auto"  # superconv.batchnorm.BN_IMPLS: 'auto' = fused backward on CPU
+  )
 
   @nn.compact
   def __call__(self, x, train: bool):
     conv, norm = _layer_factories(self, train)
     x = jnp.asarray(x, self.dtype)
     x = conv(self.widths[0], (3, 3), 1, padding=1, name="stem_conv")(x)
-    x = nn.relu(norm(name="stem_bn")(x))
+    x = _norm_act(norm, "stem_bn", x)
     x = _stages(self, x, conv, norm)
     return _head(self, x)
 
@@ -393,6 +415,7 @@ def create_model(
   shortcut: str = "A",
   axis_name: str | None = None,
   conv_impl: str = "auto",
+  bn_impl: str = "auto",
 ) -> nn.Module:
   """Build the Flax module for model `name` (one of `MODEL_NAMES`).
 
@@ -411,6 +434,12 @@ def create_model(
       cache-sized batch chunks, see :mod:`superconv.conv`) or 'auto'
       (chunked on the CPU backend, xla elsewhere). Same parameters and
       values; gradients equal up to float summation order.
+    bn_impl: one of `superconv.batchnorm.BN_IMPLS`: 'flax'
+      (`flax.linen.BatchNorm`, autodiff backward), 'fused' (BatchNorm,
+      residual add and ReLU with a hand-derived backward, see
+      :mod:`superconv.batchnorm`) or 'auto' (fused on the CPU backend,
+      flax elsewhere). Same parameters and values; gradients equal up to
+      float summation order.
 
   Returns:
     A module called as `module.apply(variables, x, train=...)` on NHWC
@@ -418,10 +447,11 @@ def create_model(
     logits of shape [batch, num_classes].
 
   Raises:
-    ValueError: unknown `name`, `shortcut` or `conv_impl`.
+    ValueError: unknown `name`, `shortcut`, `conv_impl` or `bn_impl`.
   """
   arch, shortcut = _lookup(name, shortcut)
   conv_lib.resolve(conv_impl)  # validates
+  bn_lib.resolve(bn_impl)
   return arch.network(
     stage_sizes=arch.stage_sizes,
     block_cls=arch.block,
@@ -433,6 +463,7 @@ def create_model(
     shortcut=shortcut,
     axis_name=axis_name,
     conv_impl=conv_impl,
+    bn_impl=bn_impl,
   )
 
 
