@@ -813,8 +813,8 @@ def markdown(report: Report) -> str:
     + ".",
     "- 95% CI of a mean: mean ± t(0.975, n−1) · s / √n.",
     "- Welch: t = (m₁ − m₂) / √(s₁²/n₁ + s₂²/n₂), Welch–Satterthwaite"
-    " df, two-sided p from the t distribution (regularized incomplete"
-    " beta function, superconv/stats.py).",
+    " df, two-sided p from the t distribution"
+    " (scipy.stats.ttest_ind, equal_var=False).",
     "- Speed-up r = mean(baseline) / mean(configuration) of the time to"
     " target; interval r · exp(± t(0.975, ν) · se) with se² ="
     " s_b²/(n_b m_b²) + s_c²/(n_c m_c²) and ν its Welch–Satterthwaite"
