@@ -32,7 +32,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_parallel_seeds = 1
 
   # --- Data ----------------------------------------------------------------
-  # tfds:cifar10 | tfds:cifar100 | folder:<dir or .tar[.gz|.xz]> | synthetic
+  # cifar10 | cifar100 (the original archives, downloaded into cache_dir) |
+  # cifar:<their .tar.gz or dir> | tfds:cifar10 | tfds:cifar100 |
+  # folder:<dir or .tar[.gz|.xz]> | synthetic (see superconv/data.py)
   c.dataset = "tfds:cifar10"
   # TFDS data directory ("" = $TFDS_DATA_DIR or ~/tensorflow_datasets).
   c.data_dir = ""

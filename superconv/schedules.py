@@ -1030,7 +1030,8 @@ def num_train_examples(config) -> tuple[int, str | None]:
   ds = config.dataset
   if ds == "synthetic":
     return int(config.synthetic_train_size), None
-  if ds in ("tfds:cifar10", "tfds:cifar100"):
+  cifar = ("tfds:cifar10", "tfds:cifar100", "cifar10", "cifar100")
+  if ds in cifar or ds.startswith("cifar:"):
     return 50_000, f"{ds}: assuming the standard 50,000 training images."
   if ds.startswith("folder:"):
     return 50_000, (
@@ -1038,8 +1039,8 @@ def num_train_examples(config) -> tuple[int, str | None]:
       " trainer uses the folder's real count."
     )
   raise ScheduleError(
-    f"dataset: unknown {ds!r}; valid: tfds:cifar10,"
-    " tfds:cifar100, folder:<path>, synthetic"
+    f"dataset: unknown {ds!r}; valid: cifar10, cifar100, cifar:<path>,"
+    " tfds:cifar10, tfds:cifar100, folder:<path>, synthetic"
   )
 
 
