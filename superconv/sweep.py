@@ -26,13 +26,14 @@ installed jaxlib accepts it). Small CPU models train faster this way: on a
 2-core CPU two ResNet-20 runs pinned to one core each trained 535 img/s
 together against 438 img/s for one run on both cores. The default, auto,
 runs as many at once as there are CPU cores (and pending runs, and memory
-for MEMORY_PER_RUN each) when the runs use CPU devices, and one at a time
-with every core otherwise (GPU/TPU: a run uses all local devices through
-pmap). Use --parallel 1 to time a single run or when memory is short.
-Runs trained with other thread counts agree up to float summation order;
-two runs with the same settings agree bit for bit, at once or one after
-the other. Skipping, resuming and Ctrl-C work as for one run at a time: a
-Ctrl-C stops every running trainer at a checkpoint.
+for MEMORY_PER_RUN each) when the runs use CPU devices, in whole waves,
+the few runs left over then sharing all the cores (one left: it gets them
+all); one at a time with every core otherwise (GPU/TPU: a run uses all
+local devices through pmap). Use --parallel 1 to time a single run or
+when memory is short. Runs trained with other thread counts agree up to
+float summation order; two runs with the same settings agree bit for bit,
+at once or one after the other. Skipping, resuming and Ctrl-C work as for
+one run at a time: a Ctrl-C stops every running trainer at a checkpoint.
 
 Tune: pick a baseline's peak LR (and warm-up) at a fixed step budget by
 accuracy on a validation split carved from the training set, never the test
@@ -367,16 +368,16 @@ class Parallelism:
   slots: tuple  # Per slot: the CPU cores its trainers are pinned to.
   xla_flag: str  # Added to every trainer's XLA_FLAGS ("" = none).
   reason: str
+  cores: tuple = ()  # Every usable core (for re-planning a last wave).
+  flag_ok: bool = False  # Whether the jaxlib accepts SINGLE_THREAD_XLA_FLAG.
 
   def describe(self) -> str:
-    if self.runs == 1:
+    if self.runs == 1 and not self.slots[0]:
       return f"one run at a time ({self.reason})"
     cores = " | ".join(",".join(map(str, c)) for c in self.slots)
     threads = ", one XLA thread each" if self.xla_flag else ""
-    return (
-      f"{self.runs} runs at once, pinned to cores {cores}{threads}"
-      f" ({self.reason})"
-    )
+    runs = f"{self.runs} runs at once" if self.runs > 1 else "one run"
+    return f"{runs}, pinned to cores {cores}{threads} ({self.reason})"
 
 
 def parse_parallel(text: str) -> int | None:
@@ -442,7 +443,43 @@ def choose_parallelism(
   per = len(cores) // n
   slots = tuple(cores[i * per : (i + 1) * per] for i in range(n))
   flag = SINGLE_THREAD_XLA_FLAG if per == 1 and flag_ok else ""
-  return Parallelism(n, slots, flag, reason)
+  return Parallelism(n, slots, flag, reason, cores, flag_ok)
+
+
+def waves(jobs: Sequence, parallelism: Parallelism, auto: bool) -> list:
+  """[(jobs, Parallelism)]: the runs in waves that fill every slot.
+
+  An explicit --parallel N trains every job on its N slots. Auto trains
+  whole waves of N, then plans the rest again for fewer runs on all the
+  cores: two runs pinned to one core each beat one run on two cores, but
+  one run on two cores beats one pinned run with the other core idle.
+  """
+  jobs = list(jobs)
+  if not auto or parallelism.runs == 1:
+    return [(jobs, parallelism)] if jobs else []
+  full = len(jobs) - len(jobs) % parallelism.runs
+  out = [(jobs[:full], parallelism)] if full else []
+  rest = jobs[full:]
+  if rest:
+    again = choose_parallelism(
+      None,
+      len(rest),
+      cores=parallelism.cores,
+      platform="cpu",
+      memory=None,
+      flag_ok=parallelism.flag_ok,
+    )
+    if again.runs == 1:  # The last run: every core, pinned to all.
+      again = Parallelism(
+        1,
+        (parallelism.cores,),
+        "",
+        "the last run, on every core",
+        parallelism.cores,
+        parallelism.flag_ok,
+      )
+    out += waves(rest, again, auto=True)
+  return out
 
 
 @functools.cache
@@ -850,9 +887,9 @@ def run_sweep(
     sum(r["status"] == "pending" for r in results),
     trainer,
   )
-  if parallelism.runs > 1:
-    print(f"parallel: {parallelism.describe()}", flush=True)
   if dry_run:
+    if parallelism.runs > 1:
+      print(f"parallel: {parallelism.describe()}", flush=True)
     for run, row in zip(runs, results):
       command = trainer + ["--config", config_path, "--workdir", run.workdir]
       command += override_args({**common, **run.overrides})
@@ -901,8 +938,9 @@ def run_sweep(
       raise
     _record(run, row, returncode, start, command, overrides)
     save()
-  if todo:
-    _train_parallel(todo, parallelism, echo, save)
+  for jobs, wave in waves(todo, parallelism, auto=parallel is None):
+    print(f"parallel: {wave.describe()}", flush=True)
+    _train_parallel(jobs, wave, echo, save)
   return results
 
 

@@ -934,3 +934,36 @@ def test_concurrent_runs_equal_the_same_runs_one_after_the_other(
   assert (
     final_state(together / "seed=0")[0] != final_state(together / "seed=1")[0]
   )
+
+
+def test_auto_trains_whole_waves_then_the_rest_on_all_cores():
+  def plan(jobs, cores):
+    par = sweep.choose_parallelism(
+      None, len(jobs), cores=cores, platform="cpu", memory=None, flag_ok=True
+    )
+    return [
+      ("".join(j), p.slots, bool(p.xla_flag))
+      for j, p in sweep.waves(list(jobs), par, auto=True)
+    ]
+
+  # 2 cores, 3 runs: two pinned to a core each, then one on both cores.
+  assert plan("abc", (0, 1)) == [
+    ("ab", ((0,), (1,)), True),
+    ("c", ((0, 1),), False),
+  ]
+  assert plan("abcd", (0, 1)) == [("abcd", ((0,), (1,)), True)]
+  singles = ((0,), (1,), (2,), (3,))
+  assert plan("abcdefg", (0, 1, 2, 3)) == [
+    ("abcd", singles, True),
+    ("efg", ((0,), (1,), (2,)), True),  # Three runs: one core each.
+  ]
+  assert plan("abcdef", (0, 1, 2, 3)) == [
+    ("abcd", singles, True),
+    ("ef", ((0, 1), (2, 3)), False),  # Two runs: two cores each.
+  ]
+  # Explicit: every run on its slot, whatever is left over.
+  par = sweep.choose_parallelism(
+    2, 3, cores=(0, 1), platform="cpu", memory=None, flag_ok=True
+  )
+  assert sweep.waves(list("abc"), par, auto=False) == [(list("abc"), par)]
+  assert sweep.waves([], par, auto=True) == []
