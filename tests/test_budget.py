@@ -8,9 +8,15 @@ computation, the MDD against a Monte Carlo of the t-test it describes.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import math
 import os
+import pathlib
+import shlex
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -385,3 +391,325 @@ def test_mdd_approaches_the_normal_approximation_for_many_seeds():
   assert got == pytest.approx(expected, rel=2e-3)
   assert math.isnan(budget.minimum_detectable_difference(0.0, 3, 3))
   assert math.isnan(budget.minimum_detectable_difference(0.01, 1, 1))
+
+
+# ---------------------------------------------------------------------------
+# configs/budget_study.py and results/budget_study/reproduce.sh.
+# ---------------------------------------------------------------------------
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SCRIPT = "results/budget_study/reproduce.sh"
+
+
+def study_config(arm):
+  spec = importlib.util.spec_from_file_location(
+    "_budget_study", REPO / "configs" / "budget_study.py"
+  )
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arm)
+
+
+def test_arms_share_everything_but_the_schedule():
+  from superconv import config as config_lib  # pylint: disable=g-import-not-at-top
+  from superconv import schedules  # pylint: disable=g-import-not-at-top
+
+  configs = {
+    arm: study_config(arm)
+    for arm in ("onecycle", "onecycle_cm", "piecewise", "linear")
+  }
+  flat = {a: report.flatten(c.to_dict()) for a, c in configs.items()}
+  common = {k for k in flat["onecycle"] if not k.startswith("schedule.")}
+  for arm, settings in flat.items():
+    assert {k: settings[k] for k in common} == {
+      k: flat["onecycle"][k] for k in common
+    }, arm
+  one = flat["onecycle"]
+  assert (one["model"], one["shortcut"], one["dtype"]) == (
+    "resnet20",
+    "A",
+    "float32",
+  )
+  assert (one["batch_size"], one["weight_decay"], one["nesterov"]) == (
+    128,
+    5e-4,
+    True,
+  )
+  assert (one["crop_padding"], one["random_flip"]) == (4, True)
+  assert flat["onecycle_cm"]["schedule.cycle_momentum"] is True
+  assert not any(
+    flat[a]["schedule.cycle_momentum"]
+    for a in ("onecycle", "piecewise", "linear")
+  )
+  # The arms form a budget study for the report once budgets differ.
+  settings = [{**flat[a], "num_epochs": e} for a in flat for e in (1.0, 2.0)]
+  assert budget.layout(settings).arm_of == (0, 0, 1, 1, 2, 2, 3, 3)
+  with pytest.raises(ValueError, match="one of onecycle, onecycle_cm"):
+    study_config("cosine")
+  for c in configs.values():
+    config_lib.validate_static(c, num_devices=1)
+    # The linear schedule's own checks come with its implementation.
+    if c.schedule.name in schedules.SCHEDULE_NAMES:
+      config_lib.validate_with_data(c, num_train_examples=50_000)
+
+
+def script(*args, env=None):
+  return subprocess.run(
+    ["bash", SCRIPT, *args],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+    env={**os.environ, **(env or {})},
+  )
+
+
+def commands(stdout):
+  return [
+    shlex.split(line[2:])
+    for line in stdout.splitlines()
+    if line.startswith("+ ")
+  ]
+
+
+TINY_STUDY = [
+  "--budgets",
+  "1,2",
+  "--seeds",
+  "0,1",
+  "--data",
+  "synthetic",
+  "--steps-per-epoch",
+  "4",
+  "--validation-size",
+  "16",
+  "--python",
+  sys.executable,
+]
+
+
+def test_reproduce_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
+  runs, results = tmp_path / "runs", tmp_path / "results"
+  proc = script(
+    "--dry-run",
+    "--runs",
+    str(runs),
+    "--results",
+    str(results),
+    *TINY_STUDY,
+    "--",
+    "--config.synthetic_train_size=64",
+  )
+  assert proc.returncode == 0, proc.stderr
+  lines = proc.stdout.splitlines()
+  assert lines[:4] == [
+    "plan: arms onecycle,piecewise,linear; budgets 1,2 epoch(s); seeds 0,1",
+    "plan: tuning 18 runs (6 grids of 3 values, seed 0), 27 epochs, plus"
+    " extensions",
+    "plan: test 12 runs (2 seeds each), 18 epochs",
+    "plan: 45 epochs in all: about 2.1 h one run at a time at 170 s per"
+    " epoch, 1.7 h at +22% with parallel runs",
+  ]
+  cmds = commands(proc.stdout)
+  assert len(cmds) == 3 * 2 * 2 + 1
+  py = sys.executable
+  tune, test = cmds[0], cmds[1]
+  assert tune == [
+    py,
+    "-m",
+    "superconv.sweep",
+    "tune",
+    "--config",
+    "configs/budget_study.py:onecycle",
+    "--workdir",
+    f"{runs}/tune/onecycle/1",
+    "--budget-steps",
+    "4",
+    "--validation-size",
+    "16",
+    "--sweep",
+    "schedule.max_lr=0.2,0.4,0.8",
+    "--test-seeds",
+    "0,1",
+    "--parallel",
+    "auto",
+    "--quiet",
+    "--config.dataset=synthetic",
+    "--config.eval_every_epochs=1000",
+    "--config.synthetic_train_size=64",
+  ]
+  assert test == [
+    py,
+    "-m",
+    "superconv.sweep",
+    "--config",
+    "configs/budget_study.py:onecycle",
+    "--workdir",
+    f"{runs}/test/onecycle/1",
+    "--sweep",
+    "seed=0,1",
+    "--parallel",
+    "auto",
+    "--quiet",
+    "--config.dataset=synthetic",
+    "--config.num_epochs=1",
+    f"--config.schedule.max_lr=<winner of {runs}/tune/onecycle/1>",
+    "--config.synthetic_train_size=64",
+  ]
+  # Budget 2: twice the steps; each arm its own grid.
+  assert cmds[2][cmds[2].index("--budget-steps") + 1] == "8"
+  grids = [c[c.index("--sweep") + 1] for c in cmds[:-1] if "tune" in c]
+  assert (
+    grids
+    == ["schedule.max_lr=0.2,0.4,0.8"] * 2
+    + ["schedule.max_lr=0.05,0.1,0.2"] * 2
+    + ["schedule.max_lr=0.1,0.2,0.4"] * 2
+  )
+  assert cmds[-1] == [
+    py,
+    "-m",
+    "superconv.report",
+    f"{results}/runs/test",
+    "--out",
+    str(results),
+    "--budget-analysis",
+    "on",
+    "--budget-baseline",
+    "piecewise,linear",
+    "--targets",
+    "0.6,0.7,0.75",
+    *[
+      x
+      for a in ("onecycle", "piecewise", "linear")
+      for x in ("--label", f"{results}/runs/test/{a}={a}")
+    ],
+  ]
+  assert not runs.exists() and not results.exists()
+
+
+@pytest.mark.parametrize(
+  "args, message",
+  [
+    (["--arms", "onecycle,cosine"], "--arms: unknown arm 'cosine'"),
+    (["--budgets", "1,0"], "--budgets: '0' is not a positive number"),
+    (["--steps-per-epoch", "x"], "--steps-per-epoch must be a non-negative"),
+    (["--grid", "linear"], "--grid linear: expected ARM=V1,V2"),
+    (["--frobnicate"], "unknown option --frobnicate"),
+  ],
+)
+def test_reproduce_bad_input_exits_2(args, message):
+  proc = script("--dry-run", *args)
+  assert proc.returncode == 2 and message in proc.stderr
+  assert proc.stderr.count("\n") == 1
+
+
+# Stands in for superconv.main in a full pass of reproduce.sh: a config.json
+# like the study's (flattened where it matters) and a final evaluation whose
+# accuracy peaks at max_lr = BEST[arm], grows with the budget and the seed.
+# piecewise's best lies two grid steps below its grid, linear's one above.
+STUDY_TRAINER = textwrap.dedent("""
+    import json, math, os, sys
+    args = sys.argv[1:]
+    arm = args[args.index("--config") + 1].rsplit(":", 1)[1]
+    workdir = args[args.index("--workdir") + 1]
+    over = dict(a[len("--config."):].split("=", 1) for a in args
+                if a.startswith("--config."))
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "calls"), "a") as f:
+      f.write("x")
+    lr = float(over["schedule.max_lr"])
+    seed = int(over.get("seed", 0))
+    val = int(over.get("validation_size", 0))
+    steps = (int(over.get("num_steps", 0))
+             or round(float(over["num_epochs"]) * 4))
+    config = {"seed": seed, "model": "resnet20", "batch_size": 16,
+              "dataset": over["dataset"], "validation_size": val,
+              "num_steps": int(over.get("num_steps", 0)),
+              "num_epochs": float(over.get("num_epochs", 0)),
+              "schedule": {"name": arm, "max_lr": lr, "unit": "fraction"}}
+    json.dump(config, open(os.path.join(workdir, "config.json"), "w"))
+    best = {"onecycle": 0.4, "piecewise": 0.025, "linear": 0.4}[arm]
+    acc = (0.5 + 0.05 * math.log2(steps / 4) + 0.03 * (arm == "onecycle")
+           - 0.02 * math.log2(lr / best) ** 2 + 0.002 * seed)
+    row = {"step": steps, "epoch": steps / 4}
+    with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+      f.write(json.dumps({**row, "train_loss": 1.0}) + "\\n")
+      f.write(json.dumps({**row, "eval_accuracy": acc, "eval_loss": 1.0,
+                          "eval_examples": val or 100}) + "\\n")
+    os.makedirs(os.path.join(workdir, "checkpoints", str(steps)))
+    print(f"final: test accuracy {acc:.4f}, test loss 1.0")
+""")
+
+
+def test_reproduce_tunes_extends_edge_grids_tests_and_reports(tmp_path):
+  trainer = tmp_path / "trainer.py"
+  trainer.write_text(STUDY_TRAINER)
+  runs, results = tmp_path / "runs", tmp_path / "results"
+  args = [
+    "--runs",
+    str(runs),
+    "--results",
+    str(results),
+    *TINY_STUDY,
+    "--parallel",
+    "1",
+    "--trainer",
+    f"{sys.executable} {trainer}",
+  ]
+  proc = script(*args)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  tuning = (results / "tuning.md").read_text()
+  ext = "grid 0.05,0.1,0.2 -> 0.025,0.05,0.1,0.2 (winner at an edge);"
+  ext += (
+    " grid 0.025,0.05,0.1,0.2 -> 0.0125,0.025,0.05,0.1,0.2 (winner at an edge)"
+  )
+  assert "| piecewise | 1 | 4 | 0.0125,0.025,0.05,0.1,0.2 |" in tuning
+  assert f"| 0.025 | {ext} |" in tuning
+  assert "| linear | 2 | 8 | 0.1,0.2,0.4,0.8 |" in tuning
+  assert (
+    "| 0.4 | grid 0.1,0.2,0.4 -> 0.1,0.2,0.4,0.8 (winner at an edge) |"
+    in tuning
+  )
+  assert (
+    "| onecycle | 2 | 8 | 0.2,0.4,0.8 |" in tuning
+    and "| 0.4 | none |" in tuning
+  )
+  # The test runs train the winner, full training set, test set.
+  config = json.loads(
+    (results / "runs/test/piecewise/2/seed=1/config.json").read_text()
+  )
+  assert (
+    config["schedule"]["max_lr"],
+    config["num_epochs"],
+    config["seed"],
+  ) == (0.025, 2.0, 1)
+  assert config["validation_size"] == 0
+  copied = sorted(
+    str(p.relative_to(results / "runs"))
+    for p in (results / "runs").rglob("*")
+    if p.is_file()
+  )
+  assert len(copied) == 2 * (
+    4 * 2 + 5 * 2 + 3 * 2 + 3 * 2 * 2
+  )  # No checkpoints.
+  assert {os.path.basename(p) for p in copied} == {
+    "config.json",
+    "metrics.jsonl",
+  }
+  text = (results / "report.md").read_text()
+  assert "## Accuracy versus training budget" in text
+  assert "Baselines: piecewise, linear" in text
+  ratios = read_csv(results / "budget_ratio.csv")
+  assert [(r["arm"], float(r["budget"])) for r in ratios] == [
+    ("onecycle", 1.0),
+    ("onecycle", 2.0),
+  ]
+  assert (results / "accuracy_vs_budget.png").stat().st_size > 10_000
+
+  # Run again: everything is skipped, no grid is extended again.
+  calls = sorted((p, p.read_text()) for p in runs.rglob("calls"))
+  proc = script(*args)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert sorted((p, p.read_text()) for p in runs.rglob("calls")) == calls
+  assert (results / "tuning.md").read_text() == tuning
