@@ -429,8 +429,8 @@ def analyze(
   references = [a for a in arms if a not in baselines]
   grouped: dict = {}
   for p in sorted(points, key=lambda p: (p.seed is None, p.seed or 0)):
-    if not math.isfinite(p.accuracy):
-      continue
+    if not (math.isfinite(p.accuracy) and p.budget > 0):
+      continue  # NaN budgets fail the comparison too.
     grouped.setdefault((p.arm, _budget_key(p.budget)), []).append(p.accuracy)
   cells = {k: cell(k[0], k[1], v) for k, v in sorted(grouped.items())}
   budgets = tuple(sorted({b for _, b in cells}))

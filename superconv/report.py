@@ -1079,7 +1079,11 @@ def budget_analysis(
       names = auto
     points = [
       budget_lib.Point(
-        names[i], _float(r.final.get("epoch")), r.final_accuracy, r.seed, r.path
+        names[i],
+        _float(r.final.get("epoch", r.config.get("num_epochs"))),
+        r.final_accuracy,
+        r.seed,
+        r.path,
       )
       for i, rs in enumerate(arm_runs)
       for r in rs

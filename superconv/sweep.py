@@ -440,6 +440,8 @@ def choose_parallelism(
         f"--parallel {n}: only {len(cores)} CPU core(s) to pin runs to"
       )
     reason = f"--parallel {n}"
+    if platform not in ("cpu", "unknown"):
+      reason += f"; the runs share the {platform} devices"
   per = len(cores) // n
   slots = tuple(cores[i * per : (i + 1) * per] for i in range(n))
   flag = SINGLE_THREAD_XLA_FLAG if per == 1 and flag_ok else ""
