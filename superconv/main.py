@@ -18,11 +18,12 @@ metrics and config.json; all processes take part in checkpointing.
 Exit status:
   0    the run is complete (or was already): final test metrics printed.
   2    bad input, before anything is compiled or written: an unknown config
-       key, a wrong type or impossible value, a missing config file or
-       --workdir, a workdir that is a file or not writable, a data set that
-       cannot be found, a resume whose config changes the trajectory, or
-       incomplete SUPERCONV_* multi-process settings.
-       One line on stderr names the key, flag or path.
+       key, a wrong type or impossible value, a config file that is missing
+       or does not load (its file, line and error), a missing or empty
+       --workdir, a workdir that is a file, a broken symbolic link or not
+       writable, a data set that cannot be found, a resume whose config
+       changes the trajectory, or incomplete SUPERCONV_* multi-process
+       settings. One line on stderr names the key, flag or path.
   3    NaN/Inf loss or gradients with nonfinite_policy="stop": the message
        names the step, the learning rate and the quantity; the checkpoints
        written before it (all finite) are kept.

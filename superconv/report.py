@@ -36,7 +36,7 @@ import math
 import os
 import sys
 
-from superconv import metric_writer, stats
+from superconv import cli, metric_writer, stats
 
 DEFAULT_TARGETS = (0.90, 0.91, 0.92)
 CONFIDENCE = 0.95
@@ -1095,6 +1095,10 @@ def main(argv: Sequence[str]) -> int:
   )
   args = p.parse_args(argv)
   try:
+    try:  # Empty, a file, a broken link, not writable: refused up front.
+      args.out = cli.check_workdir(args.out, flag="--out")
+    except ValueError as e:
+      raise ReportError(str(e)) from None
     report = build(
       args.dirs,
       targets=parse_targets(args.targets),
