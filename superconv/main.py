@@ -30,8 +30,9 @@ Exit status:
   143  SIGTERM (128 + 15), or
   130  SIGINT / Ctrl-C (128 + 2): the run stopped at the next step boundary
        after saving a checkpoint of that step; run the same command to
-       resume. A second signal stops at once, like kill -9: the run loses
-       the steps since the last complete checkpoint, never more.
+       resume. A second signal stops at once with the same status, even
+       while XLA compiles, like kill -9: the run loses the steps since the
+       last complete checkpoint, never more.
   1    anything else (a bug or an environment failure: a traceback).
 """
 
