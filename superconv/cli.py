@@ -4,11 +4,12 @@ Bad input gives one line on stderr and exit status 2, before anything is
 compiled or written: flag errors, unknown config keys (named, with
 ml_collections' "did you mean" hint), a config file that does not load
 (its file, line and error), a missing config file, an empty, broken or
-unusable workdir.
+unusable workdir. `disk_full` names a full disk behind a library's error.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -334,11 +335,76 @@ def _check_remote_workdir(workdir: str) -> str:
   return workdir
 
 
+# ----------------------------------------------------------------------------
+# A full disk
+# ----------------------------------------------------------------------------
+
+_DISK_FULL = {errno.ENOSPC: "ENOSPC", errno.EDQUOT: "EDQUOT"}
+_DISK_FULL_TEXT = {
+  "No space left on device": "ENOSPC",
+  "Disk quota exceeded": "EDQUOT",
+}
+
+
+def disk_full(e: BaseException | None) -> str | None:
+  """'ENOSPC' or 'EDQUOT' if `e` or an exception behind it says the disk
+  is full, else None.
+
+  Python writes raise OSError(errno); Orbax's array writes (TensorStore)
+  raise a ValueError whose text carries the OS error ("No space left on
+  device [os_error_code='28']").
+  """
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno in _DISK_FULL:
+      return _DISK_FULL[e.errno]
+    cause = _disk_full_text(str(e))
+    if cause:
+      return cause
+    e = e.__cause__ or e.__context__
+  return None
+
+
+def _disk_full_text(text: str) -> str | None:
+  code = re.search(r"os_error_code='(\d+)'", text)
+  if code and int(code.group(1)) in _DISK_FULL:
+    return _DISK_FULL[int(code.group(1))]
+  for words, name in _DISK_FULL_TEXT.items():
+    if words in text:
+      return name
+  return None
+
+
+class _DiskFullToDebug(logging.Filter):
+  """Moves a library's error records about a full disk to debug level.
+
+  Orbax logs the failed background save (with tracebacks) from its own
+  threads before the error reaches the driver, which then ends with one
+  summary line; the records stay available at debug level.
+  """
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    exc = record.exc_info[1] if record.exc_info else None
+    if record.levelno < logging.WARNING or not (
+      disk_full(exc) or _disk_full_text(record.getMessage())
+    ):
+      return True
+    logging.getLogger("superconv").debug(
+      "%s", record.getMessage(), exc_info=record.exc_info
+    )
+    return False
+
+
 def setup_logging() -> None:
   """Our INFO lines on stderr; libraries (Orbax, JAX) only from WARNING."""
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
 
   absl_logging.set_verbosity(absl_logging.WARNING)
+  for name in ("absl", "asyncio"):  # Orbax logs through absl.
+    library = logging.getLogger(name)
+    if not any(isinstance(f, _DiskFullToDebug) for f in library.filters):
+      library.addFilter(_DiskFullToDebug())
   log = logging.getLogger("superconv")
   if not log.handlers:
     handler = logging.StreamHandler(sys.stderr)

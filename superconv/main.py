@@ -24,6 +24,10 @@ Exit status:
        writable, a data set that cannot be found, a resume whose config
        changes the trajectory, or incomplete SUPERCONV_* multi-process
        settings. One line on stderr names the key, flag or path.
+       Also a full disk (ENOSPC, or EDQUOT for a quota) while the run
+       writes: one last line names the workdir and the cause, the
+       libraries' tracebacks go to debug level only; free space and run
+       the same command to resume from the last complete checkpoint.
   3    NaN/Inf loss or gradients with nonfinite_policy="stop": the message
        names the step, the learning rate and the quantity; the checkpoints
        written before it (all finite) are kept.
@@ -117,6 +121,11 @@ def main(argv):
       "%s (exit status %d).", e, e.exit_status
     )
     sys.exit(e.exit_status)
+  except Exception as e:  # pylint: disable=broad-except
+    cause = cli.disk_full(e)
+    if cause is None:
+      raise
+    fail(_disk_full_message(workdir, cause, e))
   if jax.process_index() == 0:
     for replica in result:
       which = f" (seed {replica['seed']})" if len(result) > 1 else ""
@@ -124,6 +133,28 @@ def main(argv):
         f"final{which}: test accuracy {replica['eval_accuracy']:.4f},"
         f" test loss {replica['eval_loss']:.4f}"
       )
+
+
+def _disk_full_message(workdir: str, cause: str, error: Exception) -> str:
+  """The one summary line of a full disk; the traceback goes to debug."""
+  from superconv import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+
+  logging.getLogger("superconv").debug("Disk full:", exc_info=error)
+  try:
+    steps, _ = checkpoint_lib.scan(workdir)
+  except Exception:  # pylint: disable=broad-except
+    steps = []
+  then = (
+    f"checkpoint {steps[-1]} is the last complete one; free space and run"
+    " the same command to resume from it"
+    if steps
+    else "no checkpoint is complete yet; free space and run the same"
+    " command to start again"
+  )
+  what = (
+    "disk quota exceeded" if cause == "EDQUOT" else "no space left on device"
+  )
+  return f"--workdir {workdir}: {what} ({cause}); {then}"
 
 
 def run():
