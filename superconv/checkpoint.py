@@ -34,6 +34,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import sys
+import traceback
 
 import jax
 import jax.numpy as jnp
@@ -83,6 +85,68 @@ class NonFiniteStateError(CheckpointError):
   """A state with NaN/Inf values was about to be saved."""
 
 
+# Step directories that `restore_latest` has tried to read: a failure is
+# reported by the exception it catches (a warning naming the checkpoint).
+_READ_ATTEMPTS: set[str] = set()
+
+
+def _is_late_callback_into_closed_loop(unraisable) -> bool:
+  """RuntimeError('Event loop is closed') from a call_soon_threadsafe that
+  native code (no Python caller) made on a closed asyncio loop."""
+  frames = traceback.extract_tb(unraisable.exc_traceback)
+  return (
+    isinstance(unraisable.exc_value, RuntimeError)
+    and str(unraisable.exc_value) == "Event loop is closed"
+    and bool(frames)
+    and frames[0].name == "call_soon_threadsafe"
+  )
+
+
+class _SecondaryRestoreErrors(logging.Filter):
+  """Drops asyncio's "Future exception was never retrieved" records of
+  the other arrays of a checkpoint whose restore failed (already reported
+  through the exception `restore_latest` caught); keeps all others."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if not record.getMessage().startswith("Future exception was never"):
+      return True
+    text = str(record.exc_info[1]) if record.exc_info else record.getMessage()
+    if any(f"{path}/" in text for path in _READ_ATTEMPTS):
+      log.debug("Dropped: %s", record.getMessage())
+      return False
+    return True
+
+
+def _quiet_secondary_errors() -> None:
+  """Silences the stray tracebacks of a failed restore or save.
+
+  When one array of a restore or save fails, Orbax's `run_sync` raises
+  that error and closes its event loop while TensorStore still completes
+  the other arrays in its own threads. Each late completion calls
+  `loop.call_soon_threadsafe` on the closed loop (Python prints the
+  RuntimeError "Event loop is closed" as an unraisable exception), and
+  completions that failed before the loop closed are reported by asyncio
+  as "Future exception was never retrieved": tracebacks per array, after
+  the real error. Exactly those go to debug level (the latter only for a
+  checkpoint being restored); every other unraisable exception reaches
+  the previous `sys.unraisablehook`, every other record its handlers.
+  Installed once.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "_superconv_quiet", False):
+    return
+
+  def hook(unraisable):
+    if _is_late_callback_into_closed_loop(unraisable):
+      log.debug("Dropped a late TensorStore callback into a closed loop.")
+      return
+    previous(unraisable)
+
+  hook._superconv_quiet = True  # pylint: disable=protected-access
+  sys.unraisablehook = hook
+  logging.getLogger("asyncio").addFilter(_SecondaryRestoreErrors())
+
+
 def checkpoint_dir(workdir: str) -> str:
   return storage.join(storage.absolute(workdir), CHECKPOINT_DIR)
 
@@ -101,6 +165,7 @@ def manager(
   kept. Call `set_aside` first so that no incomplete checkpoint is in the
   directory the manager scans.
   """
+  _quiet_secondary_errors()
   options = ocp.CheckpointManagerOptions(
     max_to_keep=keep, create=True, enable_async_checkpointing=async_save
   )
@@ -247,6 +312,7 @@ def restore_latest(
   `set_aside`. Values come back as host numpy arrays, whatever the device
   count that wrote them. Nothing is written.
   """
+  _quiet_secondary_errors()
   steps, skipped = scan(workdir)
   if step is not None:
     bad = [s for s in skipped if storage.basename(s.path) == str(step)]
@@ -260,6 +326,7 @@ def restore_latest(
   restored = None
   for s in reversed(steps):
     path = storage.join(checkpoint_dir(workdir), str(s))
+    _READ_ATTEMPTS.add(path)
     try:
       config, meta = _read_json_items(path)
     except Exception as e:  # pylint: disable=broad-except

@@ -37,7 +37,7 @@ import os
 import sys
 
 from superconv import budget as budget_lib
-from superconv import metric_writer, stats
+from superconv import cli, metric_writer, stats
 
 DEFAULT_TARGETS = (0.90, 0.91, 0.92)
 CONFIDENCE = 0.95
@@ -1184,6 +1184,10 @@ def main(argv: Sequence[str]) -> int:
   )
   args = p.parse_args(argv)
   try:
+    try:  # Empty, a file, a broken link, not writable: refused up front.
+      args.out = cli.check_workdir(args.out, flag="--out")
+    except ValueError as e:
+      raise ReportError(str(e)) from None
     labels = parse_labels(args.label)
     report = build(
       args.dirs,

@@ -16,7 +16,10 @@ resumed by running the same command again (main resumes from its latest
 checkpoint). The grid may grow between invocations (more seeds); the config
 file and the common overrides may not (`DIR/sweep.json` records them).
 Values holding commas go in brackets: `--sweep
-schedule.boundaries=(25,37.5),(30,40)`.
+schedule.boundaries=(25,37.5),(30,40)`. Before anything runs (also with
+--dry-run), every run's overrides are parsed and checked as on main's
+command line: an unknown key, a value of the wrong type or an impossible
+one is refused with one line naming it.
 
 Parallel runs (`--parallel N|auto`): N trainers at once, each pinned to its
 own len(cores) // N CPU cores (`os.sched_setaffinity`), with one XLA thread
@@ -62,7 +65,6 @@ from collections.abc import Sequence
 import dataclasses
 import datetime
 import functools
-import importlib.util
 import itertools
 import json
 import math
@@ -770,29 +772,26 @@ def throughput_line(results: Sequence[dict]) -> str | None:
 # ============================================================================
 
 
-def _check_keys(config_path: str, keys: Sequence[str]) -> None:
-  """Every key exists in the config file's get_config() (else SweepError)."""
-  path, arg = cli.config_file(config_path)  # configs/x.py[:arg]
+def _check_config(config_path: str, runs: Sequence[Run], common: dict) -> None:
+  """Every run's --config.* overrides as superconv.main would take them.
+
+  Each key must exist, and each run's values must parse to the config's
+  types and pass its checks before any data is loaded, exactly as on
+  main's command line; else SweepError naming the key or the run.
+  """
   try:
-    spec = importlib.util.spec_from_file_location(
-      "_superconv_sweep_config", path
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config() if arg is None else module.get_config(arg)
-  except Exception as e:  # pylint: disable=broad-except
-    raise SweepError(
-      f"--config {config_path}: cannot load it: {type(e).__name__}: {e}"
-    ) from None
+    config = cli.load_config_file(config_path)
+  except cli.ConfigFileError as e:
+    raise SweepError(str(e)) from None
+  keys = list(common) + list(runs[0].overrides)  # plan() gives >= 1 run.
   for key in keys:
-    node, prefix = config, "config"
-    for part in key.split("."):
-      if not hasattr(node, "keys") or part not in node:
-        valid = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else ""
-        raise SweepError(
-          f"config.{key}: unknown key; valid keys of {prefix}: {valid}"
-        )
-      node, prefix = node[part], f"{prefix}.{part}"
+    message = cli.unknown_key(config, key)
+    if message:
+      raise SweepError(message)
+  for run in runs:
+    message = cli.check_overrides(config_path, {**common, **run.overrides})
+    if message:
+      raise SweepError(f"run {run.name}: {message}")
 
 
 def _sweep_header(config_path: str, common: dict, trainer: list[str]) -> dict:
@@ -842,9 +841,10 @@ def run_sweep(
   config_path = os.path.abspath(path) + ("" if arg is None else f":{arg}")
   if not os.path.isfile(os.path.abspath(path)):
     raise SweepError(f"--config: no such file: {os.path.abspath(path)}")
-  workdir = os.path.abspath(workdir)
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise SweepError(f"--workdir: {workdir} exists and is not a directory")
+  try:  # Empty, a file, a broken link, not writable: refused.
+    workdir = cli.check_workdir(workdir)
+  except ValueError as e:
+    raise SweepError(str(e)) from None
   trainer = list(trainer or default_trainer())
   swept = [k for k, _ in sweeps]
   both = sorted(set(swept) & set(common))
@@ -854,7 +854,7 @@ def run_sweep(
     )
   runs = plan(sweeps, workdir)
   if trainer == default_trainer():
-    _check_keys(config_path, swept + list(common))
+    _check_config(config_path, runs, common)
   header = _sweep_header(config_path, common, trainer)
   previous = {} if dry_run else _check_same_sweep(workdir, header)
 

@@ -13,7 +13,8 @@ Reliability (see also checkpoint.py):
   platform and device count.
 - SIGTERM/SIGINT: the run stops at the next step boundary after saving a
   checkpoint of that step, and raises `Interrupted` (main.py exits with
-  128 + the signal number). A second signal acts as if none was handled.
+  128 + the signal number). A second signal ends the process at once with
+  the same status, even during compilation (see `_StopSignals`).
 - Non-finite loss or gradients: such a step leaves parameters, BatchNorm
   statistics and momentum unchanged on device while the step (data order,
   schedule) moves on. `nonfinite_policy="stop"` then raises NonFiniteError
@@ -373,12 +374,19 @@ class Interrupted(Exception):
 
 
 class _StopSignals:
-  """Turns the first SIGTERM/SIGINT into a request to stop.
+  """Turns the first SIGTERM/SIGINT into a request to stop; a second one
+  ends the process at once.
 
-  The handler only records the signal (the loop acts on it at the next step
-  boundary) and reinstalls the previous handlers, so that a second signal
-  acts at once (SIGTERM terminates, SIGINT raises KeyboardInterrupt). Only
-  the main thread can install handlers; elsewhere this does nothing.
+  The first signal is only recorded: the loop acts on it at the next step
+  boundary. A second one ends the process at once with status 128 + its
+  number and one line on stderr, no traceback, even while the main thread
+  is inside a long C++ call such as XLA's compiler, where Python runs no
+  signal handler until the call returns: `signal.set_wakeup_fd` makes
+  Python's C-level handler write each signal's number to a pipe, and a
+  watcher thread reading it (the compiler releases the GIL) calls
+  `os._exit`. Like kill -9, that loses the steps since the last complete
+  checkpoint: a half-written one is never restored. Only the main thread
+  can install handlers; elsewhere this does nothing.
   """
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -386,25 +394,66 @@ class _StopSignals:
   def __init__(self):
     self.signum: int | None = None
     self._previous: dict = {}
+    self._pipe: tuple[int, int] | None = None
+    self._previous_wakeup = -1
+    self._watcher: threading.Thread | None = None
 
   def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      for sig in self.SIGNALS:
-        self._previous[sig] = signal.signal(sig, self._handle)
+    if threading.current_thread() is not threading.main_thread():
+      return self
+    for sig in self.SIGNALS:
+      self._previous[sig] = signal.signal(sig, self._handle)
+    self._pipe = os.pipe()
+    os.set_blocking(self._pipe[1], False)
+    self._previous_wakeup = signal.set_wakeup_fd(
+      self._pipe[1], warn_on_full_buffer=False
+    )
+    self._watcher = threading.Thread(
+      target=self._watch, name="superconv-second-signal", daemon=True
+    )
+    self._watcher.start()
     return self
 
   def _handle(self, signum, frame):
     del frame
+    if self.signum is not None:
+      self._exit_at_once(signum)
     self.signum = signum
-    self._restore()
 
-  def _restore(self):
+  def _watch(self):
+    """Counts the signals Python's C handler reports; exits at the second."""
+    received = 0
+    while True:
+      for signum in os.read(self._pipe[0], 64):
+        if signum == 0:  # __exit__'s stop byte.
+          return
+        if signum in self.SIGNALS:
+          received += 1
+          if received >= 2:
+            self._exit_at_once(signum)
+
+  def __exit__(self, *exc_info):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
     self._previous = {}
+    if self._pipe is not None:
+      signal.set_wakeup_fd(self._previous_wakeup)
+      os.write(self._pipe[1], b"\0")
+      self._watcher.join()
+      for fd in self._pipe:
+        os.close(fd)
+      self._pipe = None
 
-  def __exit__(self, *exc_info):
-    self._restore()
+  @staticmethod
+  def _exit_at_once(signum: int) -> None:
+    """Ends the process now with 128 + signum, as kill would: no cleanup."""
+    name = signal.Signals(signum).name
+    line = (
+      f"superconv: {name} again: stopped at once; run the same command to"
+      " resume from the last complete checkpoint\n"
+    )
+    os.write(2, line.encode())
+    os._exit(128 + signum)  # pylint: disable=protected-access
 
 
 DEBUG_SIGNAL_ENV = "SUPERCONV_DEBUG_SIGNAL_AT_STEP"
