@@ -633,7 +633,7 @@ def format_table(
   After the columns a row shows its `error`, its flags ('! ...') and, with
   `settings`, its `settings`.
   """
-  lines = ["  ".join(_cell(h, w) for h, _, _, w in columns)]
+  lines = ["  ".join(_cell(h, w) for h, _, _, w in columns).rstrip()]
   lines.append(
     "  ".join(
       "-" * abs(w) if abs(w) >= len(h) else "-" * len(h)
