@@ -19,7 +19,8 @@ Exit status:
   0    the run is complete (or was already): final test metrics printed.
   2    bad input, before anything is compiled or written: an unknown config
        key, a wrong type or impossible value, a missing config file or
-       --workdir, a workdir that is a file or not writable, a data set that
+       --workdir, a workdir that is a file or not writable, a workdir in
+       use by another run (named: pid, host, since when), a data set that
        cannot be found, a resume whose config changes the trajectory, or
        incomplete SUPERCONV_* multi-process settings.
        One line on stderr names the key, flag or path.
@@ -84,6 +85,8 @@ def main(argv):
   config = FLAGS.config
   try:
     config_lib.validate_static(config, num_devices=jax.device_count())
+    # One writer per workdir (lock.py): exit 2 naming the holder otherwise.
+    train.lock_workdir(workdir, "superconv.main")
     if config.schedule.lr_from_range_test:
       from superconv import lr_range_test  # pylint: disable=g-import-not-at-top
 

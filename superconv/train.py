@@ -20,6 +20,8 @@ Reliability (see also checkpoint.py):
   at the next metrics flush, which always precedes a save; "skip" goes on
   and counts the step. `checkpoint.save` refuses a non-finite state as a
   last safety net.
+- One writer per workdir: `lock_workdir` (lock.py) before anything is
+  written; the drivers call it.
 - Testing hooks: config.debug_nan_at_step (see config.py) and the
   environment variable SUPERCONV_DEBUG_SIGNAL_AT_STEP=N[:SIGNAME], which
   makes the process send itself SIGNAME (default SIGTERM) right after step
@@ -49,7 +51,7 @@ import optax
 from superconv import checkpoint as checkpoint_lib
 from superconv import config as config_lib
 from superconv import data as data_lib
-from superconv import input_pipeline, metric_writer, schedules, storage
+from superconv import input_pipeline, lock, metric_writer, schedules, storage
 
 log = logging.getLogger("superconv")
 AXIS = input_pipeline.AXIS
@@ -354,6 +356,32 @@ def unreplicate(tree):
 
 class NonFiniteError(RuntimeError):
   """Loss or gradients became NaN/Inf (the message says where)."""
+
+
+def lock_workdir(workdir: str, program: str):
+  """Takes the workdir's lock (lock.py) before anything is written there.
+
+  Only process 0 writes the run's own files, so only process 0 takes the
+  lock; with several processes, all of them learn whether it did, and all
+  raise lock.LockError (exit 2) if not, instead of waiting for process 0
+  in a collective. The lock is held until the process exits.
+  """
+  error, held = None, None
+  if jax.process_index() == 0:
+    try:
+      held = lock.acquire(workdir, program)
+    except lock.LockError as e:
+      error = e
+  if jax.process_count() > 1:
+    taken = multihost_utils.broadcast_one_to_all(np.int32(error is None))
+    if not int(taken) and error is None:
+      error = lock.LockError(
+        f"--workdir: {storage.absolute(workdir)}: process 0 could not lock"
+        " it (its error names the holder)"
+      )
+  if error is not None:
+    raise error
+  return held
 
 
 class Interrupted(Exception):
