@@ -24,9 +24,10 @@ Exit status:
        cannot be found, a resume whose config changes the trajectory, or
        incomplete SUPERCONV_* multi-process settings.
        One line on stderr names the key, flag or path.
-  3    NaN/Inf loss or gradients with nonfinite_policy="stop": the message
-       names the step, the learning rate and the quantity; the checkpoints
-       written before it (all finite) are kept.
+  3    NaN/Inf loss, gradients or BatchNorm statistics with
+       nonfinite_policy="stop": the message names the step, the learning
+       rate and the quantity; the checkpoints written before it (all
+       finite) are kept.
   143  SIGTERM (128 + 15), or
   130  SIGINT / Ctrl-C (128 + 2): the run stopped at the next step boundary
        after saving a checkpoint of that step; run the same command to

@@ -14,12 +14,12 @@ Reliability (see also checkpoint.py):
 - SIGTERM/SIGINT: the run stops at the next step boundary after saving a
   checkpoint of that step, and raises `Interrupted` (main.py exits with
   128 + the signal number). A second signal acts as if none was handled.
-- Non-finite loss or gradients: such a step leaves parameters, BatchNorm
-  statistics and momentum unchanged on device while the step (data order,
-  schedule) moves on. `nonfinite_policy="stop"` then raises NonFiniteError
-  at the next metrics flush, which always precedes a save; "skip" goes on
-  and counts the step. `checkpoint.save` refuses a non-finite state as a
-  last safety net.
+- Non-finite loss, gradients or BatchNorm statistics: such a step leaves
+  parameters, BatchNorm statistics and momentum unchanged on device while the
+  step (data order, schedule) moves on. `nonfinite_policy="stop"` then raises
+  NonFiniteError at the next metrics flush, which always precedes a save;
+  "skip" goes on and counts the step. `checkpoint.save` refuses a non-finite
+  state as a last safety net.
 - One writer per workdir: `lock_workdir` (lock.py) before anything is
   written; the drivers call it.
 - Testing hooks: config.debug_nan_at_step (see config.py) and the
@@ -216,12 +216,12 @@ def train_step(
 ):
   """One SGD step on this device's slice of the global batch of state.step.
 
-  A step whose loss or gradients are not finite changes no parameter,
-  BatchNorm statistic or momentum (only the step and schedule counts move
-  on) and reports metrics["nonfinite"] = 1; the host then stops or goes on
-  (config.nonfinite_policy), so both policies run the same program and the
-  state on device never holds the NaN. nan_at_step >= 0 (a testing hook)
-  multiplies the loss of that 1-based step by NaN.
+  A step whose loss, gradients or new BatchNorm statistics are not finite
+  changes no parameter, BatchNorm statistic or momentum (only the step and
+  schedule counts move on) and reports metrics["nonfinite"] = 1; the host then
+  stops or goes on (config.nonfinite_policy), so both policies run the same
+  program and the state on device never holds the NaN. nan_at_step >= 0 (a
+  testing hook) multiplies the loss of that 1-based step by NaN.
   """
   x, y = input_pipeline.train_batch(
     images,
@@ -240,6 +240,12 @@ def train_step(
     label_smoothing=label_smoothing,
     nan_at_step=nan_at_step,
   )
+
+
+def _all_finite(tree):
+  """A scalar bool: no NaN/Inf in any leaf of `tree`."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
 def step_on_batch(
@@ -280,7 +286,11 @@ def step_on_batch(
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   hp = hyperparams(new_state.opt_state)  # This step's learning rate.
 
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  # The new BatchNorm statistics too (an infinite variance leaves loss and
+  # gradients finite). They agree over devices (synchronized BN); the guard
+  # must, so it takes the minimum over devices.
+  stats_finite = jax.lax.pmin(_all_finite(batch_stats).astype(jnp.int32), AXIS)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (stats_finite == 1)
   new_state = _keep_if_nonfinite(finite, new_state, state)
   metrics = {
     "train_loss": loss,
@@ -355,7 +365,18 @@ def unreplicate(tree):
 
 
 class NonFiniteError(RuntimeError):
-  """Loss or gradients became NaN/Inf (the message says where)."""
+  """Loss, gradients or BatchNorm statistics became NaN/Inf (the message
+  says where)."""
+
+
+def nonfinite_quantity(metrics: dict) -> str:
+  """What made a step non-finite, from its (host) metrics: the loss, else
+  the gradients, else (both finite) the BatchNorm statistics."""
+  if not np.isfinite(metrics["train_loss"]):
+    return "loss"
+  if not np.isfinite(metrics["grad_norm"]):
+    return "gradients"
+  return "BatchNorm statistics"
 
 
 def lock_workdir(workdir: str, program: str):
@@ -800,7 +821,7 @@ def _train_and_evaluate(
     for offset, per_replica in enumerate(fetched):
       for seed, m in zip(seeds, per_replica):
         if m["nonfinite"] and config.nonfinite_policy == "stop":
-          what = "loss" if not np.isfinite(m["train_loss"]) else "gradients"
+          what = nonfinite_quantity(m)
           which = f" of seed {seed}" if len(seeds) > 1 else ""
           raise NonFiniteError(
             f"non-finite {what}{which} at step {first_step + offset}"
