@@ -866,6 +866,8 @@ def _train_and_evaluate(
   def save(step: int) -> None:
     """Checkpoint of `step` (asynchronous); never of a non-finite state."""
     nonlocal last_saved
+    for writer in writers:  # Rows up to `step` on disk before its checkpoint.
+      writer.sync()
     try:
       checkpoint_lib.save(mngr, step, unreplicate(state), config_dict, meta)
     except checkpoint_lib.NonFiniteStateError as e:
