@@ -9,10 +9,13 @@ Works with any number of devices, not only the training run's: the eval
 batch is rounded up to a multiple of the device count (padding images are
 masked, so only float summation order can differ). On another machine,
 --dataset / --data_dir point at the data set's copy there. Writes nothing.
+Checkpoints are verified as on resume (checkpoint.verify: checksums, finite
+values): a corrupt one is skipped with a warning naming why, or, asked for
+by --step, refused.
 
 Exit status: 0, or 2 with one line naming the flag or path (an empty
---workdir, no complete checkpoint, a missing data set, a bad flag such as
-an --eval_batch_size below 1).
+--workdir, no complete checkpoint, a corrupt --step checkpoint, a missing
+data set, a bad flag such as an --eval_batch_size below 1).
 """
 
 from __future__ import annotations

@@ -21,16 +21,18 @@ Exit status:
        key, a wrong type or impossible value, a config file that is missing
        or does not load (its file, line and error), a missing or empty
        --workdir, a workdir that is a file, a broken symbolic link or not
-       writable, a data set that cannot be found, a resume whose config
+       writable, a workdir in use by another run (named: pid, host, since
+       when), a data set that cannot be found, a resume whose config
        changes the trajectory, or incomplete SUPERCONV_* multi-process
        settings. One line on stderr names the key, flag or path.
        Also a full disk (ENOSPC, or EDQUOT for a quota) while the run
        writes: one last line names the workdir and the cause, the
        libraries' tracebacks go to debug level only; free space and run
        the same command to resume from the last complete checkpoint.
-  3    NaN/Inf loss or gradients with nonfinite_policy="stop": the message
-       names the step, the learning rate and the quantity; the checkpoints
-       written before it (all finite) are kept.
+  3    NaN/Inf loss, gradients or BatchNorm statistics with
+       nonfinite_policy="stop": the message names the step, the learning
+       rate and the quantity; the checkpoints written before it (all
+       finite) are kept.
   143  SIGTERM (128 + 15), or
   130  SIGINT / Ctrl-C (128 + 2): the run stopped at the next step boundary
        after saving a checkpoint of that step; run the same command to
@@ -90,6 +92,8 @@ def main(argv):
   config = FLAGS.config
   try:
     config_lib.validate_static(config, num_devices=jax.device_count())
+    # One writer per workdir (lock.py): exit 2 naming the holder otherwise.
+    train.lock_workdir(workdir, "superconv.main")
     if config.schedule.lr_from_range_test:
       from superconv import lr_range_test  # pylint: disable=g-import-not-at-top
 

@@ -15,6 +15,10 @@ last --sweep varying fastest. A run whose subprocess exited 0 gets
 resumed by running the same command again (main resumes from its latest
 checkpoint). The grid may grow between invocations (more seeds); the config
 file and the common overrides may not (`DIR/sweep.json` records them).
+One sweep at a time per DIR: a sweep (or tune) holds `DIR/.superconv.lock`
+(superconv/lock.py) while it runs, and each run's trainer locks its own
+`DIR/<name>`, so a second sweep on DIR exits 2 naming the first, and a
+sweep never locks out its own runs.
 Values holding commas go in brackets: `--sweep
 schedule.boundaries=(25,37.5),(30,40)`. Before anything runs (also with
 --dry-run), every run's overrides are parsed and checked as on main's
@@ -78,7 +82,7 @@ import subprocess
 import sys
 import time
 
-from superconv import cli, metric_writer, storage
+from superconv import cli, lock, metric_writer, storage
 
 DONE_FILE = "done.json"
 # What done.json keeps of a run's result (and a skipped run reports).
@@ -817,6 +821,21 @@ def _check_same_sweep(workdir: str, header: dict) -> dict:
   return previous
 
 
+def _locked(fn):
+  """Runs `fn(config_path, workdir, ...)` holding the lock of `workdir`
+  (lock.LockError if another sweep holds it); a dry run takes none."""
+
+  @functools.wraps(fn)
+  def locked(config_path, workdir, *args, **kwargs):
+    if kwargs.get("dry_run"):
+      return fn(config_path, workdir, *args, **kwargs)
+    with lock.acquire(workdir, "superconv.sweep"):
+      return fn(config_path, workdir, *args, **kwargs)
+
+  return locked
+
+
+@_locked
 def run_sweep(
   config_path: str,
   workdir: str,
@@ -1018,6 +1037,7 @@ def _seed_free(overrides: dict) -> dict:
   return {k: v for k, v in overrides.items() if k != "seed"}
 
 
+@_locked
 def tune(
   config_path: str,
   workdir: str,
@@ -1337,7 +1357,7 @@ def _main(argv: list) -> int:
       dry_run=args.dry_run,
       parallel=parallel,
     )
-  except SweepError as e:
+  except (SweepError, lock.LockError) as e:
     sys.stderr.write(f"superconv.sweep: error: {e}\n")
     return EXIT_BAD_INPUT
   except (KeyboardInterrupt, Terminated) as e:

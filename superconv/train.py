@@ -15,12 +15,14 @@ Reliability (see also checkpoint.py):
   checkpoint of that step, and raises `Interrupted` (main.py exits with
   128 + the signal number). A second signal ends the process at once with
   the same status, even during compilation (see `_StopSignals`).
-- Non-finite loss or gradients: such a step leaves parameters, BatchNorm
-  statistics and momentum unchanged on device while the step (data order,
-  schedule) moves on. `nonfinite_policy="stop"` then raises NonFiniteError
-  at the next metrics flush, which always precedes a save; "skip" goes on
-  and counts the step. `checkpoint.save` refuses a non-finite state as a
-  last safety net.
+- Non-finite loss, gradients or BatchNorm statistics: such a step leaves
+  parameters, BatchNorm statistics and momentum unchanged on device while the
+  step (data order, schedule) moves on. `nonfinite_policy="stop"` then raises
+  NonFiniteError at the next metrics flush, which always precedes a save;
+  "skip" goes on and counts the step. `checkpoint.save` refuses a non-finite
+  state as a last safety net.
+- One writer per workdir: `lock_workdir` (lock.py) before anything is
+  written; the drivers call it.
 - Testing hooks: config.debug_nan_at_step (see config.py) and the
   environment variable SUPERCONV_DEBUG_SIGNAL_AT_STEP=N[:SIGNAME], which
   makes the process send itself SIGNAME (default SIGTERM) right after step
@@ -50,7 +52,7 @@ import optax
 from superconv import checkpoint as checkpoint_lib
 from superconv import config as config_lib
 from superconv import data as data_lib
-from superconv import input_pipeline, metric_writer, schedules, storage
+from superconv import input_pipeline, lock, metric_writer, schedules, storage
 
 log = logging.getLogger("superconv")
 AXIS = input_pipeline.AXIS
@@ -215,12 +217,12 @@ def train_step(
 ):
   """One SGD step on this device's slice of the global batch of state.step.
 
-  A step whose loss or gradients are not finite changes no parameter,
-  BatchNorm statistic or momentum (only the step and schedule counts move
-  on) and reports metrics["nonfinite"] = 1; the host then stops or goes on
-  (config.nonfinite_policy), so both policies run the same program and the
-  state on device never holds the NaN. nan_at_step >= 0 (a testing hook)
-  multiplies the loss of that 1-based step by NaN.
+  A step whose loss, gradients or new BatchNorm statistics are not finite
+  changes no parameter, BatchNorm statistic or momentum (only the step and
+  schedule counts move on) and reports metrics["nonfinite"] = 1; the host then
+  stops or goes on (config.nonfinite_policy), so both policies run the same
+  program and the state on device never holds the NaN. nan_at_step >= 0 (a
+  testing hook) multiplies the loss of that 1-based step by NaN.
   """
   x, y = input_pipeline.train_batch(
     images,
@@ -239,6 +241,12 @@ def train_step(
     label_smoothing=label_smoothing,
     nan_at_step=nan_at_step,
   )
+
+
+def _all_finite(tree):
+  """A scalar bool: no NaN/Inf in any leaf of `tree`."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
 def step_on_batch(
@@ -279,7 +287,11 @@ def step_on_batch(
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   hp = hyperparams(new_state.opt_state)  # This step's learning rate.
 
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  # The new BatchNorm statistics too (an infinite variance leaves loss and
+  # gradients finite). They agree over devices (synchronized BN); the guard
+  # must, so it takes the minimum over devices.
+  stats_finite = jax.lax.pmin(_all_finite(batch_stats).astype(jnp.int32), AXIS)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (stats_finite == 1)
   new_state = _keep_if_nonfinite(finite, new_state, state)
   metrics = {
     "train_loss": loss,
@@ -354,7 +366,44 @@ def unreplicate(tree):
 
 
 class NonFiniteError(RuntimeError):
-  """Loss or gradients became NaN/Inf (the message says where)."""
+  """Loss, gradients or BatchNorm statistics became NaN/Inf (the message
+  says where)."""
+
+
+def nonfinite_quantity(metrics: dict) -> str:
+  """What made a step non-finite, from its (host) metrics: the loss, else
+  the gradients, else (both finite) the BatchNorm statistics."""
+  if not np.isfinite(metrics["train_loss"]):
+    return "loss"
+  if not np.isfinite(metrics["grad_norm"]):
+    return "gradients"
+  return "BatchNorm statistics"
+
+
+def lock_workdir(workdir: str, program: str):
+  """Takes the workdir's lock (lock.py) before anything is written there.
+
+  Only process 0 writes the run's own files, so only process 0 takes the
+  lock; with several processes, all of them learn whether it did, and all
+  raise lock.LockError (exit 2) if not, instead of waiting for process 0
+  in a collective. The lock is held until the process exits.
+  """
+  error, held = None, None
+  if jax.process_index() == 0:
+    try:
+      held = lock.acquire(workdir, program)
+    except lock.LockError as e:
+      error = e
+  if jax.process_count() > 1:
+    taken = multihost_utils.broadcast_one_to_all(np.int32(error is None))
+    if not int(taken) and error is None:
+      error = lock.LockError(
+        f"--workdir: {storage.absolute(workdir)}: process 0 could not lock"
+        " it (its error names the holder)"
+      )
+  if error is not None:
+    raise error
+  return held
 
 
 class Interrupted(Exception):
@@ -821,7 +870,7 @@ def _train_and_evaluate(
     for offset, per_replica in enumerate(fetched):
       for seed, m in zip(seeds, per_replica):
         if m["nonfinite"] and config.nonfinite_policy == "stop":
-          what = "loss" if not np.isfinite(m["train_loss"]) else "gradients"
+          what = nonfinite_quantity(m)
           which = f" of seed {seed}" if len(seeds) > 1 else ""
           raise NonFiniteError(
             f"non-finite {what}{which} at step {first_step + offset}"
@@ -866,6 +915,8 @@ def _train_and_evaluate(
   def save(step: int) -> None:
     """Checkpoint of `step` (asynchronous); never of a non-finite state."""
     nonlocal last_saved
+    for writer in writers:  # Rows up to `step` on disk before its checkpoint.
+      writer.sync()
     try:
       checkpoint_lib.save(mngr, step, unreplicate(state), config_dict, meta)
     except checkpoint_lib.NonFiniteStateError as e:
