@@ -60,6 +60,13 @@ config_flags.DEFINE_config_file(
 flags.DEFINE_string(
   "workdir", None, "Directory for checkpoints, metrics and config.json."
 )
+flags.DEFINE_bool(
+  "eigen_conv",
+  False,
+  "XLA:CPU convolutions with Eigen instead of YNNPACK (faster for CIFAR"
+  " ResNets, see BENCHMARKS.md); refused on jaxlib releases not known to"
+  " accept the XLA flag.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 EXIT_BAD_INPUT = cli.EXIT_BAD_INPUT
@@ -81,6 +88,13 @@ def main(argv):
 
   from superconv import distributed  # pylint: disable=g-import-not-at-top
 
+  if FLAGS.eigen_conv:  # Before the first use of a JAX backend too.
+    from superconv import conv as conv_lib  # pylint: disable=g-import-not-at-top
+
+    if not conv_lib.use_eigen_convolutions():
+      fail(
+        f"--eigen_conv: jaxlib {jax.lib.__version__} is not known to accept it"
+      )
   try:  # Before the first use of a JAX backend (jax.device_count()).
     distributed.maybe_initialize()
   except ValueError as e:

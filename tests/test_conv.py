@@ -205,3 +205,24 @@ def test_config_validates_conv_impl():
   c.conv_impl = "fast"
   with pytest.raises(config_lib.ConfigError, match="conv_impl"):
     config_lib.validate_static(c, num_devices=1)
+
+
+@pytest.mark.parametrize(
+  "flags,version,expected",
+  [
+    ("", "0.10.2", conv_lib.EIGEN_CONV_FLAG),
+    ("--a=1", "0.10.0", "--a=1 " + conv_lib.EIGEN_CONV_FLAG),
+    (conv_lib.EIGEN_CONV_FLAG, "0.10.2", conv_lib.EIGEN_CONV_FLAG),
+    ("--a=1", "0.11.0", None),  # Not checked: never set.
+    ("", "0.9.1", None),
+    ("", "dev", None),
+  ],
+)
+def test_eigen_conv_flag_only_for_checked_jaxlibs(flags, version, expected):
+  assert conv_lib.eigen_conv_flags(flags, version) == expected
+
+
+def test_eigen_conv_flag_refused_after_backend_start():
+  jax.devices()  # Starts the backend.
+  with pytest.raises(RuntimeError, match="backend has already started"):
+    conv_lib.use_eigen_convolutions()
