@@ -100,6 +100,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from superconv import batchnorm as bn_lib
 from superconv import bench_common as common
 from superconv import config as config_lib
 from superconv import conv as conv_lib
@@ -348,6 +349,7 @@ def bench_config(
   seed: int = 0,
   parallel_seeds: int = 1,
   conv_impl: str = "auto",
+  bn_impl: str = "auto",
 ):
   """A training config for the benchmark (synthetic data).
 
@@ -361,6 +363,7 @@ def bench_config(
   c.seed = seed
   c.num_parallel_seeds = parallel_seeds
   c.conv_impl = conv_impl
+  c.bn_impl = bn_impl
   c.dataset = "synthetic"
   c.synthetic_train_size = max(train_size, batch)
   c.model = model
@@ -495,6 +498,7 @@ class JaxCase:
     dataset: data_lib.Dataset | None = None,
     parallel_seeds: int = 1,
     conv_impl: str = "auto",
+    bn_impl: str = "auto",
   ):
     devices = jax.local_devices()
     n = len(devices)
@@ -510,9 +514,15 @@ class JaxCase:
       parallel_seeds=parallel_seeds,
       devices=n,
       conv_impl=conv_lib.resolve(conv_impl),
+      bn_impl=bn_lib.resolve(bn_impl),
       device_kind=devices[0].device_kind,
       backend=jax.default_backend(),
-      settings=f"XLA, pmap over {n} device(s), jax {jax.__version__}",
+      settings=f"XLA, pmap over {n} device(s), jax {jax.__version__}"
+      + (
+        ", Eigen conv"
+        if conv_lib.EIGEN_CONV_FLAG in os.environ.get("XLA_FLAGS", "")
+        else ""
+      ),
       forward_macs=models.forward_macs(model),
       train_gflops_per_image=gflops,
       peak_tflops=peak_tflops(devices[0].device_kind, dtype, peak_override),
@@ -521,7 +531,10 @@ class JaxCase:
       warmup=warmup,
       flags=[],
     )
-    self.name = f"jax {self.row['conv_impl']} conv, {parallel_seeds} seed(s)"
+    self.name = (
+      f"jax {self.row['conv_impl']} conv, {self.row['bn_impl']} bn,"
+      f" {parallel_seeds} seed(s)"
+    )
     self.config = bench_config(
       model,
       batch,
@@ -531,6 +544,7 @@ class JaxCase:
       log_every=log_every,
       parallel_seeds=parallel_seeds,
       conv_impl=conv_impl,
+      bn_impl=bn_impl,
     )
     self.images_per_step = batch * parallel_seeds
     if dataset is None or len(dataset.train_images) < batch:
@@ -656,6 +670,7 @@ def compare_rows(
       "dtype": j["dtype"],
       "parallel_seeds": j.get("parallel_seeds"),
       "conv_impl": j.get("conv_impl"),
+      "bn_impl": j.get("bn_impl"),
       "torch_settings": {t.get("setting"): t.get("settings") for t in ts},
       "torch": {},
       "flags": [f"jax:{f}" for f in j.get("flags") or ()]
@@ -738,6 +753,7 @@ def compare_columns(comparison: Sequence[dict]):
     ("dtype", "dtype", str, -8),
     ("seeds", "parallel_seeds", str, 5),
     ("conv", "conv_impl", str, -7),
+    ("bn", "bn_impl", str, -5),
     ("jax step", jax_step, str, 12),
     *((f"{s} step", _torch_step(s), str, 12) for s in settings),
     ("ratio", lambda r: _ratio(r, "step"), str, 6),
@@ -1052,6 +1068,20 @@ def parser() -> argparse.ArgumentParser:
     " chunked weight gradients on CPU, xla elsewhere",
   )
   p.add_argument(
+    "--bn-impl",
+    type=_csv(str),
+    default=["auto"],
+    help="comma list of BatchNorm implementations"
+    " (config.bn_impl): auto, flax, fused; default auto ="
+    " fused backward on CPU, flax elsewhere",
+  )
+  p.add_argument(
+    "--eigen-conv",
+    action="store_true",
+    help="XLA:CPU convolutions with Eigen instead of YNNPACK"
+    " (superconv.conv.use_eigen_convolutions; jaxlib 0.10 only)",
+  )
+  p.add_argument(
     "--dtype",
     type=_csv(str),
     default=["bfloat16"],
@@ -1225,6 +1255,10 @@ def _validate(args, p: argparse.ArgumentParser) -> None:
     if impl not in conv_lib.CONV_IMPLS:
       valid = ", ".join(conv_lib.CONV_IMPLS)
       p.error(f"--conv-impl: unknown {impl!r}; valid: {valid}")
+  for impl in args.bn_impl:
+    if impl not in bn_lib.BN_IMPLS:
+      valid = ", ".join(bn_lib.BN_IMPLS)
+      p.error(f"--bn-impl: unknown {impl!r}; valid: {valid}")
   if not args.parallel_seeds or min(args.parallel_seeds) < 1:
     p.error("--parallel-seeds: every K must be >= 1")
   if (args.warmup is not None and args.warmup < 0) or args.loop_intervals < 1:
@@ -1247,6 +1281,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
   p = parser()
   args = p.parse_args(argv)
+  if args.eigen_conv:
+    try:
+      if not conv_lib.use_eigen_convolutions():
+        p.error("--eigen-conv: this jaxlib is not known to accept the flag")
+    except RuntimeError as e:
+      p.error(f"--eigen-conv: {e}")
   _validate(args, p)
   payload = {"meta": _meta(argv), "rows": []}
   with fresh_compile_cache(not args.no_compile_cache):
@@ -1308,7 +1348,9 @@ def _timing_table(args, payload: dict, worker: TorchWorker | None) -> None:
       )
     timing = dict(steps=args.steps, repeats=args.repeats, warmup=warmup)
     cases: dict[str, JaxCase] = {}
-    for k, impl in itertools.product(args.parallel_seeds, args.conv_impl):
+    for k, impl, bn in itertools.product(
+      args.parallel_seeds, args.conv_impl, args.bn_impl
+    ):
       case = JaxCase(
         model,
         batch,
@@ -1321,6 +1363,7 @@ def _timing_table(args, payload: dict, worker: TorchWorker | None) -> None:
         dataset=_sized(base, batch, args.train_size),
         parallel_seeds=k,
         conv_impl=impl,
+        bn_impl=bn,
       )
       name = case.name
       if name in cases:

@@ -48,6 +48,7 @@ ROW_KEYS = (
   "device_kind",
   "backend",
   "conv_impl",  # superconv.conv implementation, resolved ('xla' | 'chunked').
+  "bn_impl",  # superconv.batchnorm implementation, resolved ('flax' | 'fused').
   "setting",  # PyTorch: one of TORCH_SETTINGS; None for JAX.
   "settings",  # How the step was built (compiler, layout, ...).
   "compile_s",  # Seconds to compile the bare step.
@@ -486,6 +487,8 @@ def row_label(row: dict) -> str:
     parts.append(str(row["setting"]))
   if row.get("conv_impl"):
     parts.append(f"conv {row['conv_impl']}")
+  if row.get("bn_impl"):
+    parts.append(f"bn {row['bn_impl']}")
   if (row.get("parallel_seeds") or 1) > 1:
     parts.append(f"{row['parallel_seeds']} seeds")
   return " ".join(parts)
@@ -605,6 +608,7 @@ TABLE_COLUMNS = (
   ("seeds", "parallel_seeds", str, 5),
   ("dev", "devices", str, 3),
   ("conv", "conv_impl", str, -7),
+  ("bn", "bn_impl", str, -5),
   ("setting", "setting", str, -10),
   ("compile s", "compile_s", num(".1f"), 9),
   ("step img/s", lambda r: rate_cell(r, "step"), str, 10),

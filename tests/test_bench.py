@@ -794,7 +794,7 @@ def test_parallel_seeds_rows_count_every_replica(tmp_path, compile_cache):
     )
 
 
-def test_conv_impl_rows(tmp_path, capsys, compile_cache):
+def test_conv_and_bn_impl_rows(tmp_path, capsys, compile_cache):
   del compile_cache
   out = tmp_path / "bench.json"
   status = bench.main(
@@ -802,6 +802,8 @@ def test_conv_impl_rows(tmp_path, capsys, compile_cache):
     + [
       "--conv-impl",
       "xla,chunked",
+      "--bn-impl",
+      "flax,fused",
       "--steps",
       "1",
       "--repeats",
@@ -817,16 +819,19 @@ def test_conv_impl_rows(tmp_path, capsys, compile_cache):
   )
   assert status == 0
   rows = json.loads(out.read_text())["rows"]
-  assert [r["conv_impl"] for r in rows] == ["xla", "chunked"]
+  impls = [("xla", "flax"), ("xla", "fused")]
+  impls += [("chunked", "flax"), ("chunked", "fused")]
+  assert [(r["conv_impl"], r["bn_impl"]) for r in rows] == impls
   assert all(r["step_images_per_sec"] > 0 for r in rows)
   body = capsys.readouterr().out.splitlines()[2:]
-  assert [line.split()[5] for line in body] == ["xla", "chunked"]
+  assert [tuple(line.split()[5:7]) for line in body] == impls
 
 
 @pytest.mark.parametrize(
   "flags, message",
   [
     (["--conv-impl", "fast"], "--conv-impl: unknown 'fast'"),
+    (["--bn-impl", "fast"], "--bn-impl: unknown 'fast'"),
     (["--parallel-seeds", "0"], "--parallel-seeds: every K must be >= 1"),
     (
       ["--torch-settings", "eager,fastest"],
