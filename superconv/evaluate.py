@@ -102,30 +102,9 @@ def evaluate(
     config.data_dir = data_dir
   ds = train.load_dataset(config)
   run = train.setup(config, ds)
-  aug = run.aug
-  meta = restored.meta
-  if "mean" in meta:  # Normalize exactly as in training.
-    saved = (tuple(meta["mean"]), tuple(meta["std"]))
-    if (
-      max(abs(a - b) for a, b in zip(saved[0] + saved[1], aug.mean + aug.std))
-      > 1e-6
-    ):
-      log.warning(
-        "The train split's mean/std differ from the run's: is %s"
-        " the data set it trained on? Using the run's.",
-        config.dataset,
-      )
-    aug = dataclasses.replace(aug, mean=saved[0], std=saved[1])
+  aug = _saved_normalization(run.aug, restored.meta, config.dataset)
   num_devices = jax.device_count()
-  requested = eval_batch_size or config.eval_batch_size
-  batch = round_to_devices(requested, num_devices)
-  if batch != requested:
-    log.info(
-      "eval_batch_size %d -> %d (a multiple of the %d devices).",
-      requested,
-      batch,
-      num_devices,
-    )
+  batch = _device_batch(eval_batch_size or config.eval_batch_size, num_devices)
   state = train.TrainState(
     # Per replica (a vector) in a config.num_parallel_seeds run.
     step=restored.state.get("step", restored.step),
@@ -149,6 +128,37 @@ def evaluate(
       for seed, r in zip(train.replica_seeds(config), results)
     ],
   }
+
+
+def _saved_normalization(aug, meta: dict, dataset: str):
+  """`aug` with the run's saved mean/std (normalize exactly as in training);
+  warns when the data set's own differ (another data set?)."""
+  if "mean" not in meta:
+    return aug
+  saved = (tuple(meta["mean"]), tuple(meta["std"]))
+  if (
+    max(abs(a - b) for a, b in zip(saved[0] + saved[1], aug.mean + aug.std))
+    > 1e-6
+  ):
+    log.warning(
+      "The train split's mean/std differ from the run's: is %s"
+      " the data set it trained on? Using the run's.",
+      dataset,
+    )
+  return dataclasses.replace(aug, mean=saved[0], std=saved[1])
+
+
+def _device_batch(requested: int, num_devices: int) -> int:
+  """`requested` rounded up to a multiple of the devices (logged if so)."""
+  batch = round_to_devices(requested, num_devices)
+  if batch != requested:
+    log.info(
+      "eval_batch_size %d -> %d (a multiple of the %d devices).",
+      requested,
+      batch,
+      num_devices,
+    )
+  return batch
 
 
 def _fail(message: str) -> None:

@@ -613,6 +613,20 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list:
 def markdown(report: Report) -> str:
   """report.md: tables, plots and how every number was computed."""
   t = report.tables
+  out = _md_summary(report)
+  out += _md_configurations(t["configurations"])
+  out += _md_accuracy(t["accuracy"])
+  out += _md_targets(t["targets"])
+  if report.baseline is not None:
+    out += _md_baseline(report.baseline.label, t)
+  out += _md_plots()
+  out += _md_method()
+  out += _md_runs(t["runs"])
+  return "\n".join(out) + "\n"
+
+
+def _md_summary(report: Report) -> list:
+  """The title and the first paragraph: runs, targets, baseline."""
   n_complete = sum(len(c.runs) for c in report.configs)
   n_incomplete = sum(len(c.incomplete) for c in report.configs)
   targets = ", ".join(_pct(x) + "%" for x in report.targets)
@@ -639,9 +653,12 @@ def markdown(report: Report) -> str:
       " held out from the training set (tuning runs), not on the test"
       " set.",
     ]
+  return out
 
-  out += ["", "## Configurations", ""]
-  out += _md_table(
+
+def _md_configurations(rows: list) -> list:
+  out = ["", "## Configurations", ""]
+  return out + _md_table(
     [
       "configuration",
       "eval set",
@@ -663,11 +680,13 @@ def markdown(report: Report) -> str:
         f"{r['complete_runs']}/{r['incomplete_runs']}",
         r["differing_settings"] or "-",
       ]
-      for r in t["configurations"]
+      for r in rows
     ],
   )
 
-  out += [
+
+def _md_accuracy(rows: list) -> list:
+  out = [
     "",
     "## Final accuracy (%)",
     "",
@@ -676,7 +695,7 @@ def markdown(report: Report) -> str:
     " evaluation (optimistic: chosen on the evaluation set).",
     "",
   ]
-  out += _md_table(
+  return out + _md_table(
     [
       "configuration",
       "seeds",
@@ -698,11 +717,13 @@ def markdown(report: Report) -> str:
         _pct(r["peak_accuracy_mean"]),
         _num(r["wall_seconds_mean"], 1),
       ]
-      for r in t["accuracy"]
+      for r in rows
     ],
   )
 
-  out += [
+
+def _md_targets(rows: list) -> list:
+  out = [
     "",
     "## Time to target accuracy",
     "",
@@ -710,7 +731,7 @@ def markdown(report: Report) -> str:
     " over the seeds that reached it.",
     "",
   ]
-  out += _md_table(
+  return out + _md_table(
     [
       "configuration",
       "target",
@@ -730,70 +751,77 @@ def markdown(report: Report) -> str:
         _num(r["examples_mean"]),
         _spread(r, "wall_seconds", 1),
       ]
-      for r in t["targets"]
+      for r in rows
     ],
   )
 
-  if report.baseline is not None:
-    base = report.baseline.label
-    out += [
-      "",
-      f"## Against the baseline ({base})",
-      "",
-      "### Final accuracy",
-      "",
-      "Difference of means (configuration − baseline, percentage"
-      " points) with its 95% Welch interval; two-sided Welch t-test.",
-      "",
-    ]
-    out += _md_table(
-      ["configuration", "Δ accuracy (pp)", "95% CI", "t", "df", "p"],
-      [
-        [
-          r["configuration"],
-          _pct(r["accuracy_diff"]),
-          f"[{_pct(r['diff_ci95_low'])}, {_pct(r['diff_ci95_high'])}]",
-          _num(r["welch_t"], 3),
-          _num(r["welch_df"], 1),
-          _p_text(r["p_value"]),
-        ]
-        for r in t["comparison"]
-      ],
-    )
-    out += [
-      "",
-      "### Speed-up to target",
-      "",
-      "Ratio of mean times, baseline / configuration (> 1: the"
-      " configuration is faster), with a 95% delta-method interval on"
-      " the log ratio; n/a unless every seed of both reached the"
-      " target.",
-      "",
-    ]
-    out += _md_table(
-      [
-        "configuration",
-        "target",
-        "seeds reached (config/baseline)",
-        "steps",
-        "examples",
-        "wall-clock",
-      ],
-      [
-        [
-          r["configuration"],
-          _pct(r["target"]) + "%",
-          f"{r['seeds_reached']}/{r['seeds']} vs"
-          f" {r['baseline_seeds_reached']}/{r['baseline_seeds']}",
-          _ratio_text(r, "steps"),
-          _ratio_text(r, "examples"),
-          _ratio_text(r, "wall_seconds"),
-        ]
-        for r in t["speedup"]
-      ],
-    )
 
-  out += [
+def _md_baseline(base: str, t: dict) -> list:
+  """The section against the baseline: accuracy difference, speed-ups."""
+  out = [
+    "",
+    f"## Against the baseline ({base})",
+    "",
+    "### Final accuracy",
+    "",
+    "Difference of means (configuration − baseline, percentage"
+    " points) with its 95% Welch interval; two-sided Welch t-test.",
+    "",
+  ]
+  out += _md_table(
+    ["configuration", "Δ accuracy (pp)", "95% CI", "t", "df", "p"],
+    [
+      [
+        r["configuration"],
+        _pct(r["accuracy_diff"]),
+        f"[{_pct(r['diff_ci95_low'])}, {_pct(r['diff_ci95_high'])}]",
+        _num(r["welch_t"], 3),
+        _num(r["welch_df"], 1),
+        _p_text(r["p_value"]),
+      ]
+      for r in t["comparison"]
+    ],
+  )
+  return out + _md_speedup(t["speedup"])
+
+
+def _md_speedup(rows: list) -> list:
+  out = [
+    "",
+    "### Speed-up to target",
+    "",
+    "Ratio of mean times, baseline / configuration (> 1: the"
+    " configuration is faster), with a 95% delta-method interval on"
+    " the log ratio; n/a unless every seed of both reached the"
+    " target.",
+    "",
+  ]
+  return out + _md_table(
+    [
+      "configuration",
+      "target",
+      "seeds reached (config/baseline)",
+      "steps",
+      "examples",
+      "wall-clock",
+    ],
+    [
+      [
+        r["configuration"],
+        _pct(r["target"]) + "%",
+        f"{r['seeds_reached']}/{r['seeds']} vs"
+        f" {r['baseline_seeds_reached']}/{r['baseline_seeds']}",
+        _ratio_text(r, "steps"),
+        _ratio_text(r, "examples"),
+        _ratio_text(r, "wall_seconds"),
+      ]
+      for r in rows
+    ],
+  )
+
+
+def _md_plots() -> list:
+  out = [
     "",
     "## Plots",
     "",
@@ -801,9 +829,11 @@ def markdown(report: Report) -> str:
     " x positions are the mean over seeds of each evaluation's time.",
     "",
   ]
-  out += [f"![{name[:-4]}]({name})" for name in PLOTS]
+  return out + [f"![{name[:-4]}]({name})" for name in PLOTS]
 
-  out += [
+
+def _md_method() -> list:
+  return [
     "",
     "## Method",
     "",
@@ -826,8 +856,10 @@ def markdown(report: Report) -> str:
     " resume.",
   ]
 
-  out += ["", "## Runs", ""]
-  out += _md_table(
+
+def _md_runs(rows: list) -> list:
+  out = ["", "## Runs", ""]
+  return out + _md_table(
     [
       "configuration",
       "seed",
@@ -849,10 +881,9 @@ def markdown(report: Report) -> str:
         else "n/a",
         _num(r["wall_seconds"], 1),
       ]
-      for r in t["runs"]
+      for r in rows
     ],
   )
-  return "\n".join(out) + "\n"
 
 
 # --- Plots -------------------------------------------------------------------
@@ -873,6 +904,122 @@ def _curves(runs: list, rows_of, x_key: str, y_key: str):
   return x.mean(0), y.mean(0), y.min(0), y.max(0)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Plot:
+  """One PNG of PLOTS: the mean of `y_key` over seeds against `x_key`."""
+
+  name: str
+  title: str
+  x_key: str
+  x_label: str
+  y_key: str
+  y_label: str
+  rows: str  # The RunData rows plotted: "eval_rows" or "train_rows".
+  zoom: bool = False  # A second panel: the top 10 percentage points.
+  log_y: bool = False
+
+
+_PLOT_SPECS = (
+  _Plot(
+    "accuracy_vs_steps.png",
+    "Evaluation accuracy vs steps",
+    "step",
+    "step",
+    "eval_accuracy",
+    "accuracy",
+    "eval_rows",
+    zoom=True,
+  ),
+  _Plot(
+    "accuracy_vs_epochs.png",
+    "Evaluation accuracy vs epochs",
+    "epoch",
+    "epoch",
+    "eval_accuracy",
+    "accuracy",
+    "eval_rows",
+    zoom=True,
+  ),
+  _Plot(
+    "accuracy_vs_wallclock.png",
+    "Evaluation accuracy vs wall-clock",
+    "wall_time",
+    "wall-clock seconds (mean over seeds)",
+    "eval_accuracy",
+    "accuracy",
+    "eval_rows",
+    zoom=True,
+  ),
+  _Plot(
+    "train_loss.png",
+    "Training loss (logged rows)",
+    "step",
+    "step",
+    "train_loss",
+    "train loss",
+    "train_rows",
+    log_y=True,  # When every loss is positive.
+  ),
+  _Plot(
+    "lr_schedule.png",
+    "Learning rate (logged rows)",
+    "step",
+    "step",
+    "learning_rate",
+    "learning rate",
+    "train_rows",
+  ),
+)
+
+
+def _draw_curves(axes, spec: _Plot, configs: list, colours) -> float:
+  """Mean lines and min-max bands of every configuration on every axis;
+  returns the highest mean (-inf if nothing was drawn)."""
+  top = -math.inf
+  for i, c in enumerate(configs):
+    curve = _curves(
+      c.runs, lambda run: getattr(run, spec.rows), spec.x_key, spec.y_key
+    )
+    if curve is None:
+      continue
+    x, mean, low, high = curve
+    top = max(top, float(mean.max()))
+    for ax in axes:
+      colour = colours[i % len(colours)]
+      ax.plot(x, mean, color=colour, label=f"{c.label} (n={len(c.runs)})")
+      ax.fill_between(x, low, high, color=colour, alpha=0.2, linewidth=0)
+  return top
+
+
+def _plot(plt, spec: _Plot, configs: list, targets: Sequence[float]):
+  """The matplotlib figure of one plot."""
+  fig, axes = plt.subplots(
+    1,
+    2 if spec.zoom else 1,
+    figsize=(12 if spec.zoom else 7, 4.5),
+    squeeze=False,
+  )
+  colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  top = _draw_curves(axes[0], spec, configs, colours)
+  for ax in axes[0]:
+    ax.set_xlabel(spec.x_label)
+    ax.set_ylabel(spec.y_label)
+    ax.grid(alpha=0.3)
+    if spec.log_y:
+      ax.set_yscale("log")
+    if spec.y_key == "eval_accuracy":
+      for target in targets:
+        ax.axhline(target, color="0.5", linestyle="--", linewidth=0.8)
+  axes[0][0].set_title(spec.title)
+  axes[0][0].legend(fontsize=7)
+  if spec.zoom and math.isfinite(top):
+    high = min(1.0, top + 0.01)
+    axes[0][1].set_ylim(high - 0.10, high)
+    axes[0][1].set_title("zoom: top 10 percentage points")
+  fig.tight_layout()
+  return fig
+
+
 def write_plots(report: Report, out: str) -> None:
   """The PNGs named in PLOTS (matplotlib, Agg)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -881,109 +1028,18 @@ def write_plots(report: Report, out: str) -> None:
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
   configs = [c for c in report.configs if c.runs]
-  colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-  evals = lambda run: run.eval_rows  # pylint: disable=unnecessary-lambda-assignment
-  trains = lambda run: run.train_rows  # pylint: disable=unnecessary-lambda-assignment
-
-  def figure(
-    name,
-    title,
-    x_key,
-    x_label,
-    y_key,
-    y_label,
-    rows_of,
-    zoom=False,
-    log_y=False,
-  ):
-    fig, axes = plt.subplots(
-      1, 2 if zoom else 1, figsize=(12 if zoom else 7, 4.5), squeeze=False
-    )
-    top = -math.inf
-    for i, c in enumerate(configs):
-      curve = _curves(c.runs, rows_of, x_key, y_key)
-      if curve is None:
-        continue
-      x, mean, low, high = curve
-      top = max(top, float(mean.max()))
-      for ax in axes[0]:
-        colour = colours[i % len(colours)]
-        ax.plot(x, mean, color=colour, label=f"{c.label} (n={len(c.runs)})")
-        ax.fill_between(x, low, high, color=colour, alpha=0.2, linewidth=0)
-    for ax in axes[0]:
-      ax.set_xlabel(x_label)
-      ax.set_ylabel(y_label)
-      ax.grid(alpha=0.3)
-      if log_y:
-        ax.set_yscale("log")
-      if y_key == "eval_accuracy":
-        for target in report.targets:
-          ax.axhline(target, color="0.5", linestyle="--", linewidth=0.8)
-    axes[0][0].set_title(title)
-    axes[0][0].legend(fontsize=7)
-    if zoom and math.isfinite(top):
-      high = min(1.0, top + 0.01)
-      axes[0][1].set_ylim(high - 0.10, high)
-      axes[0][1].set_title("zoom: top 10 percentage points")
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, name), dpi=110)
-    plt.close(fig)
-
-  figure(
-    "accuracy_vs_steps.png",
-    "Evaluation accuracy vs steps",
-    "step",
-    "step",
-    "eval_accuracy",
-    "accuracy",
-    evals,
-    zoom=True,
-  )
-  figure(
-    "accuracy_vs_epochs.png",
-    "Evaluation accuracy vs epochs",
-    "epoch",
-    "epoch",
-    "eval_accuracy",
-    "accuracy",
-    evals,
-    zoom=True,
-  )
-  figure(
-    "accuracy_vs_wallclock.png",
-    "Evaluation accuracy vs wall-clock",
-    "wall_time",
-    "wall-clock seconds (mean over seeds)",
-    "eval_accuracy",
-    "accuracy",
-    evals,
-    zoom=True,
-  )
   positive = all(
     _float(r.get("train_loss")) > 0
     for c in configs
     for run in c.runs
     for r in run.train_rows
   )
-  figure(
-    "train_loss.png",
-    "Training loss (logged rows)",
-    "step",
-    "step",
-    "train_loss",
-    "train loss",
-    trains,
-    log_y=positive,
-  )
-  figure(
-    "lr_schedule.png",
-    "Learning rate (logged rows)",
-    "step",
-    "step",
-    "learning_rate",
-    "learning rate",
-    trains,
-  )
+  for spec in _PLOT_SPECS:
+    if spec.log_y and not positive:
+      spec = dataclasses.replace(spec, log_y=False)
+    fig = _plot(plt, spec, configs, report.targets)
+    fig.savefig(os.path.join(out, spec.name), dpi=110)
+    plt.close(fig)
 
 
 def write(report: Report, out: str) -> list[str]:
