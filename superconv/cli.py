@@ -228,6 +228,44 @@ def parse_flags(argv, flag_values=None, *, prog: str = "superconv", doc=""):
   return parsed
 
 
+def parse_command(
+  argv,
+  define,
+  *,
+  prog: str,
+  doc: str,
+  config_help: str | None = None,
+  takes_args: bool = False,
+):
+  """A driver's command line: (its `FlagValues`, the other arguments).
+
+  `argv` is without the program. `define(flag_values)` defines the
+  driver's flags; with `config_help`, an ml_collections `--config` file
+  flag (`--config.KEY=VALUE` overrides) is defined first. Bad flags, and
+  arguments when not `takes_args`, give one line and exit status 2.
+  """
+  # pylint: disable=g-import-not-at-top
+  from absl import flags
+  from ml_collections import config_flags
+  # pylint: enable=g-import-not-at-top
+
+  flag_values = flags.FlagValues()
+  if config_help is not None:
+    config_flags.DEFINE_config_file(
+      "config",
+      None,
+      config_help,
+      flag_values=flag_values,
+      lock_config=True,
+      sys_argv=[prog, *argv],
+    )
+  define(flag_values)
+  args = parse_flags([prog, *argv], flag_values, prog=prog, doc=doc)[1:]
+  if args and not takes_args:
+    fail(f"unexpected arguments: {' '.join(args)}", prog=prog)
+  return flag_values, args
+
+
 def _wants_help(argv) -> bool:
   flags_part = argv[1 : argv.index("--")] if "--" in argv else argv[1:]
   return any(arg in _HELP_FLAGS for arg in flags_part)

@@ -27,7 +27,6 @@ accuracy difference gets a two-sided Welch t-test.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 import csv
 import dataclasses
@@ -35,6 +34,8 @@ import json
 import math
 import os
 import sys
+
+from absl import flags
 
 from superconv import budget as budget_lib
 from superconv import cli, metric_writer, stats
@@ -1169,6 +1170,8 @@ def write_budget(analysis, out: str) -> list[str]:
 # Command line
 # ============================================================================
 
+PROG = "superconv.report"
+
 
 def parse_targets(text: str) -> tuple:
   try:
@@ -1194,82 +1197,83 @@ def parse_labels(items: Sequence[str]) -> dict:
   return labels
 
 
+def _define_flags(fv) -> None:
+  """The flags in `fv`; the run directories are the arguments."""
+  flags.DEFINE_string("out", None, "Output directory.", flag_values=fv)
+  flags.DEFINE_list(
+    "targets",
+    [str(t) for t in DEFAULT_TARGETS],
+    "Target accuracies.",
+    flag_values=fv,
+  )
+  flags.DEFINE_string(
+    "baseline",
+    None,
+    "Configuration label (or directory) to compare against.",
+    flag_values=fv,
+  )
+  flags.DEFINE_multi_string(
+    "label",
+    [],
+    "DIR=NAME: name the configuration(s) of the runs under DIR",
+    flag_values=fv,
+  )
+  flags.DEFINE_enum(
+    "budget_analysis",
+    "auto",
+    budget_lib.MODES,
+    "Accuracy-versus-budget section (superconv.budget): auto = when the"
+    " configurations differ only in num_epochs/num_steps and schedule.*.",
+    flag_values=fv,
+  )
+  flags.DEFINE_list(
+    "budget_baseline",
+    [],
+    "Baseline arms of the budget study, e.g. piecewise,linear.",
+    flag_values=fv,
+  )
+  flags.mark_flags_as_required(["out"], flag_values=fv)
+  cli.hyphen_aliases(fv)
+
+
 def main(argv: Sequence[str]) -> int:
-  """Command line; returns the exit status (0 ok, 2 bad input)."""
-  p = argparse.ArgumentParser(
-    prog="python -m superconv.report",
-    description=__doc__.split("\n\n")[0],
-    formatter_class=argparse.RawDescriptionHelpFormatter,
+  """Command line (argv without the program); returns the exit status
+  (0 ok, 2 bad input)."""
+  fv, dirs = cli.parse_command(
+    argv, _define_flags, prog=PROG, doc=__doc__, takes_args=True
   )
-  p.add_argument(
-    "dirs",
-    nargs="+",
-    metavar="DIR",
-    help="run directories or directories above them (sweeps)",
-  )
-  p.add_argument("--out", required=True, help="output directory")
-  p.add_argument(
-    "--targets",
-    default=",".join(map(str, DEFAULT_TARGETS)),
-    help="target accuracies (default 0.9,0.91,0.92)",
-  )
-  p.add_argument(
-    "--baseline",
-    default=None,
-    help="configuration label (or directory) to compare against",
-  )
-  p.add_argument(
-    "--label",
-    action="append",
-    default=[],
-    metavar="DIR=NAME",
-    help="name the configuration(s) of the runs under DIR",
-  )
-  p.add_argument(
-    "--budget-analysis",
-    choices=budget_lib.MODES,
-    default="auto",
-    help="accuracy-versus-budget section (superconv.budget): auto = when"
-    " the configurations differ only in num_epochs/num_steps and schedule.*",
-  )
-  p.add_argument(
-    "--budget-baseline",
-    default="",
-    metavar="ARMS",
-    help="baseline arms of the budget study, e.g. piecewise,linear",
-  )
-  args = p.parse_args(argv)
   try:
+    if not dirs:
+      raise ReportError(
+        "name the run directories (or directories above them) to report on"
+      )
     try:  # Empty, a file, a broken link, not writable: refused up front.
-      args.out = cli.check_workdir(args.out, flag="--out")
+      out = cli.check_workdir(fv.out, flag="--out")
     except ValueError as e:
       raise ReportError(str(e)) from None
-    labels = parse_labels(args.label)
+    labels = parse_labels(fv.label)
     report = build(
-      args.dirs,
-      targets=parse_targets(args.targets),
-      baseline=args.baseline,
+      dirs,
+      targets=parse_targets(",".join(fv.targets)),
+      baseline=fv.baseline,
       labels=labels,
     )
     analysis = budget_analysis(
       report,
-      mode=args.budget_analysis,
-      baselines=[
-        b.strip() for b in args.budget_baseline.split(",") if b.strip()
-      ],
+      mode=fv.budget_analysis,
+      baselines=[b.strip() for b in fv.budget_baseline if b.strip()],
       labels=labels,
     )
-    write(report, args.out)
+    write(report, out)
     if analysis is not None:
-      write_budget(analysis, args.out)
+      write_budget(analysis, out)
   except ReportError as e:
-    sys.stderr.write(f"superconv.report: error: {e}\n")
-    return 2
+    return cli.error(e, prog=PROG)
   if analysis is not None:
     print(budget_lib.markdown(analysis))
   print(markdown(report).split("\n## Plots")[0])
-  print(f"wrote {os.path.join(args.out, 'report.md')}, CSVs and plots")
-  return 0
+  print(f"wrote {os.path.join(out, 'report.md')}, CSVs and plots")
+  return cli.EXIT_OK
 
 
 if __name__ == "__main__":

@@ -63,7 +63,6 @@ config.validation_size > 0.
 
 from __future__ import annotations
 
-import argparse
 import collections
 from collections.abc import Sequence
 import dataclasses
@@ -82,6 +81,8 @@ import subprocess
 import sys
 import time
 
+from absl import flags
+
 from superconv import cli, lock, metric_writer, storage
 
 DONE_FILE = "done.json"
@@ -96,8 +97,6 @@ _DONE_KEYS = (
 SWEEP_FILE = "sweep.json"
 TUNING_FILE = "tuning.json"
 LOG_FILE = "train.log"
-EXIT_BAD_INPUT = 2
-EXIT_NONFINITE = 3  # superconv.main's status for NaN/Inf loss.
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._=,+-]")
 
@@ -276,17 +275,20 @@ def _now() -> str:
   return datetime.datetime.now().isoformat(timespec="seconds")
 
 
+# What a trainer's exit status (superconv.main's) means.
+_STATUS_NAMES = {
+  cli.EXIT_BAD_INPUT: "bad input",
+  cli.EXIT_NONFINITE: "diverged",
+  cli.EXIT_SIGINT: "interrupted",
+  cli.EXIT_SIGTERM: "terminated",
+}
+
+
 def _status_for(returncode: int) -> str:
-  if returncode == 0:
+  if returncode == cli.EXIT_OK:
     return "completed"
-  if returncode == EXIT_BAD_INPUT:
-    return "bad input (rc=2)"
-  if returncode == EXIT_NONFINITE:
-    return "diverged (rc=3)"
-  if returncode == 130:
-    return "interrupted (rc=130)"
-  if returncode == 143:
-    return "terminated (rc=143)"
+  if returncode in _STATUS_NAMES:
+    return f"{_STATUS_NAMES[returncode]} (rc={returncode})"
   if returncode < 0:
     return f"killed (signal {-returncode})"
   return f"failed (rc={returncode})"
@@ -1320,79 +1322,106 @@ def _print_tuning(report: dict, test_seeds: str) -> None:
 # Command line
 # ============================================================================
 
+PROG = "superconv.sweep"
+_TUNE_ONLY = ("budget_steps", "validation_size", "test_seeds")
+_SWEEP_ONLY = ("dry_run",)
 
-def _parser(tune_mode: bool) -> argparse.ArgumentParser:
-  prog = "python -m superconv.sweep" + (" tune" if tune_mode else "")
-  p = argparse.ArgumentParser(
-    prog=prog,
-    description=__doc__.split("\n\n")[0],
-    epilog="Other arguments --config.KEY=VALUE are passed to every run."
-    + (
-      ""
-      if tune_mode
-      else " Baseline tuning on a validation split:"
-      " python -m superconv.sweep tune --help."
-    ),
-    formatter_class=argparse.RawDescriptionHelpFormatter,
+
+_CONFIG_HELP = (
+  "Experiment config file, configs/<x>.py[:arg]; --config.KEY=VALUE"
+  " overrides (after it) go to every run."
+)
+
+
+def _define_flags(fv) -> None:
+  """The flags of both modes (and --config) in `fv`."""
+  flags.DEFINE_string(
+    "workdir",
+    None,
+    "Sweep directory (one subdirectory per run).",
+    flag_values=fv,
   )
-  p.add_argument("--config", required=True, help="configs/<x>.py")
-  p.add_argument(
-    "--workdir",
-    required=True,
-    help="sweep directory (one subdirectory per run)",
+  flags.DEFINE_multi_string(
+    "sweep",
+    [],
+    "KEY=V1,V2,...: a grid axis; repeat for a cartesian product",
+    flag_values=fv,
   )
-  p.add_argument(
-    "--sweep",
-    action="append",
-    default=[],
-    metavar="KEY=V1,V2",
-    help="a grid axis; repeat for a cartesian product",
+  flags.DEFINE_string(
+    "trainer",
+    None,
+    "Command that trains one run (default: python -m superconv.main); gets"
+    " --config, --workdir and the --config.* overrides.",
+    flag_values=fv,
   )
-  p.add_argument(
-    "--trainer",
-    default=None,
-    help="command that trains one run (default: python -m"
-    " superconv.main); gets --config, --workdir and the"
-    " --config.* overrides",
+  flags.DEFINE_bool(
+    "quiet",
+    False,
+    "Do not echo the runs' output (still in train.log).",
+    flag_values=fv,
   )
-  p.add_argument(
-    "--quiet",
-    action="store_true",
-    help="do not echo the runs' output (still in train.log)",
+  flags.DEFINE_string(
+    "parallel",
+    "auto",
+    "N|auto: runs trained at once, each pinned to its own CPU cores (one"
+    " XLA thread on one core); auto: as many as CPU cores when the runs"
+    " use CPU devices (memory permitting), else 1.",
+    flag_values=fv,
   )
-  p.add_argument(
-    "--parallel",
-    default="auto",
-    metavar="N|auto",
-    help="runs trained at once, each pinned to its own CPU cores (one XLA"
-    " thread on one core); auto (default): as many as CPU cores when the"
-    " runs use CPU devices (memory permitting), else 1",
+  flags.DEFINE_bool(
+    "dry_run",
+    False,
+    "Print the runs and their commands, run nothing.",
+    flag_values=fv,
   )
-  if tune_mode:
-    p.add_argument(
-      "--budget-steps",
-      type=int,
-      required=True,
-      help="training steps of every candidate (config.num_steps)",
-    )
-    p.add_argument(
-      "--validation-size",
-      type=int,
-      default=5000,
-      help="train images held out for selection (default 5000)",
-    )
-    p.add_argument(
-      "--test-seeds",
-      default="0,1,2,3,4",
-      help="seeds in the printed command for the winner",
-    )
-  else:
-    p.add_argument(
-      "--dry-run",
-      action="store_true",
-      help="print the runs and their commands, run nothing",
-    )
-  return p
+  _define_tune_flags(fv)
+  flags.mark_flags_as_required(["config", "workdir"], flag_values=fv)
+  cli.hyphen_aliases(fv)
+
+
+def _define_tune_flags(fv) -> None:
+  flags.DEFINE_integer(
+    "budget_steps",
+    None,
+    "tune (required): training steps of every candidate (config.num_steps).",
+    flag_values=fv,
+  )
+  flags.DEFINE_integer(
+    "validation_size",
+    5000,
+    "tune: train images held out for selection.",
+    flag_values=fv,
+  )
+  flags.DEFINE_string(
+    "test_seeds",
+    "0,1,2,3,4",
+    "tune: seeds in the printed command for the winner.",
+    flag_values=fv,
+  )
+
+
+def _tune_mode(args: Sequence[str], fv) -> bool:
+  """True for `tune`; refuses other arguments and the other mode's flags."""
+  tune_mode = bool(args) and args[0] == "tune"
+  rest = args[1:] if tune_mode else args
+  if rest:
+    raise SweepError(f"unexpected arguments: {' '.join(rest)}")
+  for name in _SWEEP_ONLY if tune_mode else _TUNE_ONLY:
+    if fv[name].present:
+      raise SweepError(
+        f"--{name.replace('_', '-')}: only"
+        + (" without tune" if tune_mode else " with tune")
+      )
+  if tune_mode and fv.budget_steps is None:
+    raise SweepError("--budget-steps: tune needs the step budget")
+  return tune_mode
+
+
+def _trainer(text: str | None) -> list[str] | None:
+  trainer = shlex.split(text) if text else None
+  if text is not None and not trainer:
+    raise SweepError("--trainer: empty command")
+  return trainer
 
 
 def _raise_terminated(signum, frame):
@@ -1401,7 +1430,7 @@ def _raise_terminated(signum, frame):
 
 
 def main(argv: Sequence[str]) -> int:
-  """Command line; returns the exit status.
+  """Command line (argv without the program); returns the exit status.
 
   0 every run complete, 1 a run failed, 2 bad input, 130 interrupted
   (SIGINT), 143 terminated (SIGTERM); after 130/143 the same command resumes.
@@ -1417,55 +1446,57 @@ def main(argv: Sequence[str]) -> int:
 
 
 def _main(argv: list) -> int:
-  tune_mode = bool(argv) and argv[0] == "tune"
-  if tune_mode:
-    argv = argv[1:]
+  fv, args = cli.parse_command(
+    argv,
+    _define_flags,
+    prog=PROG,
+    doc=__doc__,
+    config_help=_CONFIG_HELP,
+    takes_args=True,
+  )
   try:
-    common, rest = parse_overrides(argv)
-    args = _parser(tune_mode).parse_args(rest)
-    sweeps = [parse_sweep(s) for s in args.sweep]
-    trainer = shlex.split(args.trainer) if args.trainer else None
-    if args.trainer is not None and not trainer:
-      raise SweepError("--trainer: empty command")
-    parallel = parse_parallel(args.parallel)
+    tune_mode = _tune_mode(args, fv)
+    # The overrides as typed: each trainer gets them verbatim.
+    common, _ = parse_overrides(argv)
+    options = dict(
+      common=common,
+      trainer=_trainer(fv.trainer),
+      echo=not fv.quiet,
+      parallel=parse_parallel(fv.parallel),
+    )
+    sweeps = [parse_sweep(s) for s in fv.sweep]
     if tune_mode:
       report = tune(
-        args.config,
-        args.workdir,
+        fv["config"].config_filename,
+        fv.workdir,
         sweeps,
-        budget_steps=args.budget_steps,
-        validation_size=args.validation_size,
-        common=common,
-        trainer=trainer,
-        test_seeds=args.test_seeds,
-        echo=not args.quiet,
-        parallel=parallel,
+        budget_steps=fv.budget_steps,
+        validation_size=fv.validation_size,
+        test_seeds=fv.test_seeds,
+        **options,
       )
-      return 0 if report["winner"] is not None else 1
+      return cli.EXIT_OK if report["winner"] is not None else cli.EXIT_FAILED
     results = run_sweep(
-      args.config,
-      args.workdir,
+      fv["config"].config_filename,
+      fv.workdir,
       sweeps,
-      common=common,
-      trainer=trainer,
-      echo=not args.quiet,
-      dry_run=args.dry_run,
-      parallel=parallel,
+      dry_run=fv.dry_run,
+      **options,
     )
   except (SweepError, lock.LockError) as e:
-    sys.stderr.write(f"superconv.sweep: error: {e}\n")
-    return EXIT_BAD_INPUT
+    return cli.error(e, prog=PROG)
   except (KeyboardInterrupt, Terminated) as e:
-    sys.stderr.write(
-      "superconv.sweep: stopped; run the same command to resume\n"
+    sys.stderr.write(f"{PROG}: stopped; run the same command to resume\n")
+    return (
+      cli.EXIT_SIGINT if isinstance(e, KeyboardInterrupt) else cli.EXIT_SIGTERM
     )
-    return 130 if isinstance(e, KeyboardInterrupt) else 143
-  if not args.dry_run:
-    print()
-    print(summary_table(results))
-    if throughput_line(results):
-      print(throughput_line(results))
-  return 0 if all(_ok(r) for r in results) or args.dry_run else 1
+  if fv.dry_run:
+    return cli.EXIT_OK
+  print()
+  print(summary_table(results))
+  if throughput_line(results):
+    print(throughput_line(results))
+  return cli.EXIT_OK if all(_ok(r) for r in results) else cli.EXIT_FAILED
 
 
 if __name__ == "__main__":
