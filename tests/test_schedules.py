@@ -10,7 +10,6 @@ algorithm.
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import math
 import os
@@ -25,7 +24,7 @@ import numpy as np
 import optax
 import pytest
 
-from superconv import schedules, schedules_main
+from superconv import cli, schedules, schedules_main
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RTOL = 1e-5  # The bound on relative error (float32 schedules).
@@ -38,11 +37,7 @@ def values(fn, steps):
 
 
 def load_config(name: str, *args):
-  path = REPO / "configs" / name
-  spec = importlib.util.spec_from_file_location(f"_cfg_{path.stem}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(*args)
+  return cli.load_config_file(":".join([str(REPO / "configs" / name), *args]))
 
 
 # ---------------------------------------------------------------------------
