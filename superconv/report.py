@@ -12,8 +12,10 @@ enter the statistics; incomplete ones are listed.
 
 Writes to --out: report.md; the same tables as CSV (configurations.csv,
 accuracy.csv, targets.csv, comparison.csv, speedup.csv, runs.csv); plots
-accuracy_vs_steps.png, accuracy_vs_epochs.png, accuracy_vs_wallclock.png,
-train_loss.png, lr_schedule.png. The output depends only on the runs and the
+accuracy_vs_steps.png, accuracy_vs_epochs.png, train_loss.png,
+lr_schedule.png (lines: the mean over seeds; bands: min to max over seeds;
+accuracy in %), and with --wallclock_plot accuracy_vs_wallclock.png. The
+output depends only on the runs and the
 arguments (no timestamps), so a report can be diffed.
 
 Statistics (superconv.stats): mean, sample std (ddof 1), 95% t-interval of
@@ -75,10 +77,13 @@ _SKIP_DIRS = ("checkpoints", "tensorboard")
 PLOTS = (
   "accuracy_vs_steps.png",
   "accuracy_vs_epochs.png",
-  "accuracy_vs_wallclock.png",
   "train_loss.png",
   "lr_schedule.png",
 )
+# Drawn only on request (--wallclock_plot): runs that shared a machine, or
+# ran on different ones, have wall-clock times that do not compare.
+WALLCLOCK_PLOT = "accuracy_vs_wallclock.png"
+BAND_LABEL = "shaded: min to max over seeds"
 
 
 class ReportError(ValueError):
@@ -357,6 +362,12 @@ class Report:
   targets: tuple
   baseline: Configuration | None
   tables: dict  # name -> list of row dicts (CSV columns in order).
+  wallclock_plot: bool = False  # Also plot accuracy against wall-clock.
+
+
+def plot_names(report: Report) -> tuple:
+  """The PNGs that `write` draws for `report`."""
+  return PLOTS + ((WALLCLOCK_PLOT,) if report.wallclock_plot else ())
 
 
 def _accuracy_row(c: Configuration) -> dict:
@@ -620,7 +631,7 @@ def markdown(report: Report) -> str:
   out += _md_targets(t["targets"])
   if report.baseline is not None:
     out += _md_baseline(report.baseline.label, t)
-  out += _md_plots()
+  out += _md_plots(plot_names(report))
   out += _md_method()
   out += _md_runs(t["runs"])
   return "\n".join(out) + "\n"
@@ -821,16 +832,21 @@ def _md_speedup(rows: list) -> list:
   )
 
 
-def _md_plots() -> list:
-  out = [
-    "",
-    "## Plots",
-    "",
-    "Lines: mean over seeds; bands: min to max over seeds. Wall-clock"
-    " x positions are the mean over seeds of each evaluation's time.",
-    "",
-  ]
-  return out + [f"![{name[:-4]}]({name})" for name in PLOTS]
+def _md_plots(names: Sequence[str]) -> list:
+  note = "Lines: mean over seeds; bands: min to max over seeds."
+  if WALLCLOCK_PLOT in names:
+    note += (
+      " Wall-clock x positions are the mean over seeds of each"
+      " evaluation's time."
+    )
+  else:
+    note += (
+      " No accuracy-versus-wall-clock plot: wall-clock compares only"
+      " between runs that had the same machine to themselves"
+      " (--wallclock_plot draws it)."
+    )
+  out = ["", "## Plots", "", note, ""]
+  return out + [f"![{name[:-4]}]({name})" for name in names]
 
 
 def _md_method() -> list:
@@ -907,7 +923,7 @@ def _curves(runs: list, rows_of, x_key: str, y_key: str):
 
 @dataclasses.dataclass(frozen=True)
 class _Plot:
-  """One PNG of PLOTS: the mean of `y_key` over seeds against `x_key`."""
+  """One PNG: the mean of `y_key` over seeds against `x_key`."""
 
   name: str
   title: str
@@ -916,130 +932,142 @@ class _Plot:
   y_key: str
   y_label: str
   rows: str  # The RunData rows plotted: "eval_rows" or "train_rows".
-  zoom: bool = False  # A second panel: the top 10 percentage points.
+  y_scale: float = 1.0  # 100: a fraction plotted in %.
   log_y: bool = False
 
 
-_PLOT_SPECS = (
-  _Plot(
-    "accuracy_vs_steps.png",
-    "Evaluation accuracy vs steps",
-    "step",
-    "step",
+def _accuracy_plot(name: str, x_key: str, x_label: str, versus: str):
+  return _Plot(
+    name,
+    f"Evaluation accuracy (%) vs {versus}",
+    x_key,
+    x_label,
     "eval_accuracy",
-    "accuracy",
+    "evaluation accuracy (%)",
     "eval_rows",
-    zoom=True,
-  ),
-  _Plot(
-    "accuracy_vs_epochs.png",
-    "Evaluation accuracy vs epochs",
-    "epoch",
-    "epoch",
-    "eval_accuracy",
-    "accuracy",
-    "eval_rows",
-    zoom=True,
-  ),
-  _Plot(
-    "accuracy_vs_wallclock.png",
-    "Evaluation accuracy vs wall-clock",
-    "wall_time",
-    "wall-clock seconds (mean over seeds)",
-    "eval_accuracy",
-    "accuracy",
-    "eval_rows",
-    zoom=True,
-  ),
-  _Plot(
-    "train_loss.png",
-    "Training loss (logged rows)",
-    "step",
-    "step",
-    "train_loss",
-    "train loss",
-    "train_rows",
-    log_y=True,  # When every loss is positive.
-  ),
-  _Plot(
-    "lr_schedule.png",
-    "Learning rate (logged rows)",
-    "step",
-    "step",
-    "learning_rate",
-    "learning rate",
-    "train_rows",
-  ),
-)
+    y_scale=100.0,
+  )
 
 
-def _draw_curves(axes, spec: _Plot, configs: list, colours) -> float:
-  """Mean lines and min-max bands of every configuration on every axis;
-  returns the highest mean (-inf if nothing was drawn)."""
-  top = -math.inf
+_PLOT_SPECS = {
+  p.name: p
+  for p in (
+    _accuracy_plot("accuracy_vs_steps.png", "step", "step", "steps"),
+    _accuracy_plot("accuracy_vs_epochs.png", "epoch", "epoch", "epochs"),
+    _accuracy_plot(
+      WALLCLOCK_PLOT,
+      "wall_time",
+      "wall-clock seconds (mean over seeds)",
+      "wall-clock",
+    ),
+    _Plot(
+      "train_loss.png",
+      "Training loss (cross-entropy, logged steps)",
+      "step",
+      "step",
+      "train_loss",
+      "training loss",
+      "train_rows",
+      log_y=True,  # When every loss is positive.
+    ),
+    _Plot(
+      "lr_schedule.png",
+      "Learning rate (logged steps)",
+      "step",
+      "step",
+      "learning_rate",
+      "learning rate",
+      "train_rows",
+    ),
+  )
+}
+
+
+def _draw_curves(ax, spec: _Plot, configs: list, colours) -> None:
+  """The mean line and min-max band of every configuration."""
   for i, c in enumerate(configs):
     curve = _curves(
       c.runs, lambda run: getattr(run, spec.rows), spec.x_key, spec.y_key
     )
     if curve is None:
       continue
-    x, mean, low, high = curve
-    top = max(top, float(mean.max()))
-    for ax in axes:
-      colour = colours[i % len(colours)]
-      ax.plot(x, mean, color=colour, label=f"{c.label} (n={len(c.runs)})")
-      ax.fill_between(x, low, high, color=colour, alpha=0.2, linewidth=0)
-  return top
+    x = curve[0]
+    mean, low, high = (v * spec.y_scale for v in curve[1:])
+    colour = colours[i % len(colours)]
+    n = len(c.runs)
+    ax.plot(x, mean, color=colour, label=f"{c.label}: mean of {n} seeds")
+    ax.fill_between(x, low, high, color=colour, alpha=0.2, linewidth=0)
+
+
+def _plain_log_axis(ax) -> None:
+  """A log y axis labelled 1.5, 2, 3 instead of 1.5x10^0, 2x10^0, 3x10^0:
+  ticks at 1-2-5 per decade, denser when the data span under a decade."""
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
+
+  low, high = ax.get_ylim()
+  narrow = high < 10 * low
+  subs = (1, 1.25, 1.5, 2, 2.5, 3, 4, 5, 6, 8) if narrow else (1, 2, 5)
+  ax.yaxis.set_major_locator(ticker.LogLocator(subs=subs))
+  ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+  ax.yaxis.set_minor_formatter(ticker.NullFormatter())
 
 
 def _plot(plt, spec: _Plot, configs: list, targets: Sequence[float]):
   """The matplotlib figure of one plot."""
-  fig, axes = plt.subplots(
-    1,
-    2 if spec.zoom else 1,
-    figsize=(12 if spec.zoom else 7, 4.5),
-    squeeze=False,
-  )
+  from matplotlib import patches  # pylint: disable=g-import-not-at-top
+
+  fig, ax = plt.subplots(figsize=(7, 4.5))
   colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-  top = _draw_curves(axes[0], spec, configs, colours)
-  for ax in axes[0]:
-    ax.set_xlabel(spec.x_label)
-    ax.set_ylabel(spec.y_label)
-    ax.grid(alpha=0.3)
-    if spec.log_y:
-      ax.set_yscale("log")
-    if spec.y_key == "eval_accuracy":
-      for target in targets:
-        ax.axhline(target, color="0.5", linestyle="--", linewidth=0.8)
-  axes[0][0].set_title(spec.title)
-  axes[0][0].legend(fontsize=7)
-  if spec.zoom and math.isfinite(top):
-    high = min(1.0, top + 0.01)
-    axes[0][1].set_ylim(high - 0.10, high)
-    axes[0][1].set_title("zoom: top 10 percentage points")
+  _draw_curves(ax, spec, configs, colours)
+  ax.set_xlabel(spec.x_label)
+  ax.set_ylabel(spec.y_label)
+  ax.set_title(spec.title)
+  ax.grid(alpha=0.3)
+  if spec.log_y:
+    ax.set_yscale("log")
+    _plain_log_axis(ax)
+  if spec.y_key == "eval_accuracy":
+    for k, target in enumerate(targets):
+      ax.axhline(
+        target * spec.y_scale,
+        color="0.4",
+        linestyle=("--", ":", "-.")[k % 3],
+        linewidth=0.8,
+        label=f"target {_pct(target)}%",
+      )
+  handles, _ = ax.get_legend_handles_labels()
+  handles.append(patches.Patch(color="0.5", alpha=0.3, label=BAND_LABEL))
+  ax.legend(handles=handles, fontsize=7)
   fig.tight_layout()
   return fig
 
 
-def write_plots(report: Report, out: str) -> None:
-  """The PNGs named in PLOTS (matplotlib, Agg)."""
+def figure(report: Report, name: str):
+  """The matplotlib figure of plot `name` (one of `plot_names(report)`)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
   configs = [c for c in report.configs if c.runs]
-  positive = all(
+  spec = _PLOT_SPECS[name]
+  if spec.log_y and not all(
     _float(r.get("train_loss")) > 0
     for c in configs
     for run in c.runs
     for r in run.train_rows
-  )
-  for spec in _PLOT_SPECS:
-    if spec.log_y and not positive:
-      spec = dataclasses.replace(spec, log_y=False)
-    fig = _plot(plt, spec, configs, report.targets)
-    fig.savefig(os.path.join(out, spec.name), dpi=110)
+  ):
+    spec = dataclasses.replace(spec, log_y=False)
+  return _plot(plt, spec, configs, report.targets)
+
+
+def write_plots(report: Report, out: str) -> None:
+  """The PNGs of `plot_names(report)` (matplotlib, Agg)."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  for name in plot_names(report):
+    fig = figure(report, name)
+    fig.savefig(os.path.join(out, name), dpi=110)
     plt.close(fig)
 
 
@@ -1056,7 +1084,7 @@ def write(report: Report, out: str) -> list[str]:
     f.write(markdown(report))
   paths.append(path)
   write_plots(report, out)
-  paths += [os.path.join(out, p) for p in PLOTS]
+  paths += [os.path.join(out, p) for p in plot_names(report)]
   return paths
 
 
@@ -1232,6 +1260,13 @@ def _define_flags(fv) -> None:
     "Baseline arms of the budget study, e.g. piecewise,linear.",
     flag_values=fv,
   )
+  flags.DEFINE_bool(
+    "wallclock_plot",
+    False,
+    "Also plot accuracy against wall-clock time (only meaningful when every"
+    " run had the same machine to itself).",
+    flag_values=fv,
+  )
   flags.mark_flags_as_required(["out"], flag_values=fv)
   cli.hyphen_aliases(fv)
 
@@ -1258,6 +1293,7 @@ def main(argv: Sequence[str]) -> int:
       baseline=fv.baseline,
       labels=labels,
     )
+    report = dataclasses.replace(report, wallclock_plot=fv.wallclock_plot)
     analysis = budget_analysis(
       report,
       mode=fv.budget_analysis,
