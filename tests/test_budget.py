@@ -13,6 +13,7 @@ import math
 import os
 import pathlib
 import shlex
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -551,14 +552,21 @@ def test_reproduce_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
     f"--config.schedule.max_lr=<winner of {runs}/tune/onecycle/1>",
     "--config.synthetic_train_size=64",
   ]
-  # Budget 2: twice the steps; each arm its own grid.
-  assert cmds[2][cmds[2].index("--budget-steps") + 1] == "8"
-  grids = [c[c.index("--sweep") + 1] for c in cmds[:-1] if "tune" in c]
+  # Budget by budget: every arm at budget 1, then every arm at budget 2
+  # (twice the steps); each arm its own grid.
+  tunes = [c for c in cmds[:-1] if "tune" in c]
+  assert [c[c.index("--budget-steps") + 1] for c in tunes] == ["4"] * 3 + [
+    "8"
+  ] * 3
+  grids = [c[c.index("--sweep") + 1] for c in tunes]
   assert (
     grids
-    == ["schedule.max_lr=0.2,0.4,0.8"] * 2
-    + ["schedule.max_lr=0.05,0.1,0.2"] * 2
-    + ["schedule.max_lr=0.1,0.2,0.4"] * 2
+    == [
+      "schedule.max_lr=0.2,0.4,0.8",
+      "schedule.max_lr=0.05,0.1,0.2",
+      "schedule.max_lr=0.1,0.2,0.4",
+    ]
+    * 2
   )
   assert cmds[-1] == [
     py,
@@ -684,12 +692,16 @@ def test_reproduce_tunes_extends_edge_grids_tests_and_reports(tmp_path):
     for p in (results / "runs").rglob("*")
     if p.is_file()
   )
-  assert len(copied) == 2 * (
-    4 * 2 + 5 * 2 + 3 * 2 + 3 * 2 * 2
-  )  # No checkpoints.
+  runs_done = 4 * 2 + 5 * 2 + 3 * 2 + 3 * 2 * 2
+  # config.json, metrics.jsonl and done.json of every run (no checkpoints),
+  # tuning.json of every (arm, budget), extensions.txt of the four extended.
+  assert len(copied) == 3 * runs_done + 3 * 2 + 2 * 2
   assert {os.path.basename(p) for p in copied} == {
     "config.json",
     "metrics.jsonl",
+    "done.json",
+    "tuning.json",
+    "extensions.txt",
   }
   text = (results / "report.md").read_text()
   assert "## Accuracy versus training budget" in text
@@ -707,3 +719,12 @@ def test_reproduce_tunes_extends_edge_grids_tests_and_reports(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert sorted((p, p.read_text()) for p in runs.rglob("calls")) == calls
   assert (results / "tuning.md").read_text() == tuning
+
+  # Another machine: only the committed results, no runs directory. The
+  # finished runs are taken from the results: nothing is trained again.
+  shutil.rmtree(runs)
+  proc = script(*args)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert list(runs.rglob("calls")) == []
+  assert (results / "tuning.md").read_text() == tuning
+  assert read_csv(results / "budget_ratio.csv") == ratios

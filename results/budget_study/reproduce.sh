@@ -196,8 +196,13 @@ export_results() {
     dir="$(dirname "$marker")"
     rel="${dir#"$RUNS"/}"
     mkdir -p "$RESULTS/runs/$rel"
-    cp "$dir/config.json" "$dir/metrics.jsonl" "$RESULTS/runs/$rel/"
+    cp "$dir/config.json" "$dir/metrics.jsonl" "$dir/done.json" "$RESULTS/runs/$rel/"
   done < <(find "$RUNS" -name done.json 2>/dev/null | sort)
+  while IFS= read -r marker; do
+    rel="${marker#"$RUNS"/}"
+    mkdir -p "$RESULTS/runs/$(dirname "$rel")"
+    cp "$marker" "$RESULTS/runs/$rel"
+  done < <(find "$RUNS" \( -name tuning.json -o -name extensions.txt \) 2>/dev/null | sort)
   "$PY" - "$RUNS" "$RESULTS/tuning.md" <<'EOF'
 import glob, json, os, sys
 runs, out = sys.argv[1:]
@@ -235,6 +240,28 @@ with open(out, "w") as f:
 EOF
 }
 
+# Runs finished in an earlier session and committed under RESULTS/runs
+# (config.json, metrics.jsonl, done.json; no checkpoints): copied back into
+# RUNS so that the sweeps skip them, as if they had just run here.
+import_results() {
+  local marker rel
+  while IFS= read -r marker; do
+    rel="$(dirname "${marker#"$RESULTS/runs"/}")"
+    if [[ ! -f "$RUNS/$rel/done.json" ]]; then
+      mkdir -p "$RUNS/$rel"
+      cp "$(dirname "$marker")"/{config.json,metrics.jsonl,done.json} "$RUNS/$rel/"
+    fi
+  done < <(find "$RESULTS/runs" -name done.json 2>/dev/null | sort)
+  while IFS= read -r marker; do
+    rel="${marker#"$RESULTS/runs"/}"
+    if [[ ! -f "$RUNS/$rel" ]]; then
+      mkdir -p "$RUNS/$(dirname "$rel")"
+      cp "$marker" "$RUNS/$rel"
+    fi
+  done < <(find "$RESULTS/runs" \( -name tuning.json -o -name extensions.txt \) 2>/dev/null | sort)
+}
+if ((!DRY)); then import_results; fi
+
 IFS=, read -ra SEED_LIST <<<"$SEEDS"
 plan="$(awk -v arms="${#ARM_LIST[@]}" -v budgets="${#BUDGET_LIST[@]}" \
   -v seeds="${#SEED_LIST[@]}" -v epochs="$(IFS=+; echo "${BUDGET_LIST[*]}")" \
@@ -248,8 +275,9 @@ plan="$(awk -v arms="${#ARM_LIST[@]}" -v budgets="${#BUDGET_LIST[@]}" \
 echo "plan: arms ${ARMS}; budgets ${BUDGETS} epoch(s); seeds ${SEEDS}"
 echo "$plan"
 
-for arm in "${ARM_LIST[@]}"; do
-  for b in "${BUDGET_LIST[@]}"; do
+# Budget by budget, so that a study stopped early has whole budgets.
+for b in "${BUDGET_LIST[@]}"; do
+  for arm in "${ARM_LIST[@]}"; do
     tune_dir="$RUNS/tune/$arm/$b"
     grid="${GRID[$arm]}"
     if ((!DRY)); then grid="$(start_grid "$tune_dir/tuning.json" "$grid")"; fi
