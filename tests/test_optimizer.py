@@ -9,7 +9,6 @@ gradient agree to float64 rounding and the tolerances can be tight.
 """
 
 import functools
-import importlib.util
 import json
 import math
 import os
@@ -23,7 +22,7 @@ import numpy as np
 import optax
 import pytest
 
-from superconv import checkpoint, input_pipeline, schedules, train
+from superconv import checkpoint, cli, input_pipeline, schedules, train
 from superconv import config as config_lib
 from superconv import data as data_lib
 
@@ -471,11 +470,7 @@ def test_optimizer_fields_change_the_trajectory_on_resume():
 
 
 def load_config_file(name):
-  path = os.path.join(REPO, "configs", name)
-  spec = importlib.util.spec_from_file_location(name[:-3], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return cli.load_config_file(os.path.join(REPO, "configs", name))
 
 
 def test_onecycle_adamw_config_trains_on_synthetic_data():
