@@ -899,10 +899,11 @@ _LABELS = {
 }
 
 
-def plot(rows: list[dict], summary: dict, out: str, title: str = "") -> None:
+def plot(rows: list[dict], summary: dict, out: str, title: str = ""):
   """Loss (raw and smoothed) against LR with the suggestions as labelled
-  vertical lines and the recommended range shaded; a second panel with the
-  held-out test accuracy (and loss) when measured."""
+  vertical lines and the recommended range shaded (both in the legend); a
+  second panel with the held-out test accuracy (and loss) when measured.
+  Saves the PNG at `out`; returns the (closed) figure."""
   import matplotlib  # pylint: disable=g-import-not-at-top
 
   matplotlib.use("Agg")
@@ -948,13 +949,19 @@ def plot(rows: list[dict], summary: dict, out: str, title: str = "") -> None:
     for a in axes:
       a.set_xscale("log")
   rec = summary.get("recommendation")
+  handles = []
   if rec:
     for a in axes:
-      a.axvspan(
-        rec["min_lr"], rec["max_lr"], color="tab:green", alpha=0.08, lw=0
+      band = a.axvspan(
+        rec["min_lr"],
+        rec["max_lr"],
+        color="tab:green",
+        alpha=0.08,
+        lw=0,
+        label=f"recommended range: {rec['min_lr']:.3g} to {rec['max_lr']:.3g}",
       )
+    handles.append(band)
   suggestions = summary["suggestions"]
-  handles = []
   for name in SUGGESTIONS:
     s = suggestions.get(name)
     if not s:
@@ -1071,6 +1078,7 @@ def plot(rows: list[dict], summary: dict, out: str, title: str = "") -> None:
   fig.tight_layout()
   fig.savefig(out)
   plt.close(fig)
+  return fig
 
 
 # ============================================================================

@@ -348,6 +348,14 @@ def test_cli_run_writes_the_three_files_and_no_checkpoint(tmp_path):
   assert summary["config"]["model"] == "resnet20"
   with open(workdir / "lr_range_test.png", "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  with open(workdir / "lr_range_test.jsonl") as f:
+    rows = [json.loads(line) for line in f]
+  fig = lrt.plot(rows, summary, str(workdir / "again.png"))
+  legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+  assert legend[0] == (
+    f"recommended range: {rec['min_lr']:.3g} to {rec['max_lr']:.3g}"
+  )
+  assert f"Smith max_lr: {rec['max_lr']:.3g} *" in legend
 
 
 class ScriptedSteps:
