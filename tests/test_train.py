@@ -243,38 +243,68 @@ def run_main(args, *, devices=1, timeout=600):
   )
 
 
-@pytest.mark.parametrize(
-  "override,key",
-  [
-    ("--config.no_such_key=1", "no_such_key"),
-    ("--config.schedule.no_such_key=1", "schedule.no_such_key"),
-    ("--config.batch_size=abc", "batch_size"),
-    ("--config.batch_size=12", "batch_size"),  # 8 devices
-    ("--config.num_epochs=-1", "num_epochs"),
-    ("--config.model=resnet7", "model"),
-    ("--config.dataset=imagenet", "dataset"),
-    ("--config.dtype=float16", "dtype"),
-    ("--config.dtype=float64", "dtype"),  # Without JAX_ENABLE_X64=1.
-    ("--config.conv_impl=fast", "conv_impl"),
-  ],
-)
-def test_bad_override_exits_nonzero_naming_the_key(override, key, tmp_path):
-  workdir = tmp_path / "run"
-  result = run_main(
-    [
-      "--config",
-      "configs/quick.py",
-      "--workdir",
-      str(workdir),
-      "--config.dataset=synthetic",
-      override,
-    ],
-    devices=8,
-    timeout=120,
+_BAD_OVERRIDES = [
+  ("--config.no_such_key=1", "no_such_key"),
+  ("--config.schedule.no_such_key=1", "schedule.no_such_key"),
+  ("--config.batch_size=abc", "batch_size"),
+  ("--config.batch_size=12", "batch_size"),  # 8 devices
+  ("--config.num_epochs=-1", "num_epochs"),
+  ("--config.model=resnet7", "model"),
+  ("--config.dataset=imagenet", "dataset"),
+  ("--config.dtype=float16", "dtype"),
+  ("--config.dtype=float64", "dtype"),  # Without JAX_ENABLE_X64=1.
+  ("--config.conv_impl=fast", "conv_impl"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_override_runs(tmp_path_factory):
+  """{override: (exit status, stderr, workdir)}, every run started at once:
+  each only starts up, reads its flags and exits."""
+  root = tmp_path_factory.mktemp("bad_overrides")
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    JAX_ENABLE_X64="0",
+    XLA_FLAGS="--xla_force_host_platform_device_count=8",
   )
-  assert result.returncode == 2, result.stderr
-  lines = result.stderr.strip().splitlines()
-  assert len(lines) == 1, result.stderr
+  procs = {}
+  for i, (override, _) in enumerate(_BAD_OVERRIDES):
+    workdir = root / f"run{i}"
+    args = ["--config", "configs/quick.py", "--workdir", str(workdir)]
+    procs[override] = (
+      workdir,
+      subprocess.Popen(
+        [sys.executable, "-m", "superconv.main", *args]
+        + ["--config.dataset=synthetic", override],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+      ),
+    )
+  runs = {}
+  try:
+    for override, (workdir, proc) in procs.items():
+      _, stderr = proc.communicate(timeout=300)
+      runs[override] = proc.returncode, stderr, workdir
+  finally:
+    for _, proc in procs.values():
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+  return runs
+
+
+@pytest.mark.parametrize("override,key", _BAD_OVERRIDES)
+def test_bad_override_exits_nonzero_naming_the_key(
+  override, key, bad_override_runs
+):
+  returncode, stderr, workdir = bad_override_runs[override]
+  assert returncode == 2, stderr
+  lines = stderr.strip().splitlines()
+  assert len(lines) == 1, stderr
   assert key in lines[0]
   assert not workdir.exists()
 
