@@ -4,12 +4,12 @@ r"""PyTorch reference for `python -m superconv.bench`: same models, same step.
       --dtype bfloat16 --json torch.json
 
 Runs in its own environment (torch is not a dependency of superconv; this
-file imports neither superconv nor JAX):
+file imports neither superconv nor JAX, only superconv/bench_common.py,
+plain Python, loaded by its path from this checkout):
 
   python3 -m venv .torchvenv
   .torchvenv/bin/pip install torch numpy
-  python -m superconv.bench --compare-pytorch \
-      --torch-python .torchvenv/bin/python
+  python -m superconv.bench --compare-pytorch   # Finds .torchvenv itself.
 
 Models: the He et al. CIFAR ResNets (resnet20/32/44/56/110) with option A
 shortcuts, as akamaster/pytorch_resnet_cifar10, and resnet18/34 as
@@ -20,12 +20,17 @@ kuangliu/pytorch-cifar; parameter counts are asserted equal to superconv's
 
 The step: SGD (momentum 0.9, coupled weight decay on every parameter, as
 superconv's default decay_bn_and_bias=True), softmax cross-entropy,
-BatchNorm momentum 0.1 (= Flax 0.9), eps 1e-5. Fastest settings: channels_
-last memory format, bfloat16 autocast for --dtype bfloat16 (float32
-parameters, as superconv), TF32 for float32 on CUDA (what XLA uses by
-default), cudnn.benchmark, a fused SGD where available, and
-`torch.compile(model)` -- if compiling (or the first compiled step) fails,
-the model runs eagerly and `settings` says why.
+BatchNorm momentum 0.1 (= Flax 0.9), eps 1e-5. bfloat16 autocast for
+--dtype bfloat16 (float32 parameters, as superconv), TF32 for float32 on
+CUDA (what XLA uses by default), cudnn.benchmark, a fused SGD where
+available.
+
+Settings (`--settings`, `bench_common.TORCH_SETTINGS`), each its own row,
+model and optimizer, since a user picks whichever is fastest: `eager`
+(NCHW), `eager_cl` (channels_last memory format), `compile`/`compile_cl`
+(`torch.compile(model)`, `--compile-mode`) -- if compiling (or the first
+compiled step) fails, that setting runs eagerly and its `settings` says why.
+Default: eager, eager_cl, compile_cl.
 
 What is timed (as superconv.bench, see benchmarks/README.md):
 * step: the step on one fixed, pre-augmented, normalized device batch.
@@ -35,71 +40,52 @@ What is timed (as superconv.bench, see benchmarks/README.md):
 * loop: a plain training loop of aug steps that reads the loss back to the
   host every --log-every steps (as superconv's loop fetches its metrics);
   images/s over all log intervals but the first.
-Steps and blocks of --steps steps end with torch.cuda.synchronize() (CPU
-ops are synchronous); a rate is the median of --repeats blocks. compile_s is
-the wall time of the first step (compilation, autotuning and one step).
+Blocks of --steps steps end with torch.cuda.synchronize() (CPU ops are
+synchronous). As in superconv.bench (`bench_common.measure_group`): every
+setting warms up until two consecutive blocks of --warmup steps agree and
+`torch.compile` compiled nothing during them (its counters,
+`compile_events`), then the settings' --repeats timed blocks are
+interleaved; a rate is the median block, with its spread and flags.
+compile_s is the wall time of the first step (compilation, autotuning and
+one step).
+
+`--serve` (used by `superconv.bench --compare-pytorch`) answers JSON
+requests, one per line on stdin, so that superconv.bench can interleave
+these settings' blocks with its own.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
-import statistics
 import sys
 import time
+import traceback
 
-# Same columns as superconv.bench.ROW_KEYS (tests/test_bench.py checks).
-ROW_KEYS = (
-  "framework",
-  "model",
-  "params",
-  "global_batch",
-  "dtype",
-  "parallel_seeds",
-  "devices",
-  "device_kind",
-  "backend",
-  "conv_impl",
-  "settings",
-  "compile_s",
-  "step_images_per_sec",
-  "step_times_s",
-  "aug_step_images_per_sec",
-  "aug_step_times_s",
-  "loop_images_per_sec",
-  "loop_intervals",
-  "loop_step_ratio",
-  "forward_macs",
-  "train_gflops_per_image",
-  "achieved_tflops",
-  "peak_tflops",
-  "mfu",
-  "loop_mfu",
-  "peak_memory_bytes",
-  "compiled_memory_bytes",
-  "steps",
-  "repeats",
-  "warmup",
-  "error",
-)
 
-# Same table as superconv.bench.PEAK_TFLOPS (tests/test_bench.py checks):
-# dense peak TFLOP/s of one device, by lower-case substring of its name.
-PEAK_TFLOPS = (
-  ("h100 pcie", {"bfloat16": 756.0, "float32": 378.0}),
-  ("h100", {"bfloat16": 989.0, "float32": 494.7}),
-  ("h200", {"bfloat16": 989.0, "float32": 494.7}),
-  ("a100", {"bfloat16": 312.0, "float32": 156.0}),
-  ("tpu v4", {"bfloat16": 275.0, "float32": None}),
-  ("tpu v5 lite", {"bfloat16": 197.0, "float32": None}),
-  ("tpu v5e", {"bfloat16": 197.0, "float32": None}),
-  ("tpu v5p", {"bfloat16": 459.0, "float32": None}),
-  ("tpu v5", {"bfloat16": 459.0, "float32": None}),
-  ("tpu v6 lite", {"bfloat16": 918.0, "float32": None}),
-  ("tpu v6e", {"bfloat16": 918.0, "float32": None}),
-)
+def _load_common():
+  """superconv/bench_common.py of this checkout, without the package (whose
+  other modules need JAX)."""
+  path = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    "superconv",
+    "bench_common.py",
+  )
+  name = "superconv_bench_common"
+  if name in sys.modules:
+    return sys.modules[name]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[name] = module
+  spec.loader.exec_module(module)
+  return module
+
+
+common = _load_common()
+ROW_KEYS = common.ROW_KEYS
 
 # superconv.models parameter counts (tests/test_models.py).
 EXPECTED_PARAMS = {
@@ -115,18 +101,31 @@ MODEL_NAMES = tuple(EXPECTED_PARAMS)
 
 MEAN = (0.4914, 0.4822, 0.4465)  # CIFAR-10 channel statistics ([0, 1] units).
 STD = (0.2470, 0.2435, 0.2616)
-GIB = 2.0**30
+
+# torch._dynamo.utils.counters entries that grow with every compilation:
+# frames Dynamo compiled (a recompilation for a new input counts again),
+# graphs AOT autograd compiled (forward and backward), and graphs inductor
+# compiled or loaded from its cache.
+COMPILE_COUNTERS = (
+  ("frames", "total"),
+  ("aot_autograd", "total"),
+  ("inductor", "fxgraph_cache_miss"),
+  ("inductor", "fxgraph_cache_hit"),
+)
 
 
-def peak_tflops(device_kind: str, dtype: str, override=None):
-  """Peak dense TFLOP/s of one device (None if unknown)."""
-  if override is not None:
-    return float(override)
-  kind = device_kind.lower()
-  for key, peaks in PEAK_TFLOPS:
-    if key in kind:
-      return peaks.get(dtype)
-  return None
+def compile_events(counters) -> int:
+  """How many compilations `counters` (torch._dynamo.utils.counters, a
+  mapping of mappings) record so far; a change means a compilation."""
+  return sum(int(counters.get(a, {}).get(b, 0)) for a, b in COMPILE_COUNTERS)
+
+
+def torch_compile_events() -> int:
+  try:
+    from torch._dynamo.utils import counters  # pylint: disable=g-import-not-at-top
+  except ImportError:  # A torch without Dynamo compiles nothing.
+    return 0
+  return compile_events(counters)
 
 
 # ============================================================================
@@ -285,15 +284,74 @@ def normalize(images_u8, mean, std):
 
 
 # ============================================================================
-# One row
+# One setting
 # ============================================================================
 
 
+class Data:
+  """The device-resident data of one (batch) that the settings share."""
+
+  def __init__(self, args, batch: int, device: str):
+    import torch  # pylint: disable=g-import-not-at-top
+
+    g = torch.Generator().manual_seed(0)
+    size = max(args.train_size, batch)
+    self.images = torch.randint(
+      0, 256, (size, 32, 32, 3), generator=g, dtype=torch.uint8
+    ).to(device)
+    self.labels = torch.randint(0, 10, (size,), generator=g).to(device)
+    self.mean = torch.tensor(MEAN, device=device)
+    self.std = torch.tensor(STD, device=device)
+    torch.manual_seed(0)
+    # NCHW view of NHWC memory (channels_last); each setting lays it out.
+    self.fixed_x = normalize(augment(self.images[:batch]), self.mean, self.std)
+    self.fixed_y = self.labels[:batch]
+
+
+def base_row(args, model: str, batch: int, dtype: str, device: str, setting):
+  """A row of ROW_KEYS with what is known before measuring."""
+  import torch  # pylint: disable=g-import-not-at-top
+
+  kind = (
+    torch.cuda.get_device_name(torch.device(device))
+    if device.startswith("cuda")
+    else platform.processor() or "cpu"
+  )
+  row = dict.fromkeys(ROW_KEYS)
+  row.update(
+    framework="pytorch",
+    model=model,
+    global_batch=batch,
+    dtype=dtype,
+    parallel_seeds=1,
+    devices=1,
+    device_kind=kind,
+    backend=device.split(":")[0],
+    setting=setting,
+    steps=args.steps,
+    repeats=args.repeats,
+    warmup=args.warmup,
+    peak_tflops=common.peak_tflops(kind, dtype, args.peak_tflops),
+    flags=[],
+  )
+  return row
+
+
+class Unavailable:
+  """A setting that could not be built: its row has the error; never run."""
+
+  images_per_step = 0
+
+  def __init__(self, row: dict):
+    self.row = row
+
+
 class Bench:
-  """Model, optimizer, data and the three timed functions of one row."""
+  """One setting of one row (a `bench_common.Participant`): its model,
+  optimizer and the timed functions."""
 
   def __init__(
-    self, args, model_name: str, batch: int, dtype: str, device: str
+    self, args, model_name: str, batch: int, dtype: str, device: str, setting
   ):
     import torch  # pylint: disable=g-import-not-at-top
 
@@ -302,6 +360,10 @@ class Bench:
     self.batch = batch
     self.dtype = dtype
     self.args = args
+    self.setting = setting
+    self.images_per_step = batch
+    compile_, self.channels_last = common.TORCH_SETTINGS[setting]
+    self.row = base_row(args, model_name, batch, dtype, device, setting)
     torch.manual_seed(0)
     model = build_model(model_name).to(device)
     params = count_params(model)
@@ -310,9 +372,10 @@ class Bench:
         f"{model_name}: {params:,} parameters, superconv"
         f" has {EXPECTED_PARAMS[model_name]:,}"
       )
-    self.params = params
-    self.macs = forward_macs(model)
-    if not args.no_channels_last:
+    self.row["params"] = params
+    self.row["forward_macs"] = forward_macs(model)
+    self.row["train_gflops_per_image"] = 3 * self.row["forward_macs"] * 2 / 1e9
+    if self.channels_last:
       model = model.to(memory_format=torch.channels_last)
     model.train()
     self.model = model
@@ -334,32 +397,28 @@ class Bench:
       )
       self.fused = False
     self.forward = model
-    self.compiled = "eager (--no-compile)"
-    if not args.no_compile:
+    self.compiled = "eager"
+    if compile_:
       try:
         self.forward = torch.compile(model, mode=args.compile_mode)
         self.compiled = f"torch.compile(mode={args.compile_mode})"
       except Exception as e:  # pylint: disable=broad-except
         self.compiled = f"eager (torch.compile failed: {_first_line(e)})"
-    g = torch.Generator().manual_seed(0)
-    size = max(args.train_size, batch)
-    self.images = torch.randint(
-      0, 256, (size, 32, 32, 3), generator=g, dtype=torch.uint8
-    ).to(device)
-    self.labels = torch.randint(0, 10, (size,), generator=g).to(device)
-    self.mean = torch.tensor(MEAN, device=device)
-    self.std = torch.tensor(STD, device=device)
-    self.fixed_x = normalize(
-      augment(self.images[:batch]), self.mean, self.std
-    ).contiguous(
-      memory_format=torch.contiguous_format
-      if args.no_channels_last
-      else torch.channels_last
-    )
-    self.fixed_y = self.labels[:batch]
-    self.steps_per_epoch = size // batch
+    self.data = None
+    self.fixed_x = self.fixed_y = None
+    self.steps_per_epoch = max(args.train_size, batch) // batch
     self.perm = None
     self.step_count = 0
+    self.row["settings"] = self.settings()
+
+  def use(self, data: Data) -> None:
+    self.data = data
+    self.fixed_x = data.fixed_x.contiguous(
+      memory_format=self.torch.channels_last
+      if self.channels_last
+      else self.torch.contiguous_format
+    )
+    self.fixed_y = data.fixed_y
 
   def sync(self):
     if self.device.startswith("cuda"):
@@ -385,15 +444,16 @@ class Bench:
 
   def next_batch(self):
     """The next batch of the epoch's permutation, augmented on device."""
+    d = self.data
     i = self.step_count % self.steps_per_epoch
     if i == 0:
-      self.perm = self.torch.randperm(len(self.images), device=self.device)
+      self.perm = self.torch.randperm(len(d.images), device=self.device)
     self.step_count += 1
     idx = self.perm[i * self.batch : (i + 1) * self.batch]
-    x = normalize(augment(self.images[idx]), self.mean, self.std)
-    if self.args.no_channels_last:
+    x = normalize(augment(d.images[idx]), d.mean, d.std)
+    if not self.channels_last:
       x = x.contiguous()
-    return x, self.labels[idx]
+    return x, d.labels[idx]
 
   def bare_step(self):
     return self.train_step(self.fixed_x, self.fixed_y)
@@ -409,7 +469,7 @@ class Bench:
       self.bare_step()
       self.sync()
     except Exception as e:  # pylint: disable=broad-except
-      if self.forward is self.model:
+      if self.forward is self.model or _is_oom(e):
         raise
       self.compiled = f"eager (torch.compile failed: {_first_line(e)})"
       self.forward = self.model
@@ -418,36 +478,66 @@ class Bench:
       self.sync()
     return time.perf_counter() - t0
 
-  def time_blocks(self, fn):
-    for _ in range(self.args.warmup):
-      fn()
-    self.sync()
-    times = []
-    for _ in range(self.args.repeats):
+  # --- bench_common.Participant ----------------------------------------------
+
+  def _failed(self, e: BaseException) -> None:
+    if not _is_oom(e):
+      raise e
+    self.row["error"] = "out of memory"
+
+  def start(self, figure: str) -> bool:
+    """The bare step: its first step (compile_s). The aug step: one untimed
+    step, in case its input compiles anew."""
+    try:
+      if figure == "step":
+        if self.row["compile_s"] is None:
+          self.row["compile_s"] = self.first_step()
+      else:
+        self.aug_step()
+        self.sync()
+    except Exception as e:  # pylint: disable=broad-except
+      self._failed(e)
+      return False
+    self.row["settings"] = self.settings()
+    return True
+
+  def block(self, figure: str, steps: int):
+    fn = self.bare_step if figure == "step" else self.aug_step
+    before = torch_compile_events()
+    try:
       t0 = time.perf_counter()
-      for _ in range(self.args.steps):
+      for _ in range(steps):
         fn()
       self.sync()
-      times.append(time.perf_counter() - t0)
-    return times
+      seconds = time.perf_counter() - t0
+    except Exception as e:  # pylint: disable=broad-except
+      self._failed(e)
+      return None
+    return seconds, torch_compile_events() - before
+
+  def stop(self, figure: str) -> None:
+    del figure
 
   def loop(self):
-    """(images/s, intervals) of a plain loop; the first interval excluded."""
+    """(images, seconds) of each log interval of a plain loop, the first
+    interval excluded."""
     every, intervals = self.args.log_every, self.args.loop_intervals
     marks = []
-    for step in range(1, every * (intervals + 1) + 1):
-      loss = self.aug_step()
-      if step % every == 0:
-        loss.item()  # Host sync, as a logging loop does.
-        marks.append(time.perf_counter())
-    seconds = marks[-1] - marks[0]
-    return self.batch * every * (len(marks) - 1) / seconds, len(marks) - 1
+    try:
+      for step in range(1, every * (intervals + 1) + 1):
+        loss = self.aug_step()
+        if step % every == 0:
+          loss.item()  # Host sync, as a logging loop does.
+          marks.append(time.perf_counter())
+    except Exception as e:  # pylint: disable=broad-except
+      self._failed(e)
+      return None
+    return [(self.batch * every, b - a) for a, b in zip(marks, marks[1:])]
 
   def settings(self) -> str:
     torch = self.torch
     parts = [f"torch {torch.__version__}", self.device, self.compiled]
-    if not self.args.no_channels_last:
-      parts.append("channels_last")
+    parts.append("channels_last" if self.channels_last else "NCHW")
     if self.dtype == "bfloat16":
       parts.append("bf16 autocast")
     elif self.device.startswith("cuda"):
@@ -456,134 +546,58 @@ class Bench:
     return ", ".join(parts)
 
 
+def _is_oom(e: BaseException) -> bool:
+  import torch  # pylint: disable=g-import-not-at-top
+
+  return isinstance(e, (torch.cuda.OutOfMemoryError, MemoryError))
+
+
 def _first_line(e: BaseException) -> str:
   text = str(e).strip().splitlines()
   return f"{type(e).__name__}: {text[0] if text else ''}"[:160]
 
 
-def _median_rate(batch: int, steps: int, times):
-  return batch * steps / statistics.median(times)
-
-
-def _mfu(rate, gflops, peak, n):
-  if rate is None or not peak:
-    return None
-  return rate * gflops / 1e3 / (peak * n)
-
-
-def bench_row(args, model: str, batch: int, dtype: str, device: str) -> dict:
-  """Measures one (model, batch, dtype) row with the keys of ROW_KEYS."""
+def participants(args, model: str, batch: int, dtype: str, device: str):
+  """setting -> Bench (or Unavailable) for one (model, batch, dtype)."""
   import torch  # pylint: disable=g-import-not-at-top
 
-  kind = (
-    torch.cuda.get_device_name(torch.device(device))
-    if device.startswith("cuda")
-    else platform.processor() or "cpu"
-  )
-  row = dict.fromkeys(ROW_KEYS)
-  row.update(
-    framework="pytorch",
-    model=model,
-    global_batch=batch,
-    dtype=dtype,
-    parallel_seeds=1,
-    devices=1,
-    device_kind=kind,
-    backend=device.split(":")[0],
-    steps=args.steps,
-    repeats=args.repeats,
-    warmup=args.warmup,
-    peak_tflops=peak_tflops(kind, dtype, args.peak_tflops),
-  )
   if device.startswith("cuda"):
     torch.cuda.reset_peak_memory_stats()
-  try:
-    b = Bench(args, model, batch, dtype, device)
-    row["params"], row["forward_macs"] = b.params, b.macs
-    row["train_gflops_per_image"] = 3 * b.macs * 2 / 1e9
-    row["compile_s"] = b.first_step()
-    row["step_times_s"] = b.time_blocks(b.bare_step)
-    row["step_images_per_sec"] = _median_rate(
-      batch, args.steps, row["step_times_s"]
-    )
-    if not args.no_aug:
-      row["aug_step_times_s"] = b.time_blocks(b.aug_step)
-      row["aug_step_images_per_sec"] = _median_rate(
-        batch, args.steps, row["aug_step_times_s"]
-      )
-    if not args.no_loop:
-      row["loop_images_per_sec"], row["loop_intervals"] = b.loop()
-    row["settings"] = b.settings()
-    del b
-  except torch.cuda.OutOfMemoryError:
-    row["error"] = "out of memory"
+  if model not in EXPECTED_PARAMS:
+    out = {}
+    for s in args.settings:
+      out[s] = Unavailable(base_row(args, model, batch, dtype, device, s))
+      out[s].row["error"] = "not in the PyTorch reference"
+    return out
+  out, data = {}, None
+  for s in args.settings:
+    try:
+      out[s] = Bench(args, model, batch, dtype, device, s)
+      data = data or Data(args, batch, device)
+      out[s].use(data)
+    except Exception as e:  # pylint: disable=broad-except
+      if not _is_oom(e):
+        raise
+      out[s] = Unavailable(base_row(args, model, batch, dtype, device, s))
+      out[s].row["error"] = "out of memory"
+  return out
+
+
+def finish(benches, device: str) -> None:
+  """Peak memory into the rows, derived fields; frees the device."""
+  import torch  # pylint: disable=g-import-not-at-top
+
+  for b in benches.values():
+    if device.startswith("cuda"):
+      b.row["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated())
+    common.finish_row(b.row)
   if device.startswith("cuda"):
-    row["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated())
     torch.cuda.empty_cache()
-  step, loop = row["step_images_per_sec"], row["loop_images_per_sec"]
-  gflops, peak = row["train_gflops_per_image"], row["peak_tflops"]
-  row["loop_step_ratio"] = loop / step if step and loop else None
-  row["achieved_tflops"] = step * gflops / 1e3 if step else None
-  row["mfu"] = _mfu(step, gflops, peak, 1)
-  row["loop_mfu"] = _mfu(loop, gflops, peak, 1)
-  return row
 
 
 # ============================================================================
-# Table and command line
+# Command line, server
 # ============================================================================
-
-
-def _fmt(value, spec: str) -> str:
-  if value is None:
-    return "-"
-  if spec == "%":
-    return f"{100 * value:.1f}%"
-  if spec == "GiB":
-    return f"{value / GIB:.2f}"
-  return format(value, spec)
-
-
-# (header, key, format spec, width); negative width = left-aligned.
-TABLE_COLUMNS = (
-  ("model", "model", "", -15),
-  ("batch", "global_batch", "", 6),
-  ("dtype", "dtype", "", -8),
-  ("seeds", "parallel_seeds", "", 5),
-  ("dev", "devices", "", 3),
-  ("conv", "conv_impl", "", -7),
-  ("compile s", "compile_s", ".1f", 9),
-  ("step img/s", "step_images_per_sec", ",.0f", 10),
-  ("aug img/s", "aug_step_images_per_sec", ",.0f", 10),
-  ("loop img/s", "loop_images_per_sec", ",.0f", 10),
-  ("loop/step", "loop_step_ratio", ".2f", 9),
-  ("GFLOP/img", "train_gflops_per_image", ".3f", 9),
-  ("TFLOP/s", "achieved_tflops", ".2f", 8),
-  ("MFU", "mfu", "%", 6),
-  ("peak GiB", "peak_memory_bytes", "GiB", 8),
-)
-
-
-def format_table(rows) -> str:
-  """Fixed-width table with the columns of superconv.bench's."""
-
-  def cell(text, width):
-    return text.ljust(-width) if width < 0 else text.rjust(width)
-
-  lines = [
-    "  ".join(cell(h, w) for h, _, _, w in TABLE_COLUMNS),
-    "  ".join("-" * abs(w) for _, _, _, w in TABLE_COLUMNS),
-  ]
-  for row in rows:
-    line = "  ".join(
-      cell(_fmt(row.get(k), s), w) for _, k, s, w in TABLE_COLUMNS
-    )
-    if row.get("error"):
-      line += f"  ({row['error']})"
-    if row.get("settings"):
-      line += f"  [{row['settings']}]"
-    lines.append(line.rstrip())
-  return "\n".join(lines)
 
 
 def _csv(kind):
@@ -602,7 +616,18 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--dtype", type=_csv(str), default=["bfloat16"])
   p.add_argument("--steps", type=int, default=20)
   p.add_argument("--repeats", type=int, default=5)
-  p.add_argument("--warmup", type=int, default=3)
+  p.add_argument(
+    "--warmup",
+    type=int,
+    default=None,
+    help="steps per warm-up block (default: --steps; 0: none)",
+  )
+  p.add_argument(
+    "--warmup-tolerance", type=float, default=common.WARMUP_TOLERANCE
+  )
+  p.add_argument(
+    "--max-warmup-blocks", type=int, default=common.MAX_WARMUP_BLOCKS
+  )
   p.add_argument("--train-size", type=int, default=50_000)
   p.add_argument("--log-every", type=int, default=50)
   p.add_argument("--loop-intervals", type=int, default=5)
@@ -618,20 +643,63 @@ def parser() -> argparse.ArgumentParser:
     help="cuda, cuda:N or cpu (default: cuda if available)",
   )
   p.add_argument(
-    "--no-compile", action="store_true", help="run eagerly (no torch.compile)"
+    "--settings",
+    type=_csv(str),
+    default=list(common.DEFAULT_TORCH_SETTINGS),
+    help="comma list of: " + ", ".join(common.TORCH_SETTINGS),
+  )
+  p.add_argument(
+    "--no-compile",
+    action="store_true",
+    help="drop the torch.compile settings (run eagerly only)",
   )
   p.add_argument(
     "--compile-mode",
     default="default",
     help="torch.compile mode, e.g. max-autotune",
   )
-  p.add_argument("--no-channels-last", action="store_true")
+  p.add_argument(
+    "--no-channels-last",
+    action="store_true",
+    help="drop the channels_last settings",
+  )
   p.add_argument("--json", default=None)
+  p.add_argument(
+    "--serve",
+    action="store_true",
+    help="answer superconv.bench's requests on stdin (JSON lines)",
+  )
   return p
 
 
-def main(argv=None) -> int:
-  args = parser().parse_args(argv)
+def _args(argv):
+  """Parsed and checked arguments: exit 2 with one line on bad input."""
+  p = parser()
+  args = p.parse_args(argv)
+  for d in args.dtype:
+    if d not in ("bfloat16", "float32"):
+      p.error(f"--dtype: must be bfloat16 or float32, got {d!r}")
+  for s in args.settings:
+    if s not in common.TORCH_SETTINGS:
+      p.error(
+        f"--settings: unknown {s!r}; valid: {', '.join(common.TORCH_SETTINGS)}"
+      )
+  args.settings = [
+    s
+    for s in dict.fromkeys(args.settings)
+    if not (args.no_compile and common.TORCH_SETTINGS[s][0])
+    and not (args.no_channels_last and common.TORCH_SETTINGS[s][1])
+  ]
+  if not args.settings:
+    p.error("--settings: none left after --no-compile/--no-channels-last")
+  if args.warmup is None:
+    args.warmup = args.steps
+  if args.max_warmup_blocks < 2:
+    p.error("--max-warmup-blocks: must be >= 2")
+  return args
+
+
+def _device(args) -> str:
   import torch  # pylint: disable=g-import-not-at-top
 
   device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -639,9 +707,14 @@ def main(argv=None) -> int:
     torch.backends.cudnn.benchmark = True
     torch.backends.cudnn.allow_tf32 = True
     torch.set_float32_matmul_precision("high")  # TF32 matmuls.
-  for d in args.dtype:
-    if d not in ("bfloat16", "float32"):
-      sys.exit(f"--dtype: must be bfloat16 or float32, got {d!r}")
+  return device
+
+
+def main(argv=None) -> int:
+  args = _args(argv)
+  device = _device(args)
+  if args.serve:
+    return serve(args, device)
   rows = []
   for model in args.model:
     for batch in args.batch:
@@ -651,21 +724,90 @@ def main(argv=None) -> int:
           file=sys.stderr,
           flush=True,
         )
-        if model not in EXPECTED_PARAMS:
-          row = dict.fromkeys(ROW_KEYS)
-          row.update(
-            framework="pytorch",
-            model=model,
-            global_batch=batch,
-            dtype=dtype,
-            error="not in the PyTorch reference",
-          )
-        else:
-          row = bench_row(args, model, batch, dtype, device)
-        rows.append(row)
+        benches = participants(args, model, batch, dtype, device)
+        common.measure_group(
+          {f"pytorch {s}": b for s, b in benches.items()},
+          common.Plan(
+            args.steps,
+            args.repeats,
+            args.warmup,
+            args.warmup_tolerance,
+            args.max_warmup_blocks,
+          ),
+          figures=("step",) if args.no_aug else ("step", "aug_step"),
+          loop=not args.no_loop,
+          progress=lambda m: print(m, file=sys.stderr, flush=True),
+        )
+        finish(benches, device)
+        rows.extend(b.row for b in benches.values())
+        del benches
         if args.json:
           _write_json(args.json, rows, argv)
-  print(format_table(rows))
+  print(common.format_table(rows, settings=True))
+  for line in common.flag_warnings(rows):
+    print(f"warning: {line}", file=sys.stderr)
+  return 0
+
+
+# The fields of a row that the server fills; superconv.bench fills the rest.
+SERVER_KEYS = ("compile_s", "settings", "error", "peak_memory_bytes")
+
+
+def serve(args, device: str) -> int:
+  """Answers one JSON request per line of stdin with one JSON line.
+
+  Requests ({"op": ...}): hello; setup (model, batch, dtype: builds every
+  setting, replies their rows); start, block, loop (setting, figure,
+  steps: the `bench_common.Participant` methods); finish (final fields,
+  frees the models); quit. A failure replies {"fatal": why}. Everything
+  else this process prints goes to stderr.
+  """
+  import torch  # pylint: disable=g-import-not-at-top
+
+  replies = os.fdopen(os.dup(1), "w", buffering=1)
+  os.dup2(2, 1)
+  sys.stdout = sys.stderr
+  benches = {}
+
+  def fields(setting):
+    row = benches[setting].row
+    return {k: row[k] for k in SERVER_KEYS}
+
+  for line in sys.stdin:
+    request = json.loads(line)
+    op, setting = request.get("op"), request.get("setting")
+    if op == "quit":
+      break
+    try:
+      if op == "hello":
+        reply = {
+          "torch": f"torch {torch.__version__}",
+          "device": device,
+          "settings": args.settings,
+        }
+      elif op == "setup":
+        benches = participants(
+          args, request["model"], request["batch"], request["dtype"], device
+        )
+        reply = {"rows": {s: b.row for s, b in benches.items()}}
+      elif op == "start":
+        ok = benches[setting].start(request["figure"])
+        reply = {"ok": ok, "row": fields(setting)}
+      elif op == "block":
+        block = benches[setting].block(request["figure"], request["steps"])
+        reply = {"block": block, "row": fields(setting)}
+      elif op == "loop":
+        reply = {"loop": benches[setting].loop(), "row": fields(setting)}
+      elif op == "finish":
+        finish(benches, device)
+        reply = {"rows": {s: fields(s) for s in benches}}
+        benches = {}
+      else:
+        reply = {"fatal": f"unknown request {op!r}"}
+    except Exception as e:  # pylint: disable=broad-except
+      traceback.print_exc()
+      reply = {"fatal": _first_line(e)}
+    replies.write(json.dumps(reply) + "\n")
   return 0
 
 

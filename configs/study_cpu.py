@@ -1,12 +1,16 @@
-"""The small-scale study: one-cycle vs a tuned warm-up + piecewise baseline.
+"""The small-scale study: one-cycle vs tuned warm-up + piecewise (and linear).
 
 ResNet-20 on CIFAR-10 at an equal budget of 200 steps of 256 images (about
-one epoch), small enough for a 2-core CPU. Both schedules share everything
-but the schedule (model, batch, weight decay, augmentation, data order per
+one epoch), small enough for a 2-core CPU. The arms share everything but
+the schedule (model, batch, weight decay, augmentation, data order per
 seed); each schedule's peak LR is picked on a 5,000-image validation split
 carved from the training set, then the winner trains on the full training
 set with 3 seeds and is scored on the test set. The argument after the
-colon picks the schedule: `onecycle` (default) or `piecewise`.
+colon picks the schedule: `onecycle` (default), `piecewise` or `linear`.
+`linear` is the budget literature's baseline (Li, Yumer & Ramanan 2020,
+"Budgeted Training": warm-up like piecewise, then linear decay to zero at
+the end of the budget; REX, `schedule.name=rex`, is its variant from Chen,
+Wolfe & Kyrillidis 2021); results/study_cpu/ has only the first two arms.
 
 Reproduce (about 75 minutes on a 2-core CPU; results/study_cpu/ holds ours):
   D=folder:../shared/data/cifar10-jpeg.tar.xz
@@ -29,7 +33,7 @@ schedule over 3 seeds, with 95% intervals).
 
 from superconv import config as config_lib
 
-_SCHEDULES = ("onecycle", "piecewise")
+_SCHEDULES = ("onecycle", "piecewise", "linear")
 
 
 def get_config(schedule: str = "onecycle"):
@@ -54,11 +58,17 @@ def get_config(schedule: str = "onecycle"):
     s.name = "one_cycle"  # PyTorch OneCycleLR: cosine rise, cosine anneal.
     s.pct_start = 0.25  # A quarter of the run rising from max_lr / 25.
     s.cycle_momentum = True  # 0.95 -> 0.85 -> 0.95, as OneCycleLR.
-  else:
+  elif schedule == "piecewise":
     s.name = "piecewise"  # The critic's baseline: warm-up, then step decay.
     s.warmup = 0.1  # Linear warm-up over the first 10% (20 steps)...
     s.warmup_start_factor = 0.1  # ...from max_lr / 10.
     s.boundaries = (0.5, 0.75)  # Divide by 10 at 50% and at 75%...
     s.decay_factors = (0.1, 0.1)  # ...of the run.
     s.cycle_momentum = False  # Constant momentum 0.9.
+  else:
+    s.name = "linear"  # Budgeted training's baseline (Li et al. 2020).
+    s.warmup = 0.1  # Same warm-up as piecewise: the first 10% (20 steps)...
+    s.warmup_start_factor = 0.1  # ...from max_lr / 10...
+    s.final_lr_factor = 0.0  # ...then linearly down to 0 at step 200.
+    s.cycle_momentum = False  # Constant momentum 0.9, as piecewise.
   return config

@@ -7,10 +7,10 @@ r"""Throughput benchmark: images/s, TFLOP/s, MFU and memory of the train step.
       --torch-python /path/to/torch/venv/bin/python
   python -m superconv.bench --model resnet56 --find-max-batch
 
-One row per (model, global batch, dtype), on all local devices (pmap, as
-`superconv.main` runs). Each row measures, on the synthetic data set (same
-shapes as CIFAR-10: 32x32x3 uint8, 10 classes, `--train-size` images, all
-on device):
+One row per (model, global batch, dtype, parallel seeds, convolution), on
+all local devices (pmap, as `superconv.main` runs). Each row measures, on
+the synthetic data set (same shapes as CIFAR-10: 32x32x3 uint8, 10 classes,
+`--train-size` images, all on device):
 
 * step: the bare SGD step (`train.step_on_batch`: forward, backward, gradient
   pmean, optimizer update and non-finite guard, a copy of
@@ -30,8 +30,22 @@ on device):
   dispatch and the metrics fetch at every log step, not compilation.
 
 step and aug are timed device-synchronized (`jax.block_until_ready` after
-`--steps` steps), `--repeats` times after `--warmup` steps; a rate is the
-median repeat. Compile time is the AOT `lower().compile()` time of the bare
+each block of `--steps` steps). Rows of the same (model, batch, dtype) are
+measured together, and with `--compare-pytorch` so are the PyTorch
+settings of that key (`superconv.bench_common` has the rules):
+
+* warm-up: blocks of `--warmup` steps (default: `--steps`) until two
+  consecutive blocks agree within `--warmup-tolerance` and, for PyTorch,
+  `torch.compile` compiled nothing during them; at most
+  `--max-warmup-blocks` blocks, else the row is flagged;
+* then `--repeats` timed blocks of each row in turn (J P J P ...), so that
+  the machine's drift hits every row alike; a rate is the median block, its
+  spread (max - min) / median of the block rates;
+* a figure whose spread is over 10%, or rates out of the order that the
+  figures' definitions impose (step >= aug >= loop, 10% slack), is flagged:
+  '!' in the tables, a `flags` list in the JSON and a warning on stderr.
+
+Compile time is the AOT `lower().compile()` time of the bare
 step (timing runs share a fresh persistent compilation cache, deleted at
 exit, so the loop does not compile again what the steps compiled; see
 `fresh_compile_cache`). Training FLOPs per image are analytic: 3 x forward
@@ -53,8 +67,11 @@ XLA_PYTHON_CLIENT_MEM_FRACTION=.95 to search (nearly) all of it.
 `--max-batch-limit` caps the search (CPUs never run out).
 
 `--compare-pytorch` runs benchmarks/pytorch_reference.py (same models,
-same step, same timing) with `--torch-python` (or $SUPERCONV_TORCH_PYTHON,
-default `python`) and prints the JAX/PyTorch ratio of each rate.
+same step, same timing) as a server process with `--torch-python` (default
+$SUPERCONV_TORCH_PYTHON, else the checkout's .torchvenv/bin/python if
+present, else `python`), in the settings `--torch-settings` (default eager
+NCHW, eager channels_last and torch.compile channels_last), and prints the
+JAX/PyTorch ratio of each rate against the fastest setting.
 
 Never assert on these numbers in tests: they depend on the machine and its
 load. See benchmarks/README.md.
@@ -74,7 +91,6 @@ import math
 import os
 import platform
 import shlex
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -84,6 +100,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from superconv import bench_common as common
 from superconv import config as config_lib
 from superconv import conv as conv_lib
 from superconv import data as data_lib
@@ -91,47 +108,16 @@ from superconv import input_pipeline, metric_writer, models, storage, train
 
 log = logging.getLogger("superconv")
 AXIS = input_pipeline.AXIS
-GIB = 2.0**30
+GIB = common.GIB
 
 # ============================================================================
 # Analytic FLOPs, device peaks, MFU
 # ============================================================================
 
-# Dense (no 2:4 sparsity) peak TFLOP/s of ONE device, matched in order by a
-# lower-case substring of `device.device_kind`. float32: the rate XLA and
-# cuDNN use for float32 convolutions by default on NVIDIA Ampere and later
-# (TF32 tensor cores); TPUs run float32 matmuls as several bfloat16 passes
-# and publish no float32 peak (None = unknown).
-PEAK_TFLOPS: tuple[tuple[str, dict[str, float | None]], ...] = (
-  ("h100 pcie", {"bfloat16": 756.0, "float32": 378.0}),
-  ("h100", {"bfloat16": 989.0, "float32": 494.7}),  # SXM
-  ("h200", {"bfloat16": 989.0, "float32": 494.7}),  # SXM
-  ("a100", {"bfloat16": 312.0, "float32": 156.0}),  # SXM/PCIe
-  ("tpu v4", {"bfloat16": 275.0, "float32": None}),
-  ("tpu v5 lite", {"bfloat16": 197.0, "float32": None}),  # v5e
-  ("tpu v5e", {"bfloat16": 197.0, "float32": None}),
-  ("tpu v5p", {"bfloat16": 459.0, "float32": None}),
-  ("tpu v5", {"bfloat16": 459.0, "float32": None}),  # v5p reports "TPU v5"
-  ("tpu v6 lite", {"bfloat16": 918.0, "float32": None}),  # v6e (Trillium)
-  ("tpu v6e", {"bfloat16": 918.0, "float32": None}),
-)
-
-
-def peak_tflops(
-  device_kind: str, dtype: str, override: float | None = None
-) -> float | None:
-  """Peak dense TFLOP/s of one device of `device_kind` in `dtype`.
-
-  `override` (--peak-tflops) wins; None when the device is not in
-  PEAK_TFLOPS (e.g. CPUs) or has no published peak for `dtype`.
-  """
-  if override is not None:
-    return float(override)
-  kind = device_kind.lower()
-  for key, peaks in PEAK_TFLOPS:
-    if key in kind:
-      return peaks.get(dtype)
-  return None
+# Peak TFLOP/s of one device (`bench_common`, shared with the PyTorch
+# reference).
+PEAK_TFLOPS = common.PEAK_TFLOPS
+peak_tflops = common.peak_tflops
 
 
 def train_gflops_per_image(
@@ -153,26 +139,8 @@ def train_gflops_per_image(
   return 3 * macs * 2 / 1e9
 
 
-def achieved_tflops(
-  images_per_sec: float | None, gflops_per_image: float
-) -> float | None:
-  """Model TFLOP/s achieved at `images_per_sec` (all devices together)."""
-  if images_per_sec is None:
-    return None
-  return images_per_sec * gflops_per_image / 1e3
-
-
-def mfu(
-  images_per_sec: float | None,
-  gflops_per_image: float,
-  peak_tflops_per_device: float | None,
-  num_devices: int,
-) -> float | None:
-  """Model FLOPs utilization in [0, 1]: achieved / (peak x devices)."""
-  tflops = achieved_tflops(images_per_sec, gflops_per_image)
-  if tflops is None or not peak_tflops_per_device:
-    return None
-  return tflops / (peak_tflops_per_device * num_devices)
+achieved_tflops = common.achieved_tflops
+mfu = common.mfu
 
 
 # ============================================================================
@@ -221,57 +189,32 @@ def fixed_batch(dataset: data_lib.Dataset, aug, *, seed: int, step: int = 0):
   return input_pipeline.shard(np.asarray(x)), input_pipeline.shard(y)
 
 
-def time_steps(
-  step_fn: Callable,
-  state,
-  args: Sequence,
-  *,
-  steps: int,
-  repeats: int,
-  warmup: int,
-):
-  """Runs `warmup` steps, then `repeats` timed blocks of `steps` steps.
-
-  Each block ends with `jax.block_until_ready` on the state and metrics,
-  so it measures device time, not dispatch. Returns (state, seconds of
-  each block).
-  """
-  out = None
-  for _ in range(warmup):
-    state, out = step_fn(state, *args)
-  jax.block_until_ready((state, out))
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    for _ in range(steps):
-      state, out = step_fn(state, *args)
-    jax.block_until_ready((state, out))
-    times.append(time.perf_counter() - t0)
-  return state, times
-
-
-def rate(images_per_step: int, steps: int, times: Sequence[float]) -> float:
-  """Images/s of the median block."""
-  return images_per_step * steps / statistics.median(times)
-
-
-def loop_images_per_sec(rows: Sequence[dict], batch_size: int) -> float | None:
-  """Images/s of a run from its metrics.jsonl rows, first interval excluded.
+def loop_intervals(
+  rows: Sequence[dict], images_per_step: int
+) -> list[tuple[float, float]]:
+  """(images, seconds) of each logged interval of a run, the first one
+  excluded, from its metrics.jsonl rows.
 
   Each train row after the first covers (its step - the previous row's
-  step) steps at `steps_per_sec`; the result is total images / total time
-  over those intervals. None with fewer than two train rows.
+  step) steps at `steps_per_sec`.
   """
   train_rows = [r for r in rows if "steps_per_sec" in r]
-  steps, seconds = 0, 0.0
+  out = []
   for prev, row in zip(train_rows, train_rows[1:]):
     n = row["step"] - prev["step"]
     if n > 0 and row["steps_per_sec"] > 0:
-      steps += n
-      seconds += n / row["steps_per_sec"]
-  if steps == 0:
+      out.append((images_per_step * n, n / row["steps_per_sec"]))
+  return out
+
+
+def loop_images_per_sec(rows: Sequence[dict], batch_size: int) -> float | None:
+  """Images/s of a run from its metrics.jsonl rows, first interval excluded:
+  total images / total time over the intervals of `loop_intervals`. None
+  with fewer than two train rows."""
+  intervals = loop_intervals(rows, batch_size)
+  if not intervals:
     return None
-  return batch_size * steps / seconds
+  return sum(n for n, _ in intervals) / sum(s for _, s in intervals)
 
 
 # ============================================================================
@@ -379,42 +322,9 @@ def find_max_batch(
 # ============================================================================
 
 # Every row (JAX here, PyTorch in benchmarks/pytorch_reference.py) has these
-# keys; None where a value is unknown or was not measured.
-ROW_KEYS = (
-  "framework",  # "jax" | "pytorch"
-  "model",
-  "params",
-  "global_batch",
-  "dtype",
-  # Replicas trained in one program (config.num_parallel_seeds); every
-  # images/s below counts all of them (K x global_batch per step).
-  "parallel_seeds",
-  "devices",
-  "device_kind",
-  "backend",
-  "conv_impl",  # superconv.conv implementation, resolved ('xla' | 'chunked').
-  "settings",  # How the step was built (compiler, layout, ...).
-  "compile_s",  # Seconds to compile the bare step.
-  "step_images_per_sec",
-  "step_times_s",  # Bare step.
-  "aug_step_images_per_sec",
-  "aug_step_times_s",  # Step with augmentation.
-  "loop_images_per_sec",
-  "loop_intervals",  # Training loop.
-  "loop_step_ratio",  # loop / step images/s.
-  "forward_macs",
-  "train_gflops_per_image",
-  "achieved_tflops",
-  "peak_tflops",
-  "mfu",  # From the bare step.
-  "loop_mfu",  # From the loop.
-  "peak_memory_bytes",
-  "compiled_memory_bytes",
-  "steps",
-  "repeats",
-  "warmup",
-  "error",  # None, or why the row has no numbers (e.g. out of memory).
-)
+# keys (`bench_common.ROW_KEYS`); None where a value is unknown or was not
+# measured.
+ROW_KEYS = common.ROW_KEYS
 
 
 def empty_row(**values) -> dict:
@@ -546,8 +456,8 @@ def initial_state(config, run, dataset):
   )
 
 
-def measure_loop(config, dataset) -> tuple[float | None, int]:
-  """(images/s, timed intervals) of train.train_and_evaluate."""
+def measure_loop(config, dataset) -> list[tuple[float, float]]:
+  """(images, seconds) of each timed interval of train.train_and_evaluate."""
   with tempfile.TemporaryDirectory(prefix="superconv-bench-") as workdir:
     with _stdout_to_stderr():
       train.train_and_evaluate(config, workdir, dataset)
@@ -556,215 +466,164 @@ def measure_loop(config, dataset) -> tuple[float | None, int]:
       workdir if len(seeds) == 1 else train.replica_workdir(workdir, seeds[0])
     )
     rows = metric_writer.read_jsonl(os.path.join(logs, "metrics.jsonl"))
-  train_rows = [r for r in rows if "steps_per_sec" in r]
   # Every replica trains a global batch per step.
-  return (
-    loop_images_per_sec(rows, config.batch_size * len(seeds)),
-    max(0, len(train_rows) - 1),
-  )
+  return loop_intervals(rows, config.batch_size * len(seeds))
 
 
-def bench_row(
-  model: str,
-  batch: int,
-  dtype: str,
-  *,
-  steps: int,
-  repeats: int,
-  warmup: int,
-  train_size: int,
-  log_every: int,
-  loop_intervals: int,
-  peak_override: float | None = None,
-  run_aug: bool = True,
-  run_loop: bool = True,
-  dataset: data_lib.Dataset | None = None,
-  parallel_seeds: int = 1,
-  conv_impl: str = "auto",
-) -> dict:
-  """Measures one (model, global batch, dtype) row; see the module doc."""
-  devices = jax.local_devices()
-  n = len(devices)
-  if batch % n:
-    raise ValueError(f"--batch: {batch} is not divisible by the {n} devices")
-  gflops = train_gflops_per_image(model)
-  peak = peak_tflops(devices[0].device_kind, dtype, peak_override)
-  row = empty_row(
-    framework="jax",
-    model=model,
-    params=count_params(model),
-    global_batch=batch,
-    dtype=dtype,
-    parallel_seeds=parallel_seeds,
-    devices=n,
-    conv_impl=conv_lib.resolve(conv_impl),
-    device_kind=devices[0].device_kind,
-    backend=jax.default_backend(),
-    settings=f"XLA, pmap over {n} device(s), jax {jax.__version__}",
-    forward_macs=models.forward_macs(model),
-    train_gflops_per_image=gflops,
-    peak_tflops=peak,
-    steps=steps,
-    repeats=repeats,
-    warmup=warmup,
-  )
-  loop_steps = log_every * (loop_intervals + 1)
-  config = bench_config(
-    model,
-    batch,
-    dtype,
-    train_size=train_size,
-    loop_steps=loop_steps,
-    log_every=log_every,
-    parallel_seeds=parallel_seeds,
-    conv_impl=conv_impl,
-  )
-  images_per_step = batch * parallel_seeds
-  if dataset is None or len(dataset.train_images) < batch:
-    dataset = _synthetic(config)
-  config_lib.validate_with_data(
-    config, num_train_examples=dataset.train_images.shape[0]
-  )
-  run = train.setup(config, dataset)
-  try:
-    init = initial_state(config, run, dataset)
-    # --- Bare step on a fixed device batch ----------------------------------
-    x, y = fixed_batch(dataset, run.aug, seed=config.seed)
-    state = input_pipeline.replicate_tree(init)
-    t0 = time.perf_counter()
-    compiled = (
-      make_bare_step(config, dataset.num_classes).lower(state, x, y).compile()
+class JaxCase:
+  """One JAX row being measured (a `bench_common.Participant`).
+
+  `start('step')` compiles the bare step ahead of time on the fixed batch
+  (compile_s); `start('aug_step')` builds the real step and runs its first
+  (compiling) step untimed. `block` runs steps on the state it holds
+  (donated, as in training) and waits for the device.
+  """
+
+  def __init__(
+    self,
+    model: str,
+    batch: int,
+    dtype: str,
+    *,
+    steps: int,
+    repeats: int,
+    warmup: int,
+    train_size: int,
+    log_every: int,
+    loop_intervals: int,
+    peak_override: float | None = None,
+    dataset: data_lib.Dataset | None = None,
+    parallel_seeds: int = 1,
+    conv_impl: str = "auto",
+  ):
+    devices = jax.local_devices()
+    n = len(devices)
+    if batch % n:
+      raise ValueError(f"--batch: {batch} is not divisible by the {n} devices")
+    gflops = train_gflops_per_image(model)
+    self.row = empty_row(
+      framework="jax",
+      model=model,
+      params=count_params(model),
+      global_batch=batch,
+      dtype=dtype,
+      parallel_seeds=parallel_seeds,
+      devices=n,
+      conv_impl=conv_lib.resolve(conv_impl),
+      device_kind=devices[0].device_kind,
+      backend=jax.default_backend(),
+      settings=f"XLA, pmap over {n} device(s), jax {jax.__version__}",
+      forward_macs=models.forward_macs(model),
+      train_gflops_per_image=gflops,
+      peak_tflops=peak_tflops(devices[0].device_kind, dtype, peak_override),
+      steps=steps,
+      repeats=repeats,
+      warmup=warmup,
+      flags=[],
     )
-    row["compile_s"] = time.perf_counter() - t0
-    row["compiled_memory_bytes"] = compiled_memory_bytes(compiled)
-    state, times = time_steps(
-      compiled, state, (x, y), steps=steps, repeats=repeats, warmup=warmup
-    )
-    row["step_times_s"] = times
-    row["step_images_per_sec"] = rate(images_per_step, steps, times)
-    del state, x, y, compiled
-    # --- The real step: batch selection + augmentation on device ------------
-    if run_aug:
-      images = input_pipeline.replicate(dataset.train_images)
-      labels = input_pipeline.replicate(dataset.train_labels.astype(np.int32))
-      state = input_pipeline.replicate_tree(init)
-      p_step = train.make_train_step(config, dataset, run.aug)
-      state, times = time_steps(
-        p_step,
-        state,
-        (images, labels),
-        steps=steps,
-        repeats=repeats,
-        warmup=max(1, warmup),
-      )
-      row["aug_step_times_s"] = times
-      row["aug_step_images_per_sec"] = rate(images_per_step, steps, times)
-      del state, images, labels, p_step
-    # --- The training loop ---------------------------------------------------
-    if run_loop:
-      gc.collect()
-      row["loop_images_per_sec"], row["loop_intervals"] = measure_loop(
-        config, dataset
-      )
-  except Exception as e:  # pylint: disable=broad-except
-    if not is_out_of_memory(e):
-      raise
-    row["error"] = "out of memory"
-    log.warning(
-      "%s batch %d %s: out of memory (%s)",
+    self.name = f"jax {self.row['conv_impl']} conv, {parallel_seeds} seed(s)"
+    self.config = bench_config(
       model,
       batch,
       dtype,
+      train_size=train_size,
+      loop_steps=log_every * (loop_intervals + 1),
+      log_every=log_every,
+      parallel_seeds=parallel_seeds,
+      conv_impl=conv_impl,
+    )
+    self.images_per_step = batch * parallel_seeds
+    if dataset is None or len(dataset.train_images) < batch:
+      dataset = _synthetic(self.config)
+    config_lib.validate_with_data(
+      self.config, num_train_examples=dataset.train_images.shape[0]
+    )
+    self.dataset = dataset
+    self.run = train.setup(self.config, dataset)
+    self.init = initial_state(self.config, self.run, dataset)
+    self._live = {}  # figure -> [step function, state, arguments].
+
+  def _out_of_memory(self, e: BaseException) -> None:
+    if not is_out_of_memory(e):
+      raise e
+    self.row["error"] = "out of memory"
+    self._live.clear()
+    gc.collect()
+    log.warning(
+      "%s: out of memory (%s)",
+      common.row_label(self.row),
       str(e).splitlines()[0][:200],
     )
-  finally:
+
+  def start(self, figure: str) -> bool:
+    config, dataset = self.config, self.dataset
+    try:
+      state = input_pipeline.replicate_tree(self.init)
+      if figure == "step":
+        x, y = fixed_batch(dataset, self.run.aug, seed=config.seed)
+        t0 = time.perf_counter()
+        compiled = (
+          make_bare_step(config, dataset.num_classes)
+          .lower(state, x, y)
+          .compile()
+        )
+        self.row["compile_s"] = time.perf_counter() - t0
+        self.row["compiled_memory_bytes"] = compiled_memory_bytes(compiled)
+        self._live[figure] = [compiled, state, (x, y)]
+      else:
+        args = (
+          input_pipeline.replicate(dataset.train_images),
+          input_pipeline.replicate(dataset.train_labels.astype(np.int32)),
+        )
+        p_step = train.make_train_step(config, dataset, self.run.aug)
+        state, metrics = p_step(state, *args)  # Compiles.
+        jax.block_until_ready((state, metrics))
+        self._live[figure] = [p_step, state, args]
+      return True
+    except Exception as e:  # pylint: disable=broad-except
+      self._out_of_memory(e)
+      return False
+
+  def block(self, figure: str, steps: int) -> common.Block | None:
+    live = self._live[figure]
+    step_fn, state, args = live
+    try:
+      out = None
+      t0 = time.perf_counter()
+      for _ in range(steps):
+        state, out = step_fn(state, *args)
+      jax.block_until_ready((state, out))
+      seconds = time.perf_counter() - t0
+    except Exception as e:  # pylint: disable=broad-except
+      self._out_of_memory(e)
+      return None
+    live[1] = state
+    return seconds, 0  # Compiled ahead of the timed blocks.
+
+  def stop(self, figure: str) -> None:
+    self._live.pop(figure, None)
     gc.collect()
-  row["peak_memory_bytes"] = peak_memory_bytes()
-  finish_row(row)
-  return row
+
+  def loop(self) -> list[tuple[float, float]] | None:
+    gc.collect()
+    try:
+      return measure_loop(self.config, self.dataset)
+    except Exception as e:  # pylint: disable=broad-except
+      self._out_of_memory(e)
+      return None
 
 
-def finish_row(row: dict) -> dict:
-  """Fills the derived fields (ratio, TFLOP/s, MFU) of a measured row."""
-  step, loop = row["step_images_per_sec"], row["loop_images_per_sec"]
-  gflops, peak, n = (
-    row["train_gflops_per_image"],
-    row["peak_tflops"],
-    row["devices"],
-  )
-  row["loop_step_ratio"] = loop / step if step and loop else None
-  row["achieved_tflops"] = achieved_tflops(step, gflops)
-  row["mfu"] = mfu(step, gflops, peak, n)
-  row["loop_mfu"] = mfu(loop, gflops, peak, n)
-  return row
+# Fills the derived fields (loop/step, TFLOP/s, MFU, flags) of a row.
+finish_row = common.finish_row
 
 
 # ============================================================================
-# Tables
+# Tables and the comparison
 # ============================================================================
 
-
-def _num(fmt: str):
-  return lambda v: "-" if v is None else format(v, fmt)
-
-
-def _pct(v):
-  return "-" if v is None else f"{100 * v:.1f}%"
-
-
-def _gib(v):
-  return "-" if v is None else f"{v / GIB:.2f}"
-
-
-# (header, row key, formatter, width).
-TABLE_COLUMNS = (
-  ("model", "model", str, -15),
-  ("batch", "global_batch", str, 6),
-  ("dtype", "dtype", str, -8),
-  ("seeds", "parallel_seeds", str, 5),
-  ("dev", "devices", str, 3),
-  ("conv", "conv_impl", str, -7),
-  ("compile s", "compile_s", _num(".1f"), 9),
-  ("step img/s", "step_images_per_sec", _num(",.0f"), 10),
-  ("aug img/s", "aug_step_images_per_sec", _num(",.0f"), 10),
-  ("loop img/s", "loop_images_per_sec", _num(",.0f"), 10),
-  ("loop/step", "loop_step_ratio", _num(".2f"), 9),
-  ("GFLOP/img", "train_gflops_per_image", _num(".3f"), 9),
-  ("TFLOP/s", "achieved_tflops", _num(".2f"), 8),
-  ("MFU", "mfu", _pct, 6),
-  ("peak GiB", "peak_memory_bytes", _gib, 8),
-)
-
-
-def _cell(text: str, width: int) -> str:
-  return text.ljust(-width) if width < 0 else text.rjust(width)
-
-
-def format_table(rows: Sequence[dict], columns=TABLE_COLUMNS) -> str:
-  """Fixed-width table of rows, one line per row, '-' for unknown values.
-
-  A row with an `error` shows it after the columns.
-  """
-  lines = ["  ".join(_cell(h, w) for h, _, _, w in columns)]
-  lines.append(
-    "  ".join(
-      "-" * abs(w) if abs(w) >= len(h) else "-" * len(h)
-      for h, _, _, w in columns
-    )
-  )
-  for row in rows:
-    cells = []
-    for header, key, fmt, width in columns:
-      value = row.get(key)
-      text = "-" if value is None else fmt(value)
-      cells.append(
-        _cell(text, max(abs(width), len(header)) * (1 if width > 0 else -1))
-      )
-    line = "  ".join(cells)
-    if row.get("error"):
-      line += f"  ({row['error']})"
-    lines.append(line.rstrip())
-  return "\n".join(lines)
+TABLE_COLUMNS = common.TABLE_COLUMNS
+format_table = common.format_table
+_num, _pct = common.num, common.pct
 
 
 def compare_rows(
@@ -772,14 +631,24 @@ def compare_rows(
 ) -> list[dict]:
   """JAX / PyTorch ratios of each rate, matched by (model, batch, dtype).
 
-  A JAX row with K parallel seeds counts the images of all K replicas, so
-  its ratio is K seeds in one program against one PyTorch run.
+  Every PyTorch setting of the key is kept (`torch`: setting -> its rates
+  and spreads); a ratio is against the fastest setting of that figure
+  (`{figure}_fastest_torch`), since a user would pick it. A ratio is
+  flagged (`{figure}_flagged`) when the JAX figure or the figure of ANY
+  setting is: a flagged setting may be the one that is really fastest.
+  `flags` lists the flags behind it, as 'jax:flag' and 'setting:flag'. A
+  JAX row with K parallel seeds counts the images of all K replicas, so its
+  ratio is K seeds in one program against one PyTorch run.
   """
-  by_key = {(r["model"], r["global_batch"], r["dtype"]): r for r in torch_rows}
   out = []
   for j in jax_rows:
-    t = by_key.get((j["model"], j["global_batch"], j["dtype"]))
-    if t is None:
+    key = (j["model"], j["global_batch"], j["dtype"])
+    ts = [
+      t
+      for t in torch_rows
+      if (t["model"], t["global_batch"], t["dtype"]) == key
+    ]
+    if not ts:
       continue
     row = {
       "model": j["model"],
@@ -787,34 +656,98 @@ def compare_rows(
       "dtype": j["dtype"],
       "parallel_seeds": j.get("parallel_seeds"),
       "conv_impl": j.get("conv_impl"),
-      "torch_settings": t.get("settings"),
+      "torch_settings": {t.get("setting"): t.get("settings") for t in ts},
+      "torch": {},
+      "flags": [f"jax:{f}" for f in j.get("flags") or ()]
+      + [f"{t.get('setting')}:{f}" for t in ts for f in t.get("flags") or ()],
     }
-    for what in ("step", "aug_step", "loop"):
-      a, b = j.get(f"{what}_images_per_sec"), t.get(f"{what}_images_per_sec")
+    for t in ts:
+      row["torch"][t.get("setting")] = {
+        f"{what}_{field}": t.get(f"{what}_{field}")
+        for what in common.FIGURES
+        for field in ("images_per_sec", "spread")
+      }
+    for what in common.FIGURES:
+      a = j.get(f"{what}_images_per_sec")
+      rates = {
+        t.get("setting"): t[f"{what}_images_per_sec"]
+        for t in ts
+        if t.get(f"{what}_images_per_sec")
+      }
+      best = max(rates, key=rates.get) if rates else None
       row[f"jax_{what}_images_per_sec"] = a
-      row[f"torch_{what}_images_per_sec"] = b
-      row[f"{what}_ratio"] = a / b if a and b else None
+      row[f"jax_{what}_spread"] = j.get(f"{what}_spread")
+      row[f"torch_{what}_images_per_sec"] = rates.get(best)
+      row[f"{what}_fastest_torch"] = best
+      row[f"{what}_ratio"] = a / rates[best] if a and best else None
+      row[f"{what}_flagged"] = any(
+        common.figure_flagged(r, what) for r in [j, *ts]
+      )
     out.append(row)
   return out
 
 
-COMPARE_COLUMNS = (
-  ("model", "model", str, -15),
-  ("batch", "global_batch", str, 6),
-  ("dtype", "dtype", str, -8),
-  ("seeds", "parallel_seeds", str, 5),
-  ("conv", "conv_impl", str, -7),
-  ("jax step", "jax_step_images_per_sec", _num(",.0f"), 9),
-  ("torch step", "torch_step_images_per_sec", _num(",.0f"), 10),
-  ("ratio", "step_ratio", _num(".2f"), 5),
-  ("jax aug", "jax_aug_step_images_per_sec", _num(",.0f"), 9),
-  ("torch aug", "torch_aug_step_images_per_sec", _num(",.0f"), 9),
-  ("ratio", "aug_step_ratio", _num(".2f"), 5),
-  ("jax loop", "jax_loop_images_per_sec", _num(",.0f"), 9),
-  ("torch loop", "torch_loop_images_per_sec", _num(",.0f"), 10),
-  ("ratio", "loop_ratio", _num(".2f"), 5),
-  ("torch settings", "torch_settings", str, -14),
-)
+def _rate_and_spread(rate, spread, flagged: bool) -> str | None:
+  """'1,234 ±5%' ('!' at the end when flagged)."""
+  if rate is None:
+    return None
+  text = f"{rate:,.0f}"
+  if spread is not None:
+    text += f" ±{100 * spread:.0f}%"
+  return text + ("!" if flagged else "")
+
+
+def _ratio(row: dict, what: str) -> str | None:
+  ratio = row.get(f"{what}_ratio")
+  if ratio is None:
+    return None
+  return f"{ratio:.2f}" + ("!" if row.get(f"{what}_flagged") else "")
+
+
+def _torch_step(setting: str):
+  def cell(row):
+    t = row["torch"].get(setting)
+    if t is None:
+      return None
+    flagged = any(
+      f.startswith(f"{setting}:")
+      and "step" in common.flag_figures(f.split(":", 1)[1])
+      for f in row["flags"]
+    )
+    return _rate_and_spread(t["step_images_per_sec"], t["step_spread"], flagged)
+
+  return cell
+
+
+def compare_columns(comparison: Sequence[dict]):
+  """Columns of the comparison table: the JAX step and each PyTorch
+  setting's (median ±spread), the step ratio against the fastest setting,
+  then the aug and loop ratios."""
+  settings = list(dict.fromkeys(s for row in comparison for s in row["torch"]))
+  jax_step = lambda r: _rate_and_spread(
+    r["jax_step_images_per_sec"],
+    r["jax_step_spread"],
+    any(
+      f.startswith("jax:") and "step" in common.flag_figures(f[4:])
+      for f in r["flags"]
+    ),
+  )
+  return (
+    ("model", "model", str, -15),
+    ("batch", "global_batch", str, 6),
+    ("dtype", "dtype", str, -8),
+    ("seeds", "parallel_seeds", str, 5),
+    ("conv", "conv_impl", str, -7),
+    ("jax step", jax_step, str, 12),
+    *((f"{s} step", _torch_step(s), str, 12) for s in settings),
+    ("ratio", lambda r: _ratio(r, "step"), str, 6),
+    ("vs", "step_fastest_torch", str, -10),
+    ("aug ratio", lambda r: _ratio(r, "aug_step"), str, 9),
+    ("vs", "aug_step_fastest_torch", str, -10),
+    ("loop ratio", lambda r: _ratio(r, "loop"), str, 10),
+    ("vs", "loop_fastest_torch", str, -10),
+  )
+
 
 MAX_BATCH_COLUMNS = (
   ("model", "model", str, -15),
@@ -911,70 +844,158 @@ def max_batch_row(
 TORCH_PYTHON_ENV = "SUPERCONV_TORCH_PYTHON"
 
 
+def _repo() -> str:
+  return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def default_torch_script() -> str:
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  return os.path.join(repo, "benchmarks", "pytorch_reference.py")
+  return os.path.join(_repo(), "benchmarks", "pytorch_reference.py")
 
 
-def run_pytorch(
-  args, models_: Sequence[str], batches: Sequence[int], dtypes: Sequence[str]
-) -> list[dict]:
-  """Runs the PyTorch reference in a subprocess; returns its rows."""
-  python = args.torch_python or os.environ.get(TORCH_PYTHON_ENV) or "python"
-  script = args.torch_script or default_torch_script()
-  if not os.path.isfile(script):
-    raise RuntimeError(f"--torch-script: no such file: {script}")
-  with tempfile.TemporaryDirectory(prefix="superconv-torch-") as tmp:
-    out = os.path.join(tmp, "torch.json")
+def default_torch_python() -> str:
+  """$SUPERCONV_TORCH_PYTHON, else the checkout's .torchvenv, else
+  'python'."""
+  if os.environ.get(TORCH_PYTHON_ENV):
+    return os.environ[TORCH_PYTHON_ENV]
+  venv = os.path.join(_repo(), ".torchvenv", "bin", "python")
+  return venv if os.path.exists(venv) else "python"
+
+
+class TorchWorkerError(RuntimeError):
+  """The PyTorch reference could not run or stopped."""
+
+
+class TorchWorker:
+  """benchmarks/pytorch_reference.py --serve, alive for the whole run, so
+  that its blocks can be interleaved with JAX's.
+
+  One JSON request per line on its stdin, one JSON reply per line on its
+  stdout; its progress goes to our stderr.
+  """
+
+  def __init__(self, args):
+    python = args.torch_python or default_torch_python()
+    script = args.torch_script or default_torch_script()
+    self.what = (
+      f"{script} (interpreter {python!r}: set --torch-python or"
+      f" ${TORCH_PYTHON_ENV} to one with torch installed)"
+    )
+    if not os.path.isfile(script):
+      raise TorchWorkerError(f"--torch-script: no such file: {script}")
     cmd = [
       python,
       script,
-      "--model",
-      ",".join(models_),
-      "--batch",
-      ",".join(map(str, batches)),
-      "--dtype",
-      ",".join(dtypes),
-      "--steps",
-      str(args.steps),
-      "--repeats",
-      str(args.repeats),
-      "--warmup",
-      str(args.warmup),
+      "--serve",
       "--train-size",
       str(args.train_size),
       "--log-every",
       str(args.log_every),
       "--loop-intervals",
       str(args.loop_intervals),
-      "--json",
-      out,
+      "--settings",
+      ",".join(args.torch_settings),
     ]
     if args.peak_tflops is not None:
       cmd += ["--peak-tflops", str(args.peak_tflops)]
-    if args.no_loop:
-      cmd.append("--no-loop")
-    if args.no_aug:
-      cmd.append("--no-aug")
     cmd += shlex.split(args.torch_args or "")
     log.info("Running %s", " ".join(cmd))
     sys.stdout.flush()
     try:
-      # Its table goes to our stderr: stdout keeps only our tables.
-      done = subprocess.run(cmd, stdout=sys.stderr, check=False)
+      self.proc = subprocess.Popen(
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+      )
     except OSError as e:
-      raise RuntimeError(
+      raise TorchWorkerError(
         f"--torch-python: cannot run {python!r} ({e}); set --torch-python"
         f" or ${TORCH_PYTHON_ENV} to an interpreter with torch"
       ) from None
-    if done.returncode != 0:
-      raise RuntimeError(
-        f"{script} exited with status {done.returncode} (interpreter"
-        f" {python!r}: set --torch-python or ${TORCH_PYTHON_ENV} to one"
-        " with torch installed)"
-      )
-    with open(out) as f:
-      return json.load(f)["rows"]
+    self.hello = self.call(op="hello")
+    log.info("PyTorch reference: %s", self.hello.get("torch"))
+
+  def call(self, **request) -> dict:
+    """Sends one request, returns its reply."""
+    try:
+      self.proc.stdin.write(json.dumps(request) + "\n")
+      self.proc.stdin.flush()
+    except (BrokenPipeError, OSError):
+      pass  # It stopped: the read below says so.
+    line = self.proc.stdout.readline()
+    if not line:
+      status = self.proc.wait()
+      raise TorchWorkerError(f"{self.what} exited with status {status}")
+    reply = json.loads(line)
+    if reply.get("fatal"):
+      raise TorchWorkerError(f"{self.what} failed: {reply['fatal']}")
+    return reply
+
+  def close(self) -> None:
+    if self.proc.poll() is None:
+      try:
+        self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
+        self.proc.stdin.close()
+      except (BrokenPipeError, OSError):
+        pass
+      try:
+        self.proc.wait(timeout=60)
+      except subprocess.TimeoutExpired:
+        self.proc.kill()
+        self.proc.wait()
+    self.proc.stdout.close()
+
+  def participants(
+    self, model: str, batch: int, dtype: str, **timing
+  ) -> dict[str, TorchSetting]:
+    """One participant per setting, for (model, batch, dtype); `timing`
+    (steps, repeats, warmup) goes into their rows, since bench times them."""
+    reply = self.call(op="setup", model=model, batch=batch, dtype=dtype)
+    return {
+      f"pytorch {s}": TorchSetting(self, s, {**row, **timing})
+      for s, row in reply["rows"].items()
+    }
+
+  def finish(self, participants: dict[str, TorchSetting]) -> None:
+    """Frees the worker's models; gets their last fields (peak memory)."""
+    reply = self.call(op="finish")
+    for p in participants.values():
+      p.merge(reply["rows"].get(p.setting, {}))
+
+
+class TorchSetting:
+  """A `bench_common.Participant` that runs one PyTorch setting in the
+  worker."""
+
+  # The fields the worker fills; bench fills the timing fields.
+  WORKER_KEYS = ("compile_s", "settings", "error", "peak_memory_bytes")
+
+  def __init__(self, worker: TorchWorker, setting: str, row: dict):
+    self.worker, self.setting = worker, setting
+    self.row = empty_row(**row)
+    self.row["flags"] = list(self.row["flags"] or [])
+    self.images_per_step = row["global_batch"]
+
+  def merge(self, fields: dict) -> None:
+    for key in self.WORKER_KEYS:
+      if key in fields:
+        self.row[key] = fields[key]
+
+  def _call(self, **request) -> dict:
+    reply = self.worker.call(setting=self.setting, **request)
+    self.merge(reply.get("row", {}))
+    return reply
+
+  def start(self, figure: str) -> bool:
+    return bool(self._call(op="start", figure=figure)["ok"])
+
+  def block(self, figure: str, steps: int) -> common.Block | None:
+    block = self._call(op="block", figure=figure, steps=steps)["block"]
+    return None if block is None else (block[0], block[1])
+
+  def stop(self, figure: str) -> None:
+    del figure  # The worker keeps its models until `finish`.
+
+  def loop(self) -> list[tuple[float, float]] | None:
+    loop = self._call(op="loop")["loop"]
+    return None if loop is None else [(n, s) for n, s in loop]
 
 
 # ============================================================================
@@ -1043,13 +1064,30 @@ def parser() -> argparse.ArgumentParser:
     "--repeats",
     type=int,
     default=5,
-    help="timed blocks; rates use the median (default 5)",
+    help="timed blocks of each row, interleaved with the other rows of the"
+    " same model, batch and dtype; rates use the median (default 5)",
   )
   p.add_argument(
     "--warmup",
     type=int,
-    default=3,
-    help="untimed steps after compilation (default 3)",
+    default=None,
+    help="steps per warm-up block (default: --steps); warm-up blocks run"
+    " until two in a row agree within --warmup-tolerance and nothing"
+    " compiled during them; 0: no warm-up",
+  )
+  p.add_argument(
+    "--warmup-tolerance",
+    type=float,
+    default=common.WARMUP_TOLERANCE,
+    help="how far two warm-up blocks may differ, as a fraction (default"
+    f" {common.WARMUP_TOLERANCE})",
+  )
+  p.add_argument(
+    "--max-warmup-blocks",
+    type=int,
+    default=common.MAX_WARMUP_BLOCKS,
+    help="warm-up blocks at most; a row still unsettled then is flagged"
+    f" (default {common.MAX_WARMUP_BLOCKS})",
   )
   p.add_argument(
     "--train-size",
@@ -1101,13 +1139,24 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument(
     "--compare-pytorch",
     action="store_true",
-    help="also run benchmarks/pytorch_reference.py and print"
-    " JAX/PyTorch ratios",
+    help="also run benchmarks/pytorch_reference.py, interleaved with the"
+    " JAX rows, and print JAX/PyTorch ratios",
   )
   p.add_argument(
     "--torch-python",
     default=None,
-    help=f"interpreter with torch (default ${TORCH_PYTHON_ENV} or 'python')",
+    help=f"interpreter with torch (default ${TORCH_PYTHON_ENV}, else"
+    " the checkout's .torchvenv/bin/python if present, else 'python')",
+  )
+  p.add_argument(
+    "--torch-settings",
+    type=_csv(str),
+    default=list(common.DEFAULT_TORCH_SETTINGS),
+    help="comma list of PyTorch settings to run: "
+    + ", ".join(common.TORCH_SETTINGS)
+    + " (_cl: channels_last; default "
+    + ",".join(common.DEFAULT_TORCH_SETTINGS)
+    + "); ratios are against the fastest",
   )
   p.add_argument(
     "--torch-args",
@@ -1178,8 +1227,18 @@ def _validate(args, p: argparse.ArgumentParser) -> None:
       p.error(f"--conv-impl: unknown {impl!r}; valid: {valid}")
   if not args.parallel_seeds or min(args.parallel_seeds) < 1:
     p.error("--parallel-seeds: every K must be >= 1")
-  if args.warmup < 0 or args.loop_intervals < 1:
+  if (args.warmup is not None and args.warmup < 0) or args.loop_intervals < 1:
     p.error("--warmup must be >= 0 and --loop-intervals >= 1")
+  if args.max_warmup_blocks < 2:
+    p.error("--max-warmup-blocks: must be >= 2 (two blocks must agree)")
+  if not args.warmup_tolerance > 0:
+    p.error("--warmup-tolerance: must be > 0")
+  for s in args.torch_settings:
+    if s not in common.TORCH_SETTINGS:
+      valid = ", ".join(common.TORCH_SETTINGS)
+      p.error(f"--torch-settings: unknown {s!r}; valid: {valid}")
+  if not args.torch_settings:
+    p.error("--torch-settings: name at least one setting")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1193,9 +1252,19 @@ def main(argv: Sequence[str] | None = None) -> int:
   with fresh_compile_cache(not args.no_compile_cache):
     if args.find_max_batch:
       return _max_batch_table(args, payload)
-    _timing_table(args, payload)
-  if args.compare_pytorch:
-    return _compare_pytorch(args, payload)
+    worker = None
+    try:
+      if args.compare_pytorch:
+        worker = TorchWorker(args)
+        payload["meta"]["torch"] = worker.hello
+      _timing_table(args, payload, worker)
+    except TorchWorkerError as e:
+      sys.stderr.write(f"superconv.bench: error: {e}\n")
+      return 2
+    finally:
+      if worker is not None:
+        worker.close()
+  _print_tables(payload)
   return 0
 
 
@@ -1221,57 +1290,83 @@ def _max_batch_table(args, payload: dict) -> int:
   return 0
 
 
-def _timing_table(args, payload: dict) -> None:
+def _timing_table(args, payload: dict, worker: TorchWorker | None) -> None:
+  """Measures every (model, batch, dtype) group: its JAX rows and, with a
+  worker, its PyTorch settings, interleaved (`bench_common.measure_group`).
+  """
+  warmup = args.steps if args.warmup is None else args.warmup
   base = None
-  for model in args.model:
-    for batch in args.batch:
-      for dtype in args.dtype:
-        for k, impl in itertools.product(args.parallel_seeds, args.conv_impl):
-          log.info(
-            "Benchmarking %s, global batch %d, %s, %d replica(s),"
-            " %s convolution...",
-            model,
-            batch,
-            dtype,
-            k,
-            conv_lib.resolve(impl),
-          )
-          size = max(batch, args.train_size)
-          if base is None or len(base.train_images) < size:
-            base = data_lib.load(
-              "synthetic",
-              synthetic_train_size=size,
-              synthetic_test_size=max(args.batch),
-            )
-          row = bench_row(
-            model,
-            batch,
-            dtype,
-            steps=args.steps,
-            repeats=args.repeats,
-            warmup=args.warmup,
-            train_size=args.train_size,
-            log_every=args.log_every,
-            loop_intervals=args.loop_intervals,
-            peak_override=args.peak_tflops,
-            run_aug=not args.no_aug,
-            run_loop=not args.no_loop,
-            dataset=_sized(base, batch, args.train_size),
-            parallel_seeds=k,
-            conv_impl=impl,
-          )
-          payload["rows"].append(row)
-          _write_json(args.json, payload)
-  print(format_table(payload["rows"]))
+  for model, batch, dtype in itertools.product(
+    args.model, args.batch, args.dtype
+  ):
+    size = max(batch, args.train_size)
+    if base is None or len(base.train_images) < size:
+      base = data_lib.load(
+        "synthetic",
+        synthetic_train_size=size,
+        synthetic_test_size=max(args.batch),
+      )
+    timing = dict(steps=args.steps, repeats=args.repeats, warmup=warmup)
+    cases: dict[str, JaxCase] = {}
+    for k, impl in itertools.product(args.parallel_seeds, args.conv_impl):
+      case = JaxCase(
+        model,
+        batch,
+        dtype,
+        **timing,
+        train_size=args.train_size,
+        log_every=args.log_every,
+        loop_intervals=args.loop_intervals,
+        peak_override=args.peak_tflops,
+        dataset=_sized(base, batch, args.train_size),
+        parallel_seeds=k,
+        conv_impl=impl,
+      )
+      name = case.name
+      if name in cases:
+        name += f" #{len(cases) + 1}"
+      cases[name] = case
+    torch = worker.participants(model, batch, dtype, **timing) if worker else {}
+    log.info(
+      "Benchmarking %s, global batch %d, %s: %s",
+      model,
+      batch,
+      dtype,
+      "; ".join([*cases, *torch]),
+    )
+    common.measure_group(
+      {**cases, **torch},
+      common.Plan(
+        args.steps,
+        args.repeats,
+        warmup,
+        args.warmup_tolerance,
+        args.max_warmup_blocks,
+      ),
+      figures=("step",) if args.no_aug else ("step", "aug_step"),
+      loop=not args.no_loop,
+      progress=log.info,
+    )
+    peak = peak_memory_bytes()
+    for case in cases.values():
+      case.row["peak_memory_bytes"] = peak
+      payload["rows"].append(finish_row(case.row))
+    if worker:
+      worker.finish(torch)
+      for p in torch.values():
+        payload["rows"].append(finish_row(p.row))
+    del cases, torch
+    gc.collect()
+    _write_json(args.json, payload)
+  jax_rows = [r for r in payload["rows"] if r["framework"] == "jax"]
+  torch_rows = [r for r in payload["rows"] if r["framework"] == "pytorch"]
+  if worker:
+    _check_macs(jax_rows, torch_rows)
+    payload["comparison"] = compare_rows(jax_rows, torch_rows)
+    _write_json(args.json, payload)
 
 
-def _compare_pytorch(args, payload: dict) -> int:
-  jax_rows = list(payload["rows"])
-  try:
-    torch_rows = run_pytorch(args, args.model, args.batch, args.dtype)
-  except RuntimeError as e:
-    sys.stderr.write(f"superconv.bench: error: {e}\n")
-    return 2
+def _check_macs(jax_rows: Sequence[dict], torch_rows: Sequence[dict]) -> None:
   ours = {r["model"]: r["forward_macs"] for r in jax_rows}
   for t in torch_rows:  # Its MACs come from hooks on the torch modules.
     if t["forward_macs"] is not None and t["forward_macs"] != ours.get(
@@ -1283,14 +1378,38 @@ def _compare_pytorch(args, payload: dict) -> int:
         t["forward_macs"],
         ours.get(t["model"]),
       )
-  payload["rows"].extend(torch_rows)
-  payload["comparison"] = compare_rows(jax_rows, torch_rows)
-  _write_json(args.json, payload)
-  print()
-  print(format_table(torch_rows))
-  print()
-  print(format_table(payload["comparison"], COMPARE_COLUMNS))
-  return 0
+
+
+def _print_tables(payload: dict) -> None:
+  """The JAX table, the PyTorch table and the comparison on stdout; one
+  warning on stderr per flagged row."""
+  rows = payload["rows"]
+  jax_rows = [r for r in rows if r["framework"] == "jax"]
+  torch_rows = [r for r in rows if r["framework"] == "pytorch"]
+  print(format_table(jax_rows))
+  if torch_rows:
+    print()
+    print(format_table(torch_rows, settings=True))
+  comparison = payload.get("comparison")
+  if comparison:
+    print()
+    print(format_table(comparison, compare_columns(comparison)))
+  sys.stdout.flush()
+  for line in common.flag_warnings(rows):
+    log.warning("warning: %s", line)
+  doubtful = [
+    c
+    for c in comparison or ()
+    if any(c[f"{w}_flagged"] for w in common.FIGURES)
+  ]
+  if doubtful:
+    log.warning(
+      "warning: %d of %d comparison rows have a ratio marked '!': a figure"
+      " behind it is flagged (above); rerun on a quieter machine before"
+      " quoting it",
+      len(doubtful),
+      len(comparison),
+    )
 
 
 def _sized(

@@ -1,16 +1,21 @@
-"""Command-line plumbing shared by the drivers (main, lr_range_test).
+"""Command-line plumbing shared by the drivers (main, lr_range_test, ...).
 
 Bad input gives one line on stderr and exit status 2, before anything is
-compiled or written: flag errors, unknown config keys (named, with the valid
-keys beside them), a missing config file, an unusable workdir.
+compiled or written: flag errors, unknown config keys (named, with
+ml_collections' "did you mean" hint), a config file that does not load
+(its file, line and error), a missing config file, an empty, broken or
+unusable workdir. `disk_full` names a full disk behind a library's error.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import re
 import sys
 import tempfile
+import traceback
 
 EXIT_BAD_INPUT = 2
 
@@ -40,57 +45,200 @@ def config_file(spec: str) -> tuple[str, str | None]:
   return (path + ".py", arg) if sep else (spec, None)
 
 
-def _unknown_override(argv) -> str | None:
-  """Names the first --config.<key> override that the config lacks."""
+# ----------------------------------------------------------------------------
+# Config files and --config.<key> overrides
+# ----------------------------------------------------------------------------
+
+
+class ConfigFileError(ValueError):
+  """A config file that does not load; a one-line message."""
+
+
+def _where(e: BaseException, path: str) -> str:
+  """'file:line' of the config code that raised `e`.
+
+  A SyntaxError names its own file and line; otherwise the innermost frame
+  in the config file or a file beside it (configs that load other configs),
+  else the innermost frame of all.
+  """
+  if isinstance(e, SyntaxError) and e.filename:
+    return f"{e.filename}:{e.lineno}"
+  frames = traceback.extract_tb(e.__traceback__)
+  here = os.path.dirname(os.path.realpath(path))
+  ours = [
+    f for f in frames if os.path.dirname(os.path.realpath(f.filename)) == here
+  ]
+  frame = (ours or frames or [None])[-1]
+  return f"{frame.filename}:{frame.lineno}" if frame else path
+
+
+def load_config_file(spec: str):
+  """get_config() of a config file spec 'configs/x.py[:arg]'.
+
+  Raises ConfigFileError with one line: a ValueError's own message (a
+  config refusing its argument says what is wrong), else the file, line
+  and error (a SyntaxError, a NameError, an ImportError, ...).
+  """
   import importlib.util  # pylint: disable=g-import-not-at-top
 
-  path, arg = config_file(_flag_value(argv, "config") or "")
-  spec = importlib.util.spec_from_file_location("_superconv_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(arg) if arg is not None else module.get_config()
-  for arg in argv:
-    if not arg.startswith("--config."):
-      continue
-    key = arg[len("--config.") :].split("=", 1)[0]
-    node, prefix = config, "config"
-    for part in key.split("."):
-      if not hasattr(node, "keys") or part not in node:
-        valid = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else ""
-        return f"config.{key}: unknown key; valid keys of {prefix}: {valid}"
-      node, prefix = node[part], f"{prefix}.{part}"
+  path, arg = config_file(spec)
+  try:
+    module_spec = importlib.util.spec_from_file_location(
+      "_superconv_config", path
+    )
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config() if arg is None else module.get_config(arg)
+  except ValueError as e:
+    raise ConfigFileError(" ".join(str(e).split())) from None
+  except Exception as e:  # pylint: disable=broad-except
+    text = e.msg if isinstance(e, SyntaxError) else str(e)
+    text = text.strip().splitlines()[0] if text.strip() else ""
+    raise ConfigFileError(
+      f"--config {_where(e, path)}: {type(e).__name__}: {text}"
+    ) from None
+
+
+def unknown_key(config, key: str) -> str | None:
+  """Why config has no `key` ('schedule.max_lr'), or None if it has it.
+
+  Keeps ml_collections' "Did you mean" hint; without one, lists the keys.
+  """
+  node, prefix = config, "config"
+  for part in key.split("."):
+    if not hasattr(node, "keys"):
+      return (
+        f"config.{key}: unknown key; {prefix} is a {type(node).__name__},"
+        " not a group of keys"
+      )
+    if part not in node:
+      hint = None
+      try:
+        node[part]
+      except (KeyError, AttributeError) as e:  # With ml_collections' hint.
+        hint = re.search(r'Did you mean "([^"]+)" instead of', str(e))
+      if hint:
+        where = prefix.partition(".")[2]
+        guess = f"{where}.{hint.group(1)}" if where else hint.group(1)
+        return f"config.{key}: unknown key; did you mean '{guess}'?"
+      valid = ", ".join(sorted(node.keys()))
+      return f"config.{key}: unknown key; valid keys of {prefix}: {valid}"
+    node, prefix = node[part], f"{prefix}.{part}"
   return None
+
+
+def _override_keys(argv) -> list[str]:
+  return [
+    arg[len("--config.") :].split("=", 1)[0]
+    for arg in argv
+    if arg.startswith("--config.")
+  ]
+
+
+_FLAG_ERRORS = (KeyError, AttributeError, TypeError, ValueError, OSError)
+
+
+def _flags_error(e: Exception, argv, config) -> str:
+  """One line for an error of absl/ml_collections flag parsing."""
+  if config is not None and isinstance(
+    e, (KeyError, AttributeError, TypeError)
+  ):
+    for key in _override_keys(argv):
+      message = unknown_key(config, key)
+      if message:
+        return message
+  message = str(e)
+  if "Traceback (most recent call last)" in message:
+    # ml_collections put a traceback in: keep its last line's message.
+    last = [l for l in message.splitlines() if l.strip()][-1].strip()
+    message = last.split(": ", 1)[1] if ": " in last else last
+  return message
+
+
+def _parse(flag_values, argv, config):
+  """(parsed argv, None) or (None, one-line error)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  try:
+    return flag_values(argv), None
+  except (flags.Error,) + _FLAG_ERRORS as e:
+    return None, _flags_error(e, argv, config)
+
+
+def _load_named_config(argv):
+  """The config that argv's --config names (None if none); exits on errors."""
+  spec = _flag_value(argv, "config")
+  if spec is None:
+    return None
+  if not os.path.isfile(config_file(spec)[0]):
+    fail(f"--config: no such file: {config_file(spec)[0]}")
+  try:
+    return load_config_file(spec)
+  except ConfigFileError as e:
+    fail(str(e))
 
 
 def parse_flags(argv):
   """absl flag parsing, but bad flags give one line and status 2."""
   from absl import flags  # pylint: disable=g-import-not-at-top
 
-  spec = _flag_value(argv, "config")
-  if spec is not None and not os.path.isfile(config_file(spec)[0]):
-    fail(f"--config: no such file: {config_file(spec)[0]}")
+  config = _load_named_config(argv)
+  parsed, message = _parse(flags.FLAGS, argv, config)
+  if message is not None:
+    fail(message)
+  return parsed
+
+
+def check_overrides(spec: str, overrides: dict) -> str | None:
+  """Why `--config spec --config.k=v ...` would be refused, or None.
+
+  Parses the overrides with the same ml_collections flag as the drivers
+  (so a value of the wrong type fails exactly as on their command line),
+  then checks the config as `superconv.main` does before loading data
+  (any device count). Writes nothing; raises ConfigFileError if the file
+  does not load.
+  """
+  # pylint: disable=g-import-not-at-top
+  from absl import flags
+  from ml_collections import config_flags
+
+  from superconv import config as config_lib
+  # pylint: enable=g-import-not-at-top
+
+  config = load_config_file(spec)
+  argv = ["superconv", "--config", spec]
+  argv += [f"--config.{k}={v}" for k, v in overrides.items()]
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "",
+    flag_values=flag_values,
+    lock_config=True,
+    sys_argv=argv,
+  )
+  _, message = _parse(flag_values, argv, config)
+  if message is not None:
+    return message
   try:
-    return flags.FLAGS(argv)
-  except (
-    flags.Error,
-    KeyError,
-    AttributeError,
-    TypeError,
-    ValueError,
-    OSError,
-  ) as e:
-    unknown = None
-    if isinstance(e, (KeyError, AttributeError)):
-      try:
-        unknown = _unknown_override(argv)
-      except Exception:  # pylint: disable=broad-except
-        unknown = None
-    message = str(e)
-    if "Traceback (most recent call last)" in message:
-      # The config file raised: keep its own message, not the traceback.
-      last = [l for l in message.splitlines() if l.strip()][-1].strip()
-      message = last.split(": ", 1)[1] if ": " in last else last
-    fail(unknown or message)
+    config_lib.validate_static(flag_values.config, num_devices=1)
+  except config_lib.ConfigError as e:
+    return str(e)
+  return None
+
+
+# ----------------------------------------------------------------------------
+# Workdirs and output directories
+# ----------------------------------------------------------------------------
+
+
+def check_workdir_name(path: str, flag: str = "--workdir") -> None:
+  """Refuses an empty name, which would mean the current directory."""
+  if not path or not path.strip():
+    raise ValueError(
+      f"{flag}: empty (an unset shell variable?); name a directory"
+      " (use . for the current one)"
+    )
 
 
 def _write_probe(directory: str) -> str | None:
@@ -109,36 +257,55 @@ def _write_probe(directory: str) -> str | None:
   return None
 
 
-def check_workdir(workdir: str) -> str:
-  """Rejects a workdir that is a file or cannot be created/written.
+def _broken_link(path: str) -> str | None:
+  if os.path.islink(path) and not os.path.exists(path):
+    return (
+      f"{path} is a broken symbolic link (to {os.readlink(path)}, which"
+      " does not exist)"
+    )
+  return None
+
+
+def check_workdir(workdir: str, flag: str = "--workdir") -> str:
+  """Rejects a workdir that is empty, a file, a broken symbolic link or
+  cannot be created/written; returns its absolute path.
 
   Writes nothing: a missing workdir is created only once every check has
   passed. A URL (gs://bucket/run) is checked by writing and removing a
-  probe object, through the same file layer the run then uses.
+  probe object, through the same file layer the run then uses. `flag`
+  names the option in the messages (`--out` for an output directory).
   """
   from superconv import storage  # pylint: disable=g-import-not-at-top
 
+  check_workdir_name(workdir, flag)
   if storage.is_remote(workdir):
     return _check_remote_workdir(storage.absolute(workdir))
   workdir = os.path.abspath(workdir)
   if os.path.exists(workdir):
     if not os.path.isdir(workdir):
-      raise ValueError(f"--workdir: {workdir} exists and is not a directory")
+      raise ValueError(f"{flag}: {workdir} exists and is not a directory")
     why = _write_probe(workdir)
     if why:
-      raise ValueError(f"--workdir: {workdir} is not writable ({why})")
+      raise ValueError(f"{flag}: {workdir} is not writable ({why})")
     return workdir
   parent = workdir
-  while not os.path.exists(parent):
+  while not os.path.lexists(parent):
     parent = os.path.dirname(parent)
+  broken = _broken_link(parent)
+  if broken:
+    raise ValueError(
+      f"{flag}: {broken}"
+      if parent == workdir
+      else f"{flag}: cannot create {workdir} ({broken})"
+    )
   if not os.path.isdir(parent):
     raise ValueError(
-      f"--workdir: cannot create {workdir} ({parent} is not a directory)"
+      f"{flag}: cannot create {workdir} ({parent} is not a directory)"
     )
   why = _write_probe(parent)
   if why:
     raise ValueError(
-      f"--workdir: cannot create {workdir} ({parent} is not writable: {why})"
+      f"{flag}: cannot create {workdir} ({parent} is not writable: {why})"
     )
   return workdir
 
@@ -168,11 +335,76 @@ def _check_remote_workdir(workdir: str) -> str:
   return workdir
 
 
+# ----------------------------------------------------------------------------
+# A full disk
+# ----------------------------------------------------------------------------
+
+_DISK_FULL = {errno.ENOSPC: "ENOSPC", errno.EDQUOT: "EDQUOT"}
+_DISK_FULL_TEXT = {
+  "No space left on device": "ENOSPC",
+  "Disk quota exceeded": "EDQUOT",
+}
+
+
+def disk_full(e: BaseException | None) -> str | None:
+  """'ENOSPC' or 'EDQUOT' if `e` or an exception behind it says the disk
+  is full, else None.
+
+  Python writes raise OSError(errno); Orbax's array writes (TensorStore)
+  raise a ValueError whose text carries the OS error ("No space left on
+  device [os_error_code='28']").
+  """
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno in _DISK_FULL:
+      return _DISK_FULL[e.errno]
+    cause = _disk_full_text(str(e))
+    if cause:
+      return cause
+    e = e.__cause__ or e.__context__
+  return None
+
+
+def _disk_full_text(text: str) -> str | None:
+  code = re.search(r"os_error_code='(\d+)'", text)
+  if code and int(code.group(1)) in _DISK_FULL:
+    return _DISK_FULL[int(code.group(1))]
+  for words, name in _DISK_FULL_TEXT.items():
+    if words in text:
+      return name
+  return None
+
+
+class _DiskFullToDebug(logging.Filter):
+  """Moves a library's error records about a full disk to debug level.
+
+  Orbax logs the failed background save (with tracebacks) from its own
+  threads before the error reaches the driver, which then ends with one
+  summary line; the records stay available at debug level.
+  """
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    exc = record.exc_info[1] if record.exc_info else None
+    if record.levelno < logging.WARNING or not (
+      disk_full(exc) or _disk_full_text(record.getMessage())
+    ):
+      return True
+    logging.getLogger("superconv").debug(
+      "%s", record.getMessage(), exc_info=record.exc_info
+    )
+    return False
+
+
 def setup_logging() -> None:
   """Our INFO lines on stderr; libraries (Orbax, JAX) only from WARNING."""
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
 
   absl_logging.set_verbosity(absl_logging.WARNING)
+  for name in ("absl", "asyncio"):  # Orbax logs through absl.
+    library = logging.getLogger(name)
+    if not any(isinstance(f, _DiskFullToDebug) for f in library.filters):
+      library.addFilter(_DiskFullToDebug())
   log = logging.getLogger("superconv")
   if not log.handlers:
     handler = logging.StreamHandler(sys.stderr)

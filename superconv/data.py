@@ -9,6 +9,16 @@ A data set is named by a spec string (the `dataset` config key):
                      (optionally wrapped in one top-level directory). Archives
                      are streamed, never extracted. Decoded arrays are cached
                      as .npy files (see `load`), so only the first load decodes.
+  cifar:<path>       CIFAR-10 or CIFAR-100 in the python-pickle layout of
+                     the original archives (the one torchvision reads):
+                     cifar-10-python.tar.gz / cifar-100-python.tar.gz, or the
+                     directory they extract to. Read as they are, no
+                     TensorFlow and no network.
+  cifar10            The original python-pickle archive in the cache
+  cifar100           directory (`cache_dir`), its md5 checked against the
+                     published one at each load; when absent, downloaded
+                     there with the standard library (kept only if its md5
+                     is right). Offline, fails within seconds.
   tfds:cifar10       Through tensorflow_datasets (the optional `tfds` extra),
   tfds:cifar100      imported only for these specs.
 
@@ -20,20 +30,26 @@ config key or path at fault and what would be valid.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+import contextlib
 import dataclasses
 import functools
 import glob
 import hashlib
+import http.client
 import io
 import json
 import logging
 import os
+import pickle
 import shutil
 import socket
 import tarfile
 import tempfile
 import threading
 import time
+import urllib.parse
+import urllib.request
+import zlib
 
 import numpy as np
 from PIL import Image
@@ -44,7 +60,8 @@ logger = logging.getLogger("superconv.data")
 
 TFDS_NAMES = ("cifar10", "cifar100")
 VALID_SPECS = (
-  "tfds:cifar10, tfds:cifar100, folder:<dir or .tar[.gz|.xz]>, synthetic"
+  "cifar10, cifar100, cifar:<.tar.gz or dir>, tfds:cifar10, tfds:cifar100, "
+  "folder:<dir or .tar[.gz|.xz]>, synthetic"
 )
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz")
 SPLITS = ("train", "test")
@@ -170,28 +187,29 @@ def _parse(spec) -> tuple[str, str]:
   spec = spec.strip()
   if spec == "synthetic":
     return "synthetic", ""
+  if spec in CIFAR_LAYOUTS:
+    return "cifar_download", spec
+  for kind, examples in (
+    (
+      "cifar",
+      "cifar:/data/cifar-10-python.tar.gz or cifar:/data/cifar-10-batches-py",
+    ),
+    ("folder", "folder:/data/cifar10 or folder:/data/cifar10.tar.xz"),
+  ):
+    if spec.startswith(kind + ":"):
+      path = spec[len(kind) + 1 :].strip()
+      if not path:
+        raise DataError(f"dataset: {kind}: needs a path, e.g. {examples}")
+      return kind, path
   if spec.startswith("tfds:"):
     name = spec[len("tfds:") :].strip()
     if name not in TFDS_NAMES:
       raise DataError(
         f"dataset: unknown tfds data set {name!r}; valid: "
-        f"{', '.join('tfds:' + n for n in TFDS_NAMES)} (or "
-        f"folder:<dir or .tar[.gz|.xz]>, synthetic)"
+        f"{', '.join('tfds:' + n for n in TFDS_NAMES)} (or {VALID_SPECS})"
       )
     return "tfds", name
-  if spec.startswith("folder:"):
-    path = spec[len("folder:") :].strip()
-    if not path:
-      raise DataError(
-        "dataset: folder: needs a path, e.g. "
-        "folder:/data/cifar10 or folder:/data/cifar10.tar.xz"
-      )
-    return "folder", path
   raise DataError(f"dataset: unknown {spec!r}; valid: {VALID_SPECS}")
-
-
-def _is_archive_name(path: str) -> bool:
-  return path.lower().endswith(ARCHIVE_SUFFIXES)
 
 
 def _visible(name: str) -> bool:
@@ -223,40 +241,52 @@ def _find_folder_root(path: str) -> str:
   )
 
 
-def _check_folder_path(path: str) -> str:
-  """Absolute path of a valid folder source; raises DataError otherwise."""
+def _check_source_path(kind, path, find_root, suffixes, expected) -> str:
+  """Absolute path of a valid `<kind>:<path>` source, a directory (checked
+  by `find_root`) or an archive named with one of `suffixes`; raises
+  DataError otherwise, `expected` saying what would be valid."""
   full = os.path.abspath(os.path.expanduser(path))
   if not os.path.exists(full):
-    raise DataError(
-      f"dataset: folder path {full} does not exist; expected a "
-      f"directory or a .tar/.tar.gz/.tgz/.tar.xz file in "
-      f"image-folder layout (train/<class>/*, test/<class>/*)"
-    )
+    raise DataError(f"dataset: {kind} path {full} does not exist; {expected}")
   if os.path.isdir(full):
-    _find_folder_root(full)
+    find_root(full)
     return full
-  if not os.path.isfile(full) or not _is_archive_name(full):
+  if not os.path.isfile(full) or not full.lower().endswith(suffixes):
     raise DataError(
-      f"dataset: folder path {full} is neither a directory nor "
-      f"a .tar/.tar.gz/.tgz/.tar.xz archive"
+      f"dataset: {kind} path {full} is neither a directory nor "
+      f"a {'/'.join(suffixes)} archive; {expected}"
     )
   if not os.access(full, os.R_OK):
-    raise DataError(f"dataset: folder archive {full} is not readable")
+    raise DataError(f"dataset: {kind} archive {full} is not readable")
   return full
+
+
+def _check_folder_path(path: str) -> str:
+  return _check_source_path(
+    "folder",
+    path,
+    _find_folder_root,
+    ARCHIVE_SUFFIXES,
+    "expected a directory or a .tar/.tar.gz/.tgz/.tar.xz file in "
+    "image-folder layout (train/<class>/*, test/<class>/*)",
+  )
 
 
 def check_spec(spec: str, *, data_dir: str | None = None) -> None:
   """Cheap validation BEFORE anything is loaded or written.
 
-  Checks that the kind is known ('tfds:cifar10', 'tfds:cifar100',
-  'folder:<path>', 'synthetic'); for folders, that the path exists and is a
-  directory in image-folder layout or a .tar/.tar.gz/.tgz/.tar.xz file; for
-  tfds, that `data_dir`, when given and existing, is a directory. Raises
-  DataError, e.g. "dataset: unknown 'foo'; valid: tfds:cifar10, ...".
+  Checks that the kind is known (see `VALID_SPECS`); for folders, that the
+  path exists and is a directory in image-folder layout or a
+  .tar/.tar.gz/.tgz/.tar.xz file; for `cifar:<path>`, that the path is a
+  directory holding a CIFAR python-pickle layout or a readable .tar.gz/.tgz/
+  .tar file; for tfds, that `data_dir`, when given and existing, is a
+  directory. Raises DataError, e.g. "dataset: unknown 'foo'; valid: ...".
   """
   kind, arg = _parse(spec)
   if kind == "folder":
     _check_folder_path(arg)
+  elif kind == "cifar":
+    _check_cifar_path(arg)
   elif kind == "tfds" and data_dir:
     full = os.path.abspath(os.path.expanduser(data_dir))
     if os.path.exists(full) and not os.path.isdir(full):
@@ -284,11 +314,12 @@ def load(
   """Loads the data set named by `spec` (see the module docstring).
 
   Args:
-    spec: 'tfds:cifar10' | 'tfds:cifar100' | 'folder:<path>' | 'synthetic'.
+    spec: one of `VALID_SPECS` (see the module docstring).
     data_dir: TFDS data directory (tfds only; None or "" = $TFDS_DATA_DIR,
       else ~/tensorflow_datasets).
-    cache_dir: where decoded image folders are cached (folder only; None or
-      "" = $SUPERCONV_CACHE_DIR, else ~/.cache/superconv).
+    cache_dir: where decoded image folders are cached and the cifar10 /
+      cifar100 archives are downloaded to (None or "" = $SUPERCONV_CACHE_DIR,
+      else ~/.cache/superconv).
     synthetic_train_size, synthetic_test_size, synthetic_num_classes: size of
       the synthetic data set.
     download: whether tfds may download a data set that is not prepared.
@@ -317,6 +348,10 @@ def load(
     return ds
   if kind == "folder":
     return _load_folder(name, arg, cache_dir)
+  if kind == "cifar":
+    return _load_cifar(name, arg)
+  if kind == "cifar_download":
+    return _load_cifar(name, _cifar_archive(arg, cache_dir))
   return _load_tfds(name, arg, data_dir, download)
 
 
@@ -652,11 +687,15 @@ def _write_cache(
 
 
 def _remove_stale_tmp(cache_dir: str) -> None:
+  """Removes temp dirs and files of writes interrupted long ago."""
   now = time.time()
   for path in glob.glob(os.path.join(cache_dir, _TMP_PREFIX + "*")):
     try:
       if now - os.stat(path).st_mtime > _STALE_TMP_S:
-        shutil.rmtree(path, ignore_errors=True)
+        if os.path.isdir(path):
+          shutil.rmtree(path, ignore_errors=True)
+        else:
+          os.remove(path)
     except OSError:
       pass
 
@@ -711,6 +750,424 @@ def _load_folder(name: str, path: str, cache_dir: str | None) -> Dataset:
       f"; cached in {entry}" if cached_ok else "",
     )
   return Dataset(name, *splits["train"], *splits["test"], class_names)
+
+
+# --- cifar: the original python-pickle archives -------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CifarLayout:
+  """The python-pickle layout of one of the original CIFAR archives."""
+
+  title: str  # "CIFAR-10".
+  archive: str  # File name of the published archive.
+  md5: str  # Its published md5 (the one torchvision checks too).
+  train: tuple[str, ...]  # The pickled train batches, in order.
+  test: str  # The pickled test batch.
+  meta: str  # The pickle holding the class names.
+  labels_key: str  # Label list in each batch.
+  names_key: str  # Class-name list in the meta pickle.
+
+  @property
+  def files(self) -> tuple[str, ...]:
+    return (*self.train, self.test, self.meta)
+
+
+CIFAR_LAYOUTS = {
+  "cifar10": CifarLayout(
+    title="CIFAR-10",
+    archive="cifar-10-python.tar.gz",
+    md5="c58f30108f718f92721af3b95e74349a",
+    train=tuple(f"data_batch_{i}" for i in range(1, 6)),
+    test="test_batch",
+    meta="batches.meta",
+    labels_key="labels",
+    names_key="label_names",
+  ),
+  "cifar100": CifarLayout(  # The 100 fine labels; the 20 coarse ones unused.
+    title="CIFAR-100",
+    archive="cifar-100-python.tar.gz",
+    md5="eb9058c3a382ffc7106e4002c42a8d85",
+    train=("train",),
+    test="test",
+    meta="meta",
+    labels_key="fine_labels",
+    names_key="fine_label_names",
+  ),
+}
+# cifar10 / cifar100 download <base URL><archive name>; a mirror with the same
+# file names can stand in through $SUPERCONV_CIFAR_URL.
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/"
+CIFAR_URL_ENV = "SUPERCONV_CIFAR_URL"
+_DOWNLOAD_TIMEOUT_S = 30.0  # Per socket operation, once the host answered.
+_CIFAR_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+_CIFAR_SIDE = 32
+
+# The only globals a CIFAR batch pickle needs (numpy arrays, as written by
+# any numpy version); a pickle naming anything else is refused, so reading an
+# archive cannot run code.
+_PICKLE_GLOBALS = frozenset(
+  {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+  }
+)
+
+
+class _BatchUnpickler(pickle.Unpickler):
+  def find_class(self, module, name):
+    if (module, name) not in _PICKLE_GLOBALS:
+      raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+    return super().find_class(module, name)
+
+
+def _cifar_hint(layout: CifarLayout) -> str:
+  return (
+    f"the python-pickle layout of {layout.archive} ("
+    + ", ".join(layout.files)
+    + ")"
+  )
+
+
+def _layout_of(names) -> CifarLayout | None:
+  """The layout whose files are all among `names`, or None."""
+  names = set(names)
+  for layout in CIFAR_LAYOUTS.values():
+    if set(layout.files) <= names:
+      return layout
+  return None
+
+
+_CIFAR_EXPECTED = (
+  "expected cifar-10-python.tar.gz, cifar-100-python.tar.gz or the "
+  "directory one extracts to (data_batch_1..5, test_batch, batches.meta; or "
+  "train, test, meta)"
+)
+
+
+def _find_cifar_dir(path: str) -> tuple[str, CifarLayout]:
+  """(directory holding the batches, layout): `path` or its one child."""
+  try:
+    layout = _layout_of(os.listdir(path))
+    if layout is not None:
+      return path, layout
+    children = sorted(
+      c
+      for c in os.listdir(path)
+      if _visible(c) and os.path.isdir(os.path.join(path, c))
+    )
+    found = [
+      (os.path.join(path, c), layout)
+      for c in children
+      if (layout := _layout_of(os.listdir(os.path.join(path, c))))
+    ]
+  except OSError as e:
+    raise DataError(f"dataset: cannot list {path}: {e.strerror or e}") from None
+  if len(found) == 1:
+    return found[0]
+  if found:
+    raise DataError(
+      f"dataset: {path} holds several CIFAR directories ("
+      + ", ".join(os.path.basename(d) for d, _ in found)
+      + "); name one of them with cifar:<dir>"
+    )
+  raise DataError(
+    f"dataset: no CIFAR python-pickle batches in {path} (directly or in one "
+    f"subdirectory); {_CIFAR_EXPECTED}"
+  )
+
+
+def _check_cifar_path(path: str) -> str:
+  return _check_source_path(
+    "cifar", path, _find_cifar_dir, _CIFAR_SUFFIXES, _CIFAR_EXPECTED
+  )
+
+
+def _read_cifar_archive(path: str) -> tuple[CifarLayout, dict]:
+  """(layout, {file: (where, bytes)}) of the batches in a CIFAR tar archive.
+
+  The batches lie at the top of the archive or in one directory (the
+  originals: cifar-10-batches-py/, cifar-100-python/); read in one pass.
+  """
+  wanted = {f for layout in CIFAR_LAYOUTS.values() for f in layout.files}
+  by_top: dict[str, dict] = {}
+  try:
+    with tarfile.open(path, "r:*") as tf:
+      for member in tf:
+        parts = _split_parts(member.name)
+        if (
+          not member.isfile()
+          or not 1 <= len(parts) <= 2
+          or parts[-1] not in wanted
+          or not all(_visible(p) for p in parts)
+        ):
+          continue
+        f = tf.extractfile(member)
+        top = parts[0] if len(parts) == 2 else ""
+        by_top.setdefault(top, {})[parts[-1]] = (
+          f"{path}:{member.name}",
+          f.read() if f is not None else b"",
+        )
+  except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+    raise DataError(
+      f"dataset: cannot read archive {path}: {type(e).__name__}: {e}"
+    ) from None
+  found = [
+    (top, layout, files)
+    for top, files in sorted(by_top.items())
+    if (layout := _layout_of(files)) is not None
+  ]
+  if len(found) == 1:
+    _, layout, files = found[0]
+    return layout, files
+  if found:
+    raise DataError(
+      f"dataset: archive {path} holds several CIFAR directories ("
+      + ", ".join(top or "(top level)" for top, _, _ in found)
+      + ")"
+    )
+  raise DataError(
+    f"dataset: archive {path} holds no complete CIFAR python-pickle batches "
+    f"(at its top or in one directory); {_CIFAR_EXPECTED}"
+  )
+
+
+def _unpickle(data: bytes, where: str) -> dict:
+  """A CIFAR batch or meta pickle as a dict with str keys."""
+  try:
+    # latin1: the originals were pickled by Python 2, whose byte strings
+    # (the keys, the names, the array buffers) map to str byte for byte.
+    obj = _BatchUnpickler(io.BytesIO(data), encoding="latin1").load()
+  except Exception as e:  # pylint: disable=broad-except
+    raise DataError(
+      f"dataset: cannot read {where}: not a CIFAR python pickle "
+      f"({type(e).__name__}: {e})"
+    ) from None
+  if not isinstance(obj, dict):
+    raise DataError(
+      f"dataset: {where} holds a {type(obj).__name__}, not the dict of a "
+      f"CIFAR python pickle"
+    )
+  return {
+    k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()
+  }
+
+
+def _entry(batch: dict, key: str, where: str, layout: CifarLayout):
+  if key not in batch:
+    raise DataError(
+      f"dataset: {where} has no {key!r} entry (it has: "
+      f"{', '.join(sorted(map(str, batch))) or 'nothing'}); expected "
+      f"{_cifar_hint(layout)}"
+    )
+  return batch[key]
+
+
+def _cifar_batch(batch: dict, where: str, layout: CifarLayout, num_classes):
+  """(uint8 NHWC images, int32 labels) of one pickled batch."""
+  flat = np.asarray(_entry(batch, "data", where, layout))
+  labels = np.asarray(_entry(batch, layout.labels_key, where, layout))
+  pixels = 3 * _CIFAR_SIDE * _CIFAR_SIDE
+  if flat.dtype != np.uint8 or flat.ndim != 2 or flat.shape[1] != pixels:
+    raise DataError(
+      f"dataset: {where}: 'data' is {flat.dtype} {list(flat.shape)}; "
+      f"expected uint8 [N, {pixels}] (3x32x32 channel-major rows)"
+    )
+  if labels.shape != (len(flat),) or (
+    labels.size and labels.dtype.kind not in "iu"
+  ):
+    raise DataError(
+      f"dataset: {where}: {layout.labels_key!r} is {labels.dtype} "
+      f"{list(labels.shape)}; expected {len(flat)} integer labels"
+    )
+  bad = labels[(labels < 0) | (labels >= num_classes)]
+  if bad.size:
+    raise DataError(
+      f"dataset: {where}: label {int(bad[0])} is outside [0, {num_classes}) "
+      f"({num_classes} class names in {layout.meta})"
+    )
+  images = flat.reshape(-1, 3, _CIFAR_SIDE, _CIFAR_SIDE).transpose(0, 2, 3, 1)
+  return images, labels.astype(np.int32)
+
+
+def _load_cifar(name: str, path: str) -> Dataset:
+  start = time.perf_counter()
+  path = _check_cifar_path(path)
+  if os.path.isdir(path):
+    root, layout = _find_cifar_dir(path)
+    files = {}
+    for f in layout.files:
+      where = os.path.join(root, f)
+      try:
+        with open(where, "rb") as fh:
+          files[f] = (where, fh.read())
+      except OSError as e:
+        raise DataError(
+          f"dataset: cannot read {where}: {e.strerror or e}"
+        ) from None
+  else:
+    layout, files = _read_cifar_archive(path)
+  meta_where = files[layout.meta][0]
+  names = _entry(
+    _unpickle(files.pop(layout.meta)[1], meta_where),
+    layout.names_key,
+    meta_where,
+    layout,
+  )
+  if not isinstance(names, (list, tuple)) or len(names) < 2:
+    raise DataError(
+      f"dataset: {meta_where}: {layout.names_key!r} must list the class "
+      f"names, got {type(names).__name__}"
+    )
+  class_names = tuple(
+    n.decode("latin1") if isinstance(n, bytes) else str(n) for n in names
+  )
+  splits = {}
+  for split, batches in (("train", layout.train), ("test", (layout.test,))):
+    parts = []
+    for b in batches:
+      where, raw = files.pop(b)  # Frees the raw bytes batch by batch.
+      parts.append(
+        _cifar_batch(_unpickle(raw, where), where, layout, len(class_names))
+      )
+    splits[split] = tuple(np.concatenate(a) for a in zip(*parts))
+  ds = Dataset(name, *splits["train"], *splits["test"], class_names)
+  logger.info(
+    "dataset %s: read %d train + %d test images (%s, %d classes) from %s "
+    "in %.1f s",
+    name,
+    len(ds.train_images),
+    len(ds.test_images),
+    layout.title,
+    ds.num_classes,
+    path,
+    time.perf_counter() - start,
+  )
+  return ds
+
+
+def _md5(path: str) -> str:
+  digest = hashlib.md5()
+  with open(path, "rb") as f:
+    while chunk := f.read(1 << 20):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def _cifar_archive(name: str, cache_dir: str | None) -> str:
+  """Path of the verified original archive for spec `name` (cifar10 or
+  cifar100) in the cache directory, downloaded there first if absent."""
+  layout = CIFAR_LAYOUTS[name]
+  cache_dir = os.path.abspath(
+    os.path.expanduser(cache_dir or _default_cache_dir())
+  )
+  target = os.path.join(cache_dir, layout.archive)
+  if os.path.isfile(target):
+    digest = _md5(target)
+    if digest != layout.md5:
+      raise DataError(
+        f"dataset: {name}: {target} has md5 {digest}, not the published "
+        f"{layout.md5}; delete it to download it again, or read that copy "
+        f"with --config.dataset=cifar:{target}"
+      )
+    return target
+  _download(name, layout, target)
+  return target
+
+
+def _first_hop(url: str) -> tuple[str, int]:
+  """(host, port) that a urllib request for `url` connects to first: the
+  proxy that urllib takes from the environment, else the URL's host."""
+  parts = urllib.parse.urlsplit(url)
+  if parts.scheme not in ("http", "https") or not parts.hostname:
+    raise DataError(f"{CIFAR_URL_ENV}: {url} is not an http(s) URL")
+  proxy = urllib.request.getproxies().get(parts.scheme)
+  if proxy and not urllib.request.proxy_bypass(parts.hostname):
+    proxy_parts = urllib.parse.urlsplit(
+      proxy if "://" in proxy else "http://" + proxy
+    )
+    if proxy_parts.hostname:
+      return proxy_parts.hostname, proxy_parts.port or 80
+  default_port = 443 if parts.scheme == "https" else 80
+  return parts.hostname, parts.port or default_port
+
+
+def _download(name: str, layout: CifarLayout, target: str) -> None:
+  """Downloads the archive to `target` atomically, checking its md5 first.
+
+  A temp file in the same directory, renamed to `target` only once its md5
+  is the published one: `target` is never partial, and a failed download
+  leaves nothing behind. Unreachable host: fails after a short probe.
+  """
+  url = (os.environ.get(CIFAR_URL_ENV) or CIFAR_URL).rstrip("/") + "/"
+  url += layout.archive
+  alternatives = (
+    f"copy {layout.archive} there, or use "
+    f"--config.dataset=cifar:<path to {layout.archive} or its extracted "
+    f"directory>, folder:<dir or .tar.xz> (an image-folder copy) or "
+    f"tfds:{name}"
+  )
+  address = _first_hop(url)
+  if not _can_reach(address, _PROBE_TIMEOUT_S):
+    raise DataError(
+      f"dataset: {name}: {target} does not exist and cannot be downloaded "
+      f"(no network: {address[0]}:{address[1]} unreachable); {alternatives}"
+    )
+  directory = os.path.dirname(target)
+  created = not os.path.isdir(directory)
+  tmp = None
+  start = time.perf_counter()
+  try:
+    with urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as response:
+      logger.info(
+        "dataset %s: downloading %s (%s bytes) to %s",
+        name,
+        url,
+        response.headers.get("Content-Length", "?"),
+        target,
+      )
+      os.makedirs(directory, exist_ok=True)
+      _remove_stale_tmp(directory)
+      fd, tmp = tempfile.mkstemp(
+        prefix=_TMP_PREFIX, suffix="-" + layout.archive, dir=directory
+      )
+      digest = hashlib.md5()
+      with os.fdopen(fd, "wb") as f:
+        while chunk := response.read(1 << 20):
+          digest.update(chunk)
+          f.write(chunk)
+    if digest.hexdigest() != layout.md5:
+      raise DataError(
+        f"dataset: {name}: {url} arrived with md5 {digest.hexdigest()}, not "
+        f"the published {layout.md5}; nothing was kept; {alternatives}"
+      )
+    os.replace(tmp, target)
+    tmp = None
+  except (OSError, http.client.HTTPException) as e:
+    raise DataError(
+      f"dataset: {name}: cannot download {url} to {target} "
+      f"({type(e).__name__}: {e}); {alternatives}"
+    ) from None
+  finally:
+    if tmp is not None:
+      with contextlib.suppress(OSError):
+        os.remove(tmp)
+    if created and not os.path.exists(target):
+      with contextlib.suppress(OSError):
+        os.rmdir(directory)  # Only if empty: nothing of ours is left.
+  logger.info(
+    "dataset %s: downloaded and verified %s in %.1f s",
+    name,
+    target,
+    time.perf_counter() - start,
+  )
 
 
 # --- tfds -------------------------------------------------------------------
@@ -770,12 +1227,23 @@ def _load_tfds(
   spec: str, name: str, data_dir: str | None, download: bool
 ) -> Dataset:
   start = time.perf_counter()
+  # The package first: without it nothing else about tfds matters.
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise DataError(
+      f"dataset: {spec} needs tensorflow_datasets, which is not installed "
+      f"({e}); pip install 'superconv[tfds]', or use "
+      f"--config.dataset={name} (the original archive, no TensorFlow), "
+      f"cifar:<path>, folder:<dir or .tar.xz> or synthetic"
+    ) from None
   data_dir = _tfds_data_dir(data_dir)
   prepared = _tfds_prepared(data_dir, name)
   folder_hint = (
     f"prepare it there, set --config.data_dir / TFDS_DATA_DIR, "
-    f"or use --config.dataset=folder:<dir or .tar.xz> with an "
-    f"image-folder copy of {name.upper().replace('CIFAR', 'CIFAR-')}"
+    f"or use --config.dataset={name} / cifar:<path> (the original "
+    f"python-pickle archive) or folder:<dir or .tar.xz> (an image-folder "
+    f"copy)"
   )
   if not prepared:
     if not download:
@@ -791,15 +1259,6 @@ def _load_tfds(
         f"{_DOWNLOAD_HOST[0]}:{_DOWNLOAD_HOST[1]} unreachable); "
         f"{folder_hint}"
       )
-  try:
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise DataError(
-      f"dataset: {spec} needs tensorflow_datasets, which is not "
-      f"installed ({e}); pip install 'superconv[tfds]', or use "
-      f"--config.dataset=folder:<dir or .tar.xz> or "
-      f"--config.dataset=synthetic"
-    ) from None
   try:
     # Prepared data are read with download=False: tfds never touches the
     # network then, so a load cannot hang.

@@ -9,9 +9,13 @@ Works with any number of devices, not only the training run's: the eval
 batch is rounded up to a multiple of the device count (padding images are
 masked, so only float summation order can differ). On another machine,
 --dataset / --data_dir point at the data set's copy there. Writes nothing.
+Checkpoints are verified as on resume (checkpoint.verify: checksums, finite
+values): a corrupt one is skipped with a warning naming why, or, asked for
+by --step, refused.
 
-Exit status: 0, or 2 with one line naming the flag or path (no complete
-checkpoint, a missing data set, a bad flag).
+Exit status: 0, or 2 with one line naming the flag or path (an empty
+--workdir, no complete checkpoint, a corrupt --step checkpoint, a missing
+data set, a bad flag such as an --eval_batch_size below 1).
 """
 
 from __future__ import annotations
@@ -36,9 +40,10 @@ def _define_flags() -> None:
   )
   flags.DEFINE_integer(
     "eval_batch_size",
-    0,
-    "Global eval batch (0 = the run's config), rounded up"
+    None,
+    "Global eval batch (default: the run's config), rounded up"
     " to a multiple of the device count.",
+    lower_bound=1,
   )
   flags.DEFINE_string(
     "dataset",
@@ -72,10 +77,15 @@ def evaluate(
 ) -> dict:
   """Test metrics of a checkpoint (see the module docstring).
 
-  Returns {"step", "eval_loss", "eval_accuracy", "eval_examples",
-  "eval_batch_size", "num_devices"}. Raises checkpoint.CheckpointError or
-  data.DataError with a one-line message.
+  `eval_batch_size` 0 means the run's config. Returns {"step",
+  "eval_loss", "eval_accuracy", "eval_examples", "eval_batch_size",
+  "num_devices"}. Raises checkpoint.CheckpointError or data.DataError
+  with a one-line message, ValueError for a negative eval_batch_size.
   """
+  if eval_batch_size < 0:
+    raise ValueError(
+      f"eval_batch_size: must be >= 1 (0: the run's), got {eval_batch_size}"
+    )
   # pylint: disable=g-import-not-at-top
   import jax
   import ml_collections
@@ -155,6 +165,10 @@ def _parse_flags(argv):
 def main(argv):
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    cli.check_workdir_name(FLAGS.workdir)
+  except ValueError as e:
+    _fail(str(e))
   cli.setup_logging()
   # pylint: disable=g-import-not-at-top
   from superconv import checkpoint as checkpoint_lib
@@ -165,7 +179,7 @@ def main(argv):
     result = evaluate(
       FLAGS.workdir,
       FLAGS.step,
-      eval_batch_size=FLAGS.eval_batch_size,
+      eval_batch_size=FLAGS.eval_batch_size or 0,
       dataset=FLAGS.dataset,
       data_dir=FLAGS.data_dir,
     )

@@ -1202,6 +1202,8 @@ def main(argv) -> None:
     validate(config)
     view = training_view(config)
     config_lib.validate_static(view, num_devices=jax.device_count())
+    # One writer per workdir (lock.py): exit 2 naming the holder otherwise.
+    train.lock_workdir(workdir, "superconv.lr_range_test")
     # As training: with config.validation_size > 0 the held-out images come
     # from a validation split of the train images, not from the test set.
     dataset = train.load_dataset(view)

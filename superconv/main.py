@@ -18,19 +18,27 @@ metrics and config.json; all processes take part in checkpointing.
 Exit status:
   0    the run is complete (or was already): final test metrics printed.
   2    bad input, before anything is compiled or written: an unknown config
-       key, a wrong type or impossible value, a missing config file or
-       --workdir, a workdir that is a file or not writable, a data set that
-       cannot be found, a resume whose config changes the trajectory, or
-       incomplete SUPERCONV_* multi-process settings.
-       One line on stderr names the key, flag or path.
-  3    NaN/Inf loss or gradients with nonfinite_policy="stop": the message
-       names the step, the learning rate and the quantity; the checkpoints
-       written before it (all finite) are kept.
+       key, a wrong type or impossible value, a config file that is missing
+       or does not load (its file, line and error), a missing or empty
+       --workdir, a workdir that is a file, a broken symbolic link or not
+       writable, a workdir in use by another run (named: pid, host, since
+       when), a data set that cannot be found, a resume whose config
+       changes the trajectory, or incomplete SUPERCONV_* multi-process
+       settings. One line on stderr names the key, flag or path.
+       Also a full disk (ENOSPC, or EDQUOT for a quota) while the run
+       writes: one last line names the workdir and the cause, the
+       libraries' tracebacks go to debug level only; free space and run
+       the same command to resume from the last complete checkpoint.
+  3    NaN/Inf loss, gradients or BatchNorm statistics with
+       nonfinite_policy="stop": the message names the step, the learning
+       rate and the quantity; the checkpoints written before it (all
+       finite) are kept.
   143  SIGTERM (128 + 15), or
   130  SIGINT / Ctrl-C (128 + 2): the run stopped at the next step boundary
        after saving a checkpoint of that step; run the same command to
-       resume. A second signal stops at once, like kill -9: the run loses
-       the steps since the last complete checkpoint, never more.
+       resume. A second signal stops at once with the same status, even
+       while XLA compiles, like kill -9: the run loses the steps since the
+       last complete checkpoint, never more.
   1    anything else (a bug or an environment failure: a traceback).
 """
 
@@ -84,6 +92,8 @@ def main(argv):
   config = FLAGS.config
   try:
     config_lib.validate_static(config, num_devices=jax.device_count())
+    # One writer per workdir (lock.py): exit 2 naming the holder otherwise.
+    train.lock_workdir(workdir, "superconv.main")
     if config.schedule.lr_from_range_test:
       from superconv import lr_range_test  # pylint: disable=g-import-not-at-top
 
@@ -115,6 +125,11 @@ def main(argv):
       "%s (exit status %d).", e, e.exit_status
     )
     sys.exit(e.exit_status)
+  except Exception as e:  # pylint: disable=broad-except
+    cause = cli.disk_full(e)
+    if cause is None:
+      raise
+    fail(_disk_full_message(workdir, cause, e))
   if jax.process_index() == 0:
     for replica in result:
       which = f" (seed {replica['seed']})" if len(result) > 1 else ""
@@ -122,6 +137,28 @@ def main(argv):
         f"final{which}: test accuracy {replica['eval_accuracy']:.4f},"
         f" test loss {replica['eval_loss']:.4f}"
       )
+
+
+def _disk_full_message(workdir: str, cause: str, error: Exception) -> str:
+  """The one summary line of a full disk; the traceback goes to debug."""
+  from superconv import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+
+  logging.getLogger("superconv").debug("Disk full:", exc_info=error)
+  try:
+    steps, _ = checkpoint_lib.scan(workdir)
+  except Exception:  # pylint: disable=broad-except
+    steps = []
+  then = (
+    f"checkpoint {steps[-1]} is the last complete one; free space and run"
+    " the same command to resume from it"
+    if steps
+    else "no checkpoint is complete yet; free space and run the same"
+    " command to start again"
+  )
+  what = (
+    "disk quota exceeded" if cause == "EDQUOT" else "no space left on device"
+  )
+  return f"--workdir {workdir}: {what} ({cause}); {then}"
 
 
 def run():

@@ -2,8 +2,14 @@
 
 Only process 0 writes. `metrics.jsonl` is the source of truth (one JSON
 object per logged step, appended and flushed as it happens, so a killed run
-keeps every row it logged); TensorBoard event files mirror it when
-tensorboardX is installed.
+keeps every row it logged; synced to disk before each checkpoint, so a
+machine reset loses no row of a checkpointed step); TensorBoard event files
+mirror it when tensorboardX is installed.
+
+Self-healing on resume: a line that is not valid JSON (a write torn by a
+kill or a machine reset) and rows past the restored step are dropped, with
+a warning, before the first new row is written, so every step appears
+once. `read_jsonl` skips such lines with a warning instead of stopping.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 import time
 
@@ -19,19 +26,40 @@ from superconv import storage
 log = logging.getLogger("superconv")
 
 
-def read_jsonl(path: str) -> list[dict]:
-  """Rows of a JSONL file; a torn last line (killed run) is ignored."""
-  rows = []
+def scan_jsonl(path: str) -> tuple[list[dict], list[int]]:
+  """(rows of a JSONL file, 1-based numbers of the lines that are not a
+  JSON object: torn writes); ([], []) when there is no file."""
+  rows, torn = [], []
   if not storage.exists(path):
-    return rows
-  for line in storage.read_text(path).splitlines():
+    return rows, torn
+  for number, line in enumerate(storage.read_text(path).splitlines(), 1):
     line = line.strip()
     if not line:
       continue
     try:
-      rows.append(json.loads(line))
+      row = json.loads(line)
     except json.JSONDecodeError:
-      break
+      row = None
+    if isinstance(row, dict):
+      rows.append(row)
+    else:
+      torn.append(number)
+  return rows, torn
+
+
+def _torn_lines(path: str, torn: list[int]) -> str:
+  return (
+    f"{path}: line{'s' if len(torn) > 1 else ''}"
+    f" {', '.join(map(str, torn))} not valid JSON (a torn write)"
+  )
+
+
+def read_jsonl(path: str) -> list[dict]:
+  """Rows of a JSONL file; torn lines (see `scan_jsonl`) are skipped with a
+  warning naming them."""
+  rows, torn = scan_jsonl(path)
+  if torn:
+    log.warning("%s: skipped.", _torn_lines(path, torn))
   return rows
 
 
@@ -80,16 +108,19 @@ class MetricWriter:
     self.previous_rows = []
     if not enabled:
       return
-    # On resume, rows past the restored step are dropped: they are logged
-    # again by the resumed run, so every step appears once.
-    rows = read_jsonl(self.path)
+    # On resume, torn lines and rows past the restored step are dropped
+    # before anything is appended: the resumed run logs those steps again,
+    # so every step appears once.
+    rows, torn = scan_jsonl(self.path)
+    if torn:
+      log.warning("%s: dropped it on resume.", _torn_lines(self.path, torn))
     self.previous_rows = [
       r for r in rows if r.get("step", 0) <= resume_from_step
     ]
     if resume_from_step == 0:
       self.previous_rows = []
     self._lines = [json.dumps(r) + "\n" for r in self.previous_rows]
-    if self.previous_rows != rows:
+    if self.previous_rows != rows or torn:
       storage.write_text(self.path, "".join(self._lines))
     if not self._remote:
       self._file = open(self.path, "a")
@@ -134,6 +165,13 @@ class MetricWriter:
       for k, v in row.items():
         if k != "step" and isinstance(v, (int, float)):
           self._tb.add_scalar(k, v, step)
+
+  def sync(self) -> None:
+    """Makes every row written so far durable (local files: fsync; each
+    bucket write is already a complete object)."""
+    if self._file is not None:
+      self._file.flush()
+      os.fsync(self._file.fileno())
 
   def close(self) -> None:
     if self._file is not None:

@@ -36,7 +36,8 @@ import math
 import os
 import sys
 
-from superconv import metric_writer, stats
+from superconv import budget as budget_lib
+from superconv import cli, metric_writer, stats
 
 DEFAULT_TARGETS = (0.90, 0.91, 0.92)
 CONFIDENCE = 0.95
@@ -813,8 +814,8 @@ def markdown(report: Report) -> str:
     + ".",
     "- 95% CI of a mean: mean ± t(0.975, n−1) · s / √n.",
     "- Welch: t = (m₁ − m₂) / √(s₁²/n₁ + s₂²/n₂), Welch–Satterthwaite"
-    " df, two-sided p from the t distribution (regularized incomplete"
-    " beta function, superconv/stats.py).",
+    " df, two-sided p from the t distribution"
+    " (scipy.stats.ttest_ind, equal_var=False).",
     "- Speed-up r = mean(baseline) / mean(configuration) of the time to"
     " target; interval r · exp(± t(0.975, ν) · se) with se² ="
     " s_b²/(n_b m_b²) + s_c²/(n_c m_c²) and ν its Welch–Satterthwaite"
@@ -1034,6 +1035,81 @@ _COLUMNS = {
 
 
 # ============================================================================
+# Budget study (superconv.budget): arms x budgets x seeds
+# ============================================================================
+
+
+def budget_analysis(
+  report: Report,
+  *,
+  mode: str = "auto",
+  baselines: Sequence[str] = (),
+  labels: dict | None = None,
+):
+  """The accuracy-versus-budget analysis of the report's runs, or None.
+
+  Arms come from `superconv.budget.layout`; an arm is named by --label
+  when all its runs lie under one labelled DIR, else by the settings that
+  differ between arms. A run's budget is its epoch at its last evaluation.
+  """
+  configs = [c for c in report.configs if c.runs]
+  try:
+    lay = budget_lib.layout([c.settings for c in configs], mode)
+    if lay is None:
+      if baselines:
+        raise ReportError(
+          "--budget-baseline: the runs are not arms x budgets (they differ"
+          " in more than the budget and schedule.*); force it with"
+          " --budget-analysis on"
+        )
+      return None
+    auto, _ = _auto_labels(list(lay.arm_settings))
+    arm_runs = [
+      [r for c, k in zip(configs, lay.arm_of) if k == i for r in c.runs]
+      for i in range(len(auto))
+    ]
+    given = [
+      {_override_for(r.path, labels or {}) for r in rs} for rs in arm_runs
+    ]
+    names = [
+      next(iter(g)) if len(g) == 1 and None not in g else a
+      for g, a in zip(given, auto)
+    ]
+    if len(set(names)) < len(names):
+      names = auto
+    points = [
+      budget_lib.Point(
+        names[i],
+        _float(r.final.get("epoch", r.config.get("num_epochs"))),
+        r.final_accuracy,
+        r.seed,
+        r.path,
+      )
+      for i, rs in enumerate(arm_runs)
+      for r in rs
+    ]
+    return budget_lib.analyze(points, baselines)
+  except budget_lib.BudgetError as e:
+    raise ReportError(str(e)) from None
+
+
+def write_budget(analysis, out: str) -> list[str]:
+  """The budget CSVs and plot in `out`; its section into out/report.md."""
+  paths = []
+  for name, rows in budget_lib.tables(analysis).items():
+    paths.append(os.path.join(out, f"{name}.csv"))
+    write_csv(paths[-1], rows, budget_lib.COLUMNS[name])
+  paths.append(os.path.join(out, budget_lib.PLOT))
+  budget_lib.write_plot(analysis, paths[-1])
+  path = os.path.join(out, "report.md")
+  with open(path) as f:
+    head, sep, tail = f.read().partition("\n## ")
+  with open(path, "w") as f:
+    f.write(f"{head}\n\n{budget_lib.markdown(analysis)}{sep}{tail}")
+  return paths
+
+
+# ============================================================================
 # Command line
 # ============================================================================
 
@@ -1093,18 +1169,48 @@ def main(argv: Sequence[str]) -> int:
     metavar="DIR=NAME",
     help="name the configuration(s) of the runs under DIR",
   )
+  p.add_argument(
+    "--budget-analysis",
+    choices=budget_lib.MODES,
+    default="auto",
+    help="accuracy-versus-budget section (superconv.budget): auto = when"
+    " the configurations differ only in num_epochs/num_steps and schedule.*",
+  )
+  p.add_argument(
+    "--budget-baseline",
+    default="",
+    metavar="ARMS",
+    help="baseline arms of the budget study, e.g. piecewise,linear",
+  )
   args = p.parse_args(argv)
   try:
+    try:  # Empty, a file, a broken link, not writable: refused up front.
+      args.out = cli.check_workdir(args.out, flag="--out")
+    except ValueError as e:
+      raise ReportError(str(e)) from None
+    labels = parse_labels(args.label)
     report = build(
       args.dirs,
       targets=parse_targets(args.targets),
       baseline=args.baseline,
-      labels=parse_labels(args.label),
+      labels=labels,
+    )
+    analysis = budget_analysis(
+      report,
+      mode=args.budget_analysis,
+      baselines=[
+        b.strip() for b in args.budget_baseline.split(",") if b.strip()
+      ],
+      labels=labels,
     )
     write(report, args.out)
+    if analysis is not None:
+      write_budget(analysis, args.out)
   except ReportError as e:
     sys.stderr.write(f"superconv.report: error: {e}\n")
     return 2
+  if analysis is not None:
+    print(budget_lib.markdown(analysis))
   print(markdown(report).split("\n## Plots")[0])
   print(f"wrote {os.path.join(args.out, 'report.md')}, CSVs and plots")
   return 0

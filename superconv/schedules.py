@@ -8,22 +8,28 @@ run continues the schedule exactly.
 Builders:
 
 * `one_cycle`: PyTorch's `torch.optim.lr_scheduler.OneCycleLR`, same argument
-  names and the same value step for step (two- and three-phase, 'cos' and
-  'linear' annealing, cyclical momentum).
+  names, defaults and the same value step for step (two- and three-phase,
+  'cos' and 'linear' annealing, momentum cycled 0.95 -> 0.85 -> 0.95 by
+  default, `total_steps` or `epochs` x `steps_per_epoch`).
 * `cyclical` / `cyclical_momentum`: Smith's cyclical learning rate (CLR,
   arXiv:1506.01186) in its 'triangular', 'triangular2' and 'exp_range' modes,
   and the momentum cycled inversely to it (as PyTorch's `CyclicLR`).
-* `warmup_piecewise`, `warmup_cosine`, `warmup_constant`: the baselines, a
-  linear warm-up joined to piecewise-constant decay, cosine decay or a
-  constant; `inverse_momentum` cycles momentum inversely to any of them.
+* `warmup_piecewise`, `warmup_decay`, `warmup_constant`: the baselines, a
+  linear warm-up joined to piecewise-constant decay, a decay (cosine, or
+  the budget literature's baselines: linear to zero, Li, Yumer & Ramanan
+  2020, "Budgeted Training", the strongest budget-aware schedule they found,
+  and REX, Chen, Wolfe & Kyrillidis 2021, which ranks above linear and
+  one-cycle in most of their settings) or a constant; `inverse_momentum`
+  cycles momentum inversely to any of them.
 
 Construction: optax.join_schedules joins the phases (warm-up, OneCycleLR
 phases, decay); optax.linear_schedule, piecewise_constant_schedule and
-constant_schedule are used as they are. The annealing phases (one-cycle and
-the cosine decay) are small pure functions of our own because optax's cannot
-express PyTorch's fractional phase ends (pct_start * total_steps - 1) and
-because float32 `1 + cos(x)` near x = pi loses the tiny final learning rates;
-ours keep every value within float32 rounding of the float64 formula
+constant_schedule are used as they are. The annealing phases (one-cycle, the
+cosine, linear and REX decays) are small pure functions of our own because
+optax's cannot express PyTorch's fractional phase ends (pct_start *
+total_steps - 1) and because float32 `1 + cos(x)` near x = pi (and `1 - t /
+T` near t = T, as in optax.linear_schedule) loses the tiny final learning
+rates; ours keep every value within float32 rounding of the float64 formula
 (relative error < 1e-6 up to 80k steps).
 
 `default_schedule_config()` is the `config.schedule` sub-config; `validate()`
@@ -47,7 +53,15 @@ import ml_collections
 import numpy as np
 import optax
 
-SCHEDULE_NAMES = ("one_cycle", "cyclical", "piecewise", "cosine", "constant")
+SCHEDULE_NAMES = (
+  "one_cycle",
+  "cyclical",
+  "piecewise",
+  "cosine",
+  "constant",
+  "linear",
+  "rex",
+)
 UNITS = ("steps", "epochs", "fraction")
 ANNEAL_STRATEGIES = ("cos", "linear")
 CLR_MODES = ("triangular", "triangular2", "exp_range")
@@ -91,6 +105,8 @@ def _anneal_weights(done, left, length: float, strategy: str):
   'linear': w_start = 1 - pct, w_end = pct.
   'cos':    w_start = (1 + cos(pi pct)) / 2 = cos^2(pi pct / 2), w_end = sin^2;
             evaluated from whichever of pct and 1 - pct is smaller.
+  'rex':    w_start = (1 - pct) / (1/2 + (1 - pct) / 2) (the REX profile),
+            w_end = 1 - w_start = pct / (1 + (1 - pct)).
   """
   done = jnp.clip(done, 0.0, length)
   left = jnp.clip(left, 0.0, length)
@@ -98,6 +114,8 @@ def _anneal_weights(done, left, length: float, strategy: str):
   rest = left / jnp.float32(length)
   if strategy == "linear":
     return rest, pct
+  if strategy == "rex":
+    return 2 * rest / (1 + rest), pct / (1 + rest)
   half_pi = jnp.float32(math.pi / 2)
   first_half = pct <= 0.5
   w_start = jnp.where(
@@ -215,6 +233,48 @@ def _check_momenta(base_momentum, max_momentum, prefix: str) -> None:
   )
 
 
+def _one_cycle_length(
+  total_steps,
+  epochs,
+  steps_per_epoch,
+  *,
+  prefix: str = "",
+  mismatch: str = "",
+) -> int:
+  """OneCycleLR's cycle length: total_steps, or epochs * steps_per_epoch.
+
+  As PyTorch, either form may be given; unlike PyTorch (which then ignores
+  epochs), both given must agree. `mismatch` ends the message when they do
+  not (default: for the function's total_steps argument).
+  """
+  p = prefix
+  if epochs is None and steps_per_epoch is None:
+    _check(
+      total_steps is not None,
+      f"{p}total_steps",
+      "give total_steps, or epochs and steps_per_epoch (as OneCycleLR)",
+    )
+    return total_steps
+  for key, value in (("epochs", epochs), ("steps_per_epoch", steps_per_epoch)):
+    _check(
+      isinstance(value, int) and not isinstance(value, bool) and value > 0,
+      f"{p}{key}",
+      f"must be a positive integer (OneCycleLR's epochs x steps_per_epoch"
+      f" form), got {value!r}",
+    )
+  n = epochs * steps_per_epoch
+  _check(
+    total_steps is None or total_steps == n,
+    f"{p}epochs",
+    f"{epochs} epochs x {steps_per_epoch} steps_per_epoch = {n} steps, but "
+    + (
+      mismatch
+      or f"total_steps is {total_steps}; give one form or make them agree"
+    ),
+  )
+  return n
+
+
 def _one_cycle_phases(total_steps: int, pct_start: float, three_phase: bool):
   """PyTorch's phase end steps (floats, inclusive ends)."""
   if three_phase:
@@ -242,9 +302,11 @@ def _join_phases(
 
 
 def one_cycle(
-  total_steps: int,
+  total_steps: int | None,
   max_lr: float,
   *,
+  epochs: int | None = None,
+  steps_per_epoch: int | None = None,
   pct_start: float = 0.3,
   anneal_strategy: str = "cos",
   div_factor: float = 25.0,
@@ -258,7 +320,10 @@ def one_cycle(
 
   Same argument names, defaults and values: `lr_schedule(i)` is the learning
   rate PyTorch's optimizer uses for the i-th batch (0-based), for i in
-  [0, total_steps); likewise `momentum_schedule(i)`. Phase i covers the steps
+  [0, total_steps); likewise `momentum_schedule(i)`. As in PyTorch the
+  length is `total_steps` or, with total_steps None, `epochs *
+  steps_per_epoch`; both given must agree (ScheduleError naming `epochs`
+  otherwise). Phase i covers the steps
   up to (inclusive) its end step, with PyTorch's end steps
   pct_start * total_steps - 1 [, 2 * pct_start * total_steps - 2],
   total_steps - 1; inside a phase pct = (step - start) / (end - start).
@@ -275,6 +340,7 @@ def one_cycle(
     (lr_schedule, momentum_schedule); momentum_schedule is None when
     cycle_momentum is False (the optimizer's own momentum then applies).
   """
+  total_steps = _one_cycle_length(total_steps, epochs, steps_per_epoch)
   _check_one_cycle(
     total_steps=total_steps,
     max_lr=max_lr,
@@ -535,34 +601,66 @@ def warmup_piecewise(
   return _with_warmup(main, peak_lr, warmup_steps, warmup_start_factor)
 
 
-def warmup_cosine(
+# Baselines that decay to final_lr_factor x max_lr: schedule.name ->
+# `_anneal_weights` strategy.
+_DECAYS = {"cosine": "cos", "linear": "linear", "rex": "rex"}
+
+
+def warmup_decay(
   peak_lr: float,
   total_steps: int,
+  shape: str,
   *,
   warmup_steps: int = 0,
   warmup_start_factor: float = 0.1,
   final_lr_factor: float = 0.0,
 ) -> optax.Schedule:
-  """Linear warm-up, then cosine decay from peak_lr (step warmup_steps) to
-  final_lr_factor * peak_lr at step total_steps (the end of the run; the last
-  batch, total_steps - 1, is one step before it, as optax's
-  warmup_cosine_decay_schedule)."""
+  """Linear warm-up, then a decay to final_lr_factor * peak_lr.
+
+  The warm-up rises linearly from warmup_start_factor * peak_lr (step 0) to
+  peak_lr (step W = warmup_steps); the decay then runs along z = (t - W) /
+  (T - W), the fraction of the decay done, T = total_steps, and reaches
+  f = final_lr_factor * peak_lr at step T, the end of the run (the last
+  batch, T - 1, is one step before it, as optax's
+  warmup_cosine_decay_schedule and linear_schedule with transition_steps
+  T - W): lr = f + (peak_lr - f) * profile(z), with `shape`
+
+  * "cosine": (1 + cos(pi z)) / 2, optax.cosine_decay_schedule's.
+  * "linear": 1 - z, the budget literature's baseline: Li, Yumer & Ramanan
+    2020, "Budgeted Training: Rethinking Deep Neural Network Training Under
+    Resource Constraints" (ICLR 2020), lr(t) = lr_0 (1 - t / T) for a
+    budget of T steps, the schedule that did best under a fixed budget in
+    their study.
+  * "rex": (1 - z) / (1/2 + 1/2 (1 - z)), the reflected exponential (REX)
+    profile of Chen, Wolfe & Kyrillidis 2021, "REX: Revisiting Budgeted
+    Training with an Improved Schedule" (arXiv:2107.04197, MLSys 2022),
+    sampled every iteration with z = t / T and decaying to 0 as in the
+    paper when f = 0; it ranks above linear and one-cycle in most of their
+    settings. It is 1/2 at z = 2/3 (linear: at z = 1/2), staying high for
+    longer.
+  """
+  _check(
+    shape in _DECAYS,
+    "shape",
+    f"unknown {shape!r}; valid: {', '.join(_DECAYS)}",
+  )
   _check_warmup(peak_lr, warmup_steps, warmup_start_factor, total_steps)
   _check(
     0 <= final_lr_factor <= 1,
     "final_lr_factor",
     f"must be in [0, 1], got {final_lr_factor}",
   )
-  # optax.cosine_decay_schedule's formula, final + (peak - final) *
-  # (1 + cos(pi t / D)) / 2, evaluated as _phase does it: float32's
-  # 1 + cos(x) near x = pi loses the last steps' tiny values (15% off at the
-  # last step of a 10k-step run); this keeps them to float32 precision.
+  # Evaluated as _phase does it, from the steps done and the steps left:
+  # float32's 1 + cos(x) near x = pi (optax.cosine_decay_schedule) or
+  # 1 - t / D near t = D (optax.linear_schedule) loses the last steps' tiny
+  # values (15% off at the last step of a 10k-step cosine run); this keeps
+  # them to float32 precision.
   main = _phase(
     peak_lr,
     final_lr_factor * peak_lr,
     0.0,
     float(total_steps - warmup_steps),
-    "cos",
+    _DECAYS[shape],
     0,
   )
   return _with_warmup(main, peak_lr, warmup_steps, warmup_start_factor)
@@ -613,14 +711,17 @@ def inverse_momentum(
 def default_schedule_config() -> ml_collections.ConfigDict:
   """The `config.schedule` sub-config (every field commented)."""
   s = ml_collections.ConfigDict()
-  # one_cycle | cyclical | piecewise | cosine | constant. piecewise, cosine and
-  # constant start with an optional linear warm-up (`warmup` > 0).
+  # one_cycle | cyclical | piecewise | cosine | constant | linear | rex.
+  # piecewise, cosine, constant, linear and rex start with an optional linear
+  # warm-up (`warmup` > 0); linear (Li et al. 2020) and rex (Chen et al.
+  # 2021) are the budget literature's baselines, decaying to
+  # final_lr_factor x max_lr at the end of the run.
   s.name = "cyclical"
   # Unit of every duration below (step_size, warmup, boundaries):
   # steps | epochs | fraction (of the run), converted by config.steps().
   s.unit = "steps"
   # Peak learning rate: the top of the cycle (one_cycle, cyclical) or the LR
-  # after warm-up (piecewise, cosine, constant).
+  # after warm-up (piecewise, cosine, constant, linear, rex).
   s.max_lr = 3.0
 
   # --- cyclical (Smith 2015 CLR) ---
@@ -637,22 +738,31 @@ def default_schedule_config() -> ml_collections.ConfigDict:
   s.final_div_factor = 1e4  # final lr = initial lr / final_div_factor.
   # up, symmetric down to the initial lr, then annihilate.
   s.three_phase = False
+  # OneCycleLR's epochs + steps_per_epoch form of total_steps, for code
+  # ported from PyTorch: the cycle always spans the run (num_steps, or
+  # num_epochs x steps per epoch), so epochs x steps_per_epoch must equal
+  # the run's steps (a one-line error otherwise). 0 = not given.
+  s.epochs = 0
+  s.steps_per_epoch = 0  # 0 = the data's, floor(train examples / batch).
 
-  # --- warm-up (piecewise, cosine, constant) ---
+  # --- warm-up (piecewise, cosine, constant, linear, rex) ---
   s.warmup = 0.0  # Linear warm-up length, in `unit` (0 = none).
   s.warmup_start_factor = 0.1  # Warm-up starts at this fraction of max_lr.
   # --- piecewise ---
   s.boundaries = ()  # Steps (in `unit`, absolute) where the LR is multiplied...
   s.decay_factors = ()  # ...by these factors, one per boundary (e.g. 0.1).
-  # --- cosine ---
+  # --- cosine, linear, rex ---
   s.final_lr_factor = 0.0  # LR at the end of the run, as a fraction of max_lr.
 
   # --- momentum ---
   # False: constant config.momentum. True: cycled inversely to the LR between
   # max_momentum (LR lowest) and base_momentum (LR at its peak); one_cycle
   # follows OneCycleLR, cyclical follows CyclicLR, the others map the LR
-  # linearly between its lowest value and max_lr.
-  s.cycle_momentum = False
+  # linearly between its lowest value and max_lr. None (the default): each
+  # schedule's usual default, True for one_cycle (as OneCycleLR and fastai's
+  # fit_one_cycle: 0.95 -> 0.85 -> 0.95), False for the others (the paper's
+  # CLR runs and the baselines keep config.momentum).
+  s.cycle_momentum = ml_collections.FieldReference(None, field_type=bool)
   s.base_momentum = 0.85  # Momentum at the LR peak (OneCycleLR default).
   s.max_momentum = 0.95  # Momentum where the LR is lowest (OneCycleLR default).
 
@@ -693,6 +803,14 @@ def _durations(s, *, steps_per_epoch: int, total_steps: int) -> dict:
   )
 
 
+def cycles_momentum(s) -> bool:
+  """Whether `config.schedule` cycles momentum: schedule.cycle_momentum, or
+  when it is None (the default) True for one_cycle only, as OneCycleLR."""
+  if s.cycle_momentum is None:
+    return s.name == "one_cycle"
+  return bool(s.cycle_momentum)
+
+
 def _lr_range(s, warmup: int) -> tuple[float, float]:
   """(lowest, highest) LR of a baseline schedule, for inverse momentum."""
   values = [s.max_lr]
@@ -700,7 +818,7 @@ def _lr_range(s, warmup: int) -> tuple[float, float]:
     values.append(s.warmup_start_factor * s.max_lr)
   if s.name == "piecewise":
     values.extend(s.max_lr * np.cumprod(list(s.decay_factors) or [1.0]))
-  elif s.name == "cosine":
+  elif s.name in _DECAYS:
     values.append(s.final_lr_factor * s.max_lr)
   return float(min(values)), float(max(values))
 
@@ -716,7 +834,19 @@ def validate(s, *, steps_per_epoch: int, total_steps: int) -> None:
   _check(total_steps >= 1, "num_steps", f"gives {total_steps} steps")
   d = _durations(s, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
   p = "schedule."
+  cycle_m = cycles_momentum(s)
   if s.name == "one_cycle":
+    if s.epochs or s.steps_per_epoch:
+      spe = s.steps_per_epoch or steps_per_epoch
+      _one_cycle_length(
+        total_steps,
+        s.epochs,
+        spe,
+        prefix=p,
+        mismatch=f"the run lasts {total_steps} steps (num_steps, or"
+        f" num_epochs x the data's {steps_per_epoch} steps per epoch); the"
+        " cycle spans the run, so make them agree",
+      )
     _check_one_cycle(
       total_steps=total_steps,
       max_lr=s.max_lr,
@@ -725,7 +855,7 @@ def validate(s, *, steps_per_epoch: int, total_steps: int) -> None:
       div_factor=s.div_factor,
       final_div_factor=s.final_div_factor,
       three_phase=s.three_phase,
-      cycle_momentum=s.cycle_momentum,
+      cycle_momentum=cycle_m,
       base_momentum=s.base_momentum,
       max_momentum=s.max_momentum,
       prefix=p,
@@ -740,7 +870,7 @@ def validate(s, *, steps_per_epoch: int, total_steps: int) -> None:
       gamma=s.gamma,
       prefix=p,
     )
-    if s.cycle_momentum:
+    if cycle_m:
       _check_momenta(s.base_momentum, s.max_momentum, p)
     return
   _check_warmup(
@@ -755,13 +885,13 @@ def validate(s, *, steps_per_epoch: int, total_steps: int) -> None:
     _check_boundaries(
       d["boundaries"], list(s.decay_factors), d["warmup"], total_steps, prefix=p
     )
-  elif s.name == "cosine":
+  elif s.name in _DECAYS:
     _check(
       0 <= s.final_lr_factor <= 1,
       f"{p}final_lr_factor",
       f"must be in [0, 1], got {s.final_lr_factor}",
     )
-  if s.cycle_momentum:
+  if cycle_m:
     _check_momenta(s.base_momentum, s.max_momentum, p)
     low, high = _lr_range(s, d["warmup"])
     _check(
@@ -776,10 +906,12 @@ def create(
   s, *, momentum: float, steps_per_epoch: int, total_steps: int
 ) -> tuple[optax.Schedule, optax.Schedule]:
   """(lr_fn, momentum_fn) for `config.schedule`; `momentum` (config.momentum)
-  is the constant momentum used when schedule.cycle_momentum is False."""
+  is the constant momentum used when the schedule does not cycle it
+  (`cycles_momentum`)."""
   validate(s, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
   d = _durations(s, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
   constant_m = optax.constant_schedule(momentum)
+  cycle_m = cycles_momentum(s)
   if s.name == "one_cycle":
     lr_fn, m_fn = one_cycle(
       total_steps,
@@ -789,14 +921,14 @@ def create(
       div_factor=s.div_factor,
       final_div_factor=s.final_div_factor,
       three_phase=s.three_phase,
-      cycle_momentum=s.cycle_momentum,
+      cycle_momentum=cycle_m,
       base_momentum=s.base_momentum,
       max_momentum=s.max_momentum,
     )
     return lr_fn, m_fn or constant_m
   if s.name == "cyclical":
     lr_fn = cyclical(s.base_lr, s.max_lr, d["step_size"], s.mode, s.gamma)
-    if not s.cycle_momentum:
+    if not cycle_m:
       return lr_fn, constant_m
     return lr_fn, cyclical_momentum(
       s.base_momentum, s.max_momentum, d["step_size"], s.mode, s.gamma
@@ -812,13 +944,17 @@ def create(
       total_steps=total_steps,
       **warm,
     )
-  elif s.name == "cosine":
-    lr_fn = warmup_cosine(
-      s.max_lr, total_steps, final_lr_factor=s.final_lr_factor, **warm
+  elif s.name in _DECAYS:
+    lr_fn = warmup_decay(
+      s.max_lr,
+      total_steps,
+      s.name,
+      final_lr_factor=s.final_lr_factor,
+      **warm,
     )
   else:
     lr_fn = warmup_constant(s.max_lr, **warm)
-  if not s.cycle_momentum:
+  if not cycle_m:
     return lr_fn, constant_m
   low, high = _lr_range(s, d["warmup"])
   return lr_fn, inverse_momentum(
@@ -894,7 +1030,8 @@ def num_train_examples(config) -> tuple[int, str | None]:
   ds = config.dataset
   if ds == "synthetic":
     return int(config.synthetic_train_size), None
-  if ds in ("tfds:cifar10", "tfds:cifar100"):
+  cifar = ("tfds:cifar10", "tfds:cifar100", "cifar10", "cifar100")
+  if ds in cifar or ds.startswith("cifar:"):
     return 50_000, f"{ds}: assuming the standard 50,000 training images."
   if ds.startswith("folder:"):
     return 50_000, (
@@ -902,8 +1039,8 @@ def num_train_examples(config) -> tuple[int, str | None]:
       " trainer uses the folder's real count."
     )
   raise ScheduleError(
-    f"dataset: unknown {ds!r}; valid: tfds:cifar10,"
-    " tfds:cifar100, folder:<path>, synthetic"
+    f"dataset: unknown {ds!r}; valid: cifar10, cifar100, cifar:<path>,"
+    " tfds:cifar10, tfds:cifar100, folder:<path>, synthetic"
   )
 
 
@@ -930,9 +1067,9 @@ def describe(s) -> str:
         f", x{tuple(float(f) for f in s.decay_factors)} at"
         f" {tuple(s.boundaries)} {s.unit}"
       )
-    if s.name == "cosine":
+    if s.name in _DECAYS:
       text += f", to {s.final_lr_factor:g} x max_lr at the end"
-  if s.cycle_momentum:
+  if cycles_momentum(s):
     text += f"; momentum {s.max_momentum:g} <-> {s.base_momentum:g}"
   return text
 
@@ -971,7 +1108,7 @@ def run(config, *, out: str | None, title: str = "") -> str:
     f"run: {total} steps = {total / spe:.2f} epochs of {spe} steps"
     f" (floor({n_train} / batch {config.batch_size}))",
   ]
-  if not config.schedule.cycle_momentum:
+  if not cycles_momentum(config.schedule):
     header[-1] += f"; constant momentum {config.momentum:g}"
   if note:
     header.append(f"note: {note}")

@@ -13,13 +13,16 @@ Reliability (see also checkpoint.py):
   platform and device count.
 - SIGTERM/SIGINT: the run stops at the next step boundary after saving a
   checkpoint of that step, and raises `Interrupted` (main.py exits with
-  128 + the signal number). A second signal acts as if none was handled.
-- Non-finite loss or gradients: such a step leaves parameters, BatchNorm
-  statistics and momentum unchanged on device while the step (data order,
-  schedule) moves on. `nonfinite_policy="stop"` then raises NonFiniteError
-  at the next metrics flush, which always precedes a save; "skip" goes on
-  and counts the step. `checkpoint.save` refuses a non-finite state as a
-  last safety net.
+  128 + the signal number). A second signal ends the process at once with
+  the same status, even during compilation (see `_StopSignals`).
+- Non-finite loss, gradients or BatchNorm statistics: such a step leaves
+  parameters, BatchNorm statistics and momentum unchanged on device while the
+  step (data order, schedule) moves on. `nonfinite_policy="stop"` then raises
+  NonFiniteError at the next metrics flush, which always precedes a save;
+  "skip" goes on and counts the step. `checkpoint.save` refuses a non-finite
+  state as a last safety net.
+- One writer per workdir: `lock_workdir` (lock.py) before anything is
+  written; the drivers call it.
 - Testing hooks: config.debug_nan_at_step (see config.py) and the
   environment variable SUPERCONV_DEBUG_SIGNAL_AT_STEP=N[:SIGNAME], which
   makes the process send itself SIGNAME (default SIGTERM) right after step
@@ -49,7 +52,7 @@ import optax
 from superconv import checkpoint as checkpoint_lib
 from superconv import config as config_lib
 from superconv import data as data_lib
-from superconv import input_pipeline, metric_writer, schedules, storage
+from superconv import input_pipeline, lock, metric_writer, schedules, storage
 
 log = logging.getLogger("superconv")
 AXIS = input_pipeline.AXIS
@@ -97,12 +100,37 @@ def decay_mask(params):
 
 
 def make_optimizer(config, lr_fn, momentum_fn) -> optax.GradientTransformation:
-  """L2 on the gradient, then SGD whose lr and momentum are scheduled.
+  """The optimizer of config.optimizer, its lr and momentum scheduled.
 
-  `inject_hyperparams` keeps the learning rate and momentum of the current
-  step in the optimizer state, where the train step reads them for logging.
+  "sgd": L2 on the gradient (`weight_decay` x params added before the
+  momentum, as Caffe and PyTorch's SGD), then SGD with momentum
+  `momentum_fn` (Nesterov if config.nesterov).
+
+  "adamw": `optax.adamw` (Loshchilov & Hutter) with beta1 = `momentum_fn`,
+  so a schedule that cycles momentum cycles beta1 the same way, as
+  PyTorch's OneCycleLR and fastai's `fit_one_cycle` do for Adam's first
+  beta; otherwise beta1 = config.momentum. beta2 = config.adam_b2, eps =
+  config.adam_eps (outside the square root, as PyTorch). Weight decay is
+  decoupled: `weight_decay` x params goes past Adam's normalization and is
+  scaled by the learning rate, p -= lr * (adam_update + weight_decay * p),
+  exactly as PyTorch's AdamW and fastai (`decouple_wd=True`). Bias
+  corrections use the current beta1 (1 - beta1_t ** t), as PyTorch's Adam
+  under a momentum-cycling scheduler.
+
+  Both decay only `decay_mask` when config.decay_bn_and_bias is False.
+  `inject_hyperparams` keeps the hyperparameters of the current step in the
+  optimizer state, where the train step reads them for logging.
   """
   mask = None if config.decay_bn_and_bias else decay_mask
+  if config.get("optimizer", "sgd") == "adamw":
+    return optax.inject_hyperparams(optax.adamw, static_args=("mask",))(
+      learning_rate=lr_fn,
+      b1=momentum_fn,
+      b2=config.adam_b2,
+      eps=config.adam_eps,
+      weight_decay=config.weight_decay,
+      mask=mask,
+    )
   return optax.chain(
     optax.add_decayed_weights(config.weight_decay, mask=mask),
     optax.inject_hyperparams(optax.sgd, static_args=("nesterov",))(
@@ -112,12 +140,17 @@ def make_optimizer(config, lr_fn, momentum_fn) -> optax.GradientTransformation:
 
 
 def hyperparams(opt_state) -> dict:
-  """The injected hyperparameters (learning_rate, momentum) of a state."""
+  """The injected hyperparameters of a state: learning_rate and momentum
+  (for AdamW, "momentum" is beta1, also under its own name "b1"), and
+  AdamW's others (b2, eps, eps_root, weight_decay)."""
   for s in jax.tree.leaves(
     opt_state, is_leaf=lambda x: hasattr(x, "hyperparams")
   ):
     if hasattr(s, "hyperparams"):
-      return s.hyperparams
+      hp = dict(s.hyperparams)
+      if "momentum" not in hp and "b1" in hp:
+        hp["momentum"] = hp["b1"]
+      return hp
   raise ValueError("optimizer state has no injected hyperparameters")
 
 
@@ -222,12 +255,12 @@ def train_step(
 ):
   """One SGD step on this device's slice of the global batch of state.step.
 
-  A step whose loss or gradients are not finite changes no parameter,
-  BatchNorm statistic or momentum (only the step and schedule counts move
-  on) and reports metrics["nonfinite"] = 1; the host then stops or goes on
-  (config.nonfinite_policy), so both policies run the same program and the
-  state on device never holds the NaN. nan_at_step >= 0 (a testing hook)
-  multiplies the loss of that 1-based step by NaN.
+  A step whose loss, gradients or new BatchNorm statistics are not finite
+  changes no parameter, BatchNorm statistic or momentum (only the step and
+  schedule counts move on) and reports metrics["nonfinite"] = 1; the host then
+  stops or goes on (config.nonfinite_policy), so both policies run the same
+  program and the state on device never holds the NaN. nan_at_step >= 0 (a
+  testing hook) multiplies the loss of that 1-based step by NaN.
   """
   x, y = input_pipeline.train_batch(
     images,
@@ -246,6 +279,12 @@ def train_step(
     label_smoothing=label_smoothing,
     nan_at_step=nan_at_step,
   )
+
+
+def _all_finite(tree):
+  """A scalar bool: no NaN/Inf in any leaf of `tree`."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
 def step_on_batch(
@@ -286,7 +325,11 @@ def step_on_batch(
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   hp = hyperparams(new_state.opt_state)  # This step's learning rate.
 
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  # The new BatchNorm statistics too (an infinite variance leaves loss and
+  # gradients finite). They agree over devices (synchronized BN); the guard
+  # must, so it takes the minimum over devices.
+  stats_finite = jax.lax.pmin(_all_finite(batch_stats).astype(jnp.int32), AXIS)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (stats_finite == 1)
   new_state = _keep_if_nonfinite(finite, new_state, state)
   metrics = {
     "train_loss": loss,
@@ -361,7 +404,44 @@ def unreplicate(tree):
 
 
 class NonFiniteError(RuntimeError):
-  """Loss or gradients became NaN/Inf (the message says where)."""
+  """Loss, gradients or BatchNorm statistics became NaN/Inf (the message
+  says where)."""
+
+
+def nonfinite_quantity(metrics: dict) -> str:
+  """What made a step non-finite, from its (host) metrics: the loss, else
+  the gradients, else (both finite) the BatchNorm statistics."""
+  if not np.isfinite(metrics["train_loss"]):
+    return "loss"
+  if not np.isfinite(metrics["grad_norm"]):
+    return "gradients"
+  return "BatchNorm statistics"
+
+
+def lock_workdir(workdir: str, program: str):
+  """Takes the workdir's lock (lock.py) before anything is written there.
+
+  Only process 0 writes the run's own files, so only process 0 takes the
+  lock; with several processes, all of them learn whether it did, and all
+  raise lock.LockError (exit 2) if not, instead of waiting for process 0
+  in a collective. The lock is held until the process exits.
+  """
+  error, held = None, None
+  if jax.process_index() == 0:
+    try:
+      held = lock.acquire(workdir, program)
+    except lock.LockError as e:
+      error = e
+  if jax.process_count() > 1:
+    taken = multihost_utils.broadcast_one_to_all(np.int32(error is None))
+    if not int(taken) and error is None:
+      error = lock.LockError(
+        f"--workdir: {storage.absolute(workdir)}: process 0 could not lock"
+        " it (its error names the holder)"
+      )
+  if error is not None:
+    raise error
+  return held
 
 
 class Interrupted(Exception):
@@ -381,12 +461,19 @@ class Interrupted(Exception):
 
 
 class _StopSignals:
-  """Turns the first SIGTERM/SIGINT into a request to stop.
+  """Turns the first SIGTERM/SIGINT into a request to stop; a second one
+  ends the process at once.
 
-  The handler only records the signal (the loop acts on it at the next step
-  boundary) and reinstalls the previous handlers, so that a second signal
-  acts at once (SIGTERM terminates, SIGINT raises KeyboardInterrupt). Only
-  the main thread can install handlers; elsewhere this does nothing.
+  The first signal is only recorded: the loop acts on it at the next step
+  boundary. A second one ends the process at once with status 128 + its
+  number and one line on stderr, no traceback, even while the main thread
+  is inside a long C++ call such as XLA's compiler, where Python runs no
+  signal handler until the call returns: `signal.set_wakeup_fd` makes
+  Python's C-level handler write each signal's number to a pipe, and a
+  watcher thread reading it (the compiler releases the GIL) calls
+  `os._exit`. Like kill -9, that loses the steps since the last complete
+  checkpoint: a half-written one is never restored. Only the main thread
+  can install handlers; elsewhere this does nothing.
   """
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -394,25 +481,66 @@ class _StopSignals:
   def __init__(self):
     self.signum: int | None = None
     self._previous: dict = {}
+    self._pipe: tuple[int, int] | None = None
+    self._previous_wakeup = -1
+    self._watcher: threading.Thread | None = None
 
   def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      for sig in self.SIGNALS:
-        self._previous[sig] = signal.signal(sig, self._handle)
+    if threading.current_thread() is not threading.main_thread():
+      return self
+    for sig in self.SIGNALS:
+      self._previous[sig] = signal.signal(sig, self._handle)
+    self._pipe = os.pipe()
+    os.set_blocking(self._pipe[1], False)
+    self._previous_wakeup = signal.set_wakeup_fd(
+      self._pipe[1], warn_on_full_buffer=False
+    )
+    self._watcher = threading.Thread(
+      target=self._watch, name="superconv-second-signal", daemon=True
+    )
+    self._watcher.start()
     return self
 
   def _handle(self, signum, frame):
     del frame
+    if self.signum is not None:
+      self._exit_at_once(signum)
     self.signum = signum
-    self._restore()
 
-  def _restore(self):
+  def _watch(self):
+    """Counts the signals Python's C handler reports; exits at the second."""
+    received = 0
+    while True:
+      for signum in os.read(self._pipe[0], 64):
+        if signum == 0:  # __exit__'s stop byte.
+          return
+        if signum in self.SIGNALS:
+          received += 1
+          if received >= 2:
+            self._exit_at_once(signum)
+
+  def __exit__(self, *exc_info):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
     self._previous = {}
+    if self._pipe is not None:
+      signal.set_wakeup_fd(self._previous_wakeup)
+      os.write(self._pipe[1], b"\0")
+      self._watcher.join()
+      for fd in self._pipe:
+        os.close(fd)
+      self._pipe = None
 
-  def __exit__(self, *exc_info):
-    self._restore()
+  @staticmethod
+  def _exit_at_once(signum: int) -> None:
+    """Ends the process now with 128 + signum, as kill would: no cleanup."""
+    name = signal.Signals(signum).name
+    line = (
+      f"superconv: {name} again: stopped at once; run the same command to"
+      " resume from the last complete checkpoint\n"
+    )
+    os.write(2, line.encode())
+    os._exit(128 + signum)  # pylint: disable=protected-access
 
 
 DEBUG_SIGNAL_ENV = "SUPERCONV_DEBUG_SIGNAL_AT_STEP"
@@ -780,7 +908,7 @@ def _train_and_evaluate(
     for offset, per_replica in enumerate(fetched):
       for seed, m in zip(seeds, per_replica):
         if m["nonfinite"] and config.nonfinite_policy == "stop":
-          what = "loss" if not np.isfinite(m["train_loss"]) else "gradients"
+          what = nonfinite_quantity(m)
           which = f" of seed {seed}" if len(seeds) > 1 else ""
           raise NonFiniteError(
             f"non-finite {what}{which} at step {first_step + offset}"
@@ -825,6 +953,8 @@ def _train_and_evaluate(
   def save(step: int) -> None:
     """Checkpoint of `step` (asynchronous); never of a non-finite state."""
     nonlocal last_saved
+    for writer in writers:  # Rows up to `step` on disk before its checkpoint.
+      writer.sync()
     try:
       checkpoint_lib.save(mngr, step, unreplicate(state), config_dict, meta)
     except checkpoint_lib.NonFiniteStateError as e:

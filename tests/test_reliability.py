@@ -9,14 +9,21 @@ not depend on each other, and each test asserts on their results:
 
   phase 1  R   reference: 8 uninterrupted steps
            NS  NaN injected at step 3, nonfinite_policy="stop"
-  phase 2  K   like R, kill -9 once a checkpoint is complete
+  phase 2  K   like R, stopped (SIGSTOP) once a checkpoint is complete,
+               then kill -9
+           L2  a second superconv.main on K's workdir while K is stopped
+               (refused: the workdir is locked)
            T   like R, SIGTERM right after step 3 (testing hook)
            X   T's workdir with a changed schedule and seed (refused)
            NK  NaN injected at step 3, nonfinite_policy="skip" (the same
                program as NS: the policy only changes the host's reaction)
            E   superconv.evaluate of R's final checkpoint on 1 device
+           EV  superconv.evaluate of V: a copy of R whose checkpoint 8 has
+               one bit flipped and checkpoint 6 a NaN, and whose
+               metrics.jsonl ends in a torn line
   phase 3  K2  K again, after planting incomplete checkpoints
            T2  T again, with a changed log cadence and duration spelling
+           V2  V again: resumes from checkpoint 4
 """
 
 import dataclasses
@@ -25,6 +32,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -33,7 +41,7 @@ import jax
 import numpy as np
 import pytest
 
-from superconv import checkpoint, train
+from superconv import checkpoint, lock, metric_writer, train
 from superconv import evaluate as evaluate_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -144,8 +152,43 @@ def _tree(path) -> dict:
   return out
 
 
+def _change_stored_value(step_dir, leaf: str, change) -> None:
+  """Changes the stored values of `leaf` (e.g. "params.head.kernel") of a
+  checkpoint in place on disk, as storage corruption would: through
+  TensorStore, which Orbax writes the arrays with (zarr arrays in an OCDBT
+  database; the data itself is zstd-compressed, so flipping a file's bytes
+  cannot aim at one value)."""
+  import tensorstore as ts  # pylint: disable=g-import-not-at-top
+
+  spec = {
+    "driver": "zarr",
+    "kvstore": {
+      "driver": "ocdbt",
+      "base": f"file://{step_dir}/state/",
+      "path": leaf,
+    },
+  }
+  array = ts.open(spec).result()
+  values = np.array(array.read().result())
+  change(values)
+  array.write(values).result()
+
+
+def _flip_lowest_bit(values) -> None:
+  values.view(np.uint32).flat[0] ^= 1  # float32: one ulp, still finite.
+
+
+def _make_nan(values) -> None:
+  values.flat[0] = np.nan
+
+
+def _stopped(pid: int) -> bool:
+  with open(f"/proc/{pid}/stat") as f:
+    return f.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, file_bytes):
   root = tmp_path_factory.mktemp("reliability")
   logs, cache = root / "logs", root / "jax_cache"
   logs.mkdir()
@@ -163,6 +206,7 @@ def runs(tmp_path_factory):
       **kwargs,
     )
 
+  wd["V"] = root / "V"
   results, info = {}, {}
   # --- Phase 1: the two train programs (plain; NaN injected at step 3) ---
   r = start("R", wd["R"])
@@ -176,6 +220,20 @@ def runs(tmp_path_factory):
   assert results["R"].returncode == 0, results["R"].stderr[-3000:]
   results["NS"] = ns.wait()
 
+  # V: R's finished run, corrupted: one bit of checkpoint 8's data flipped,
+  # a NaN in checkpoint 6's, the last line of metrics.jsonl torn.
+  shutil.copytree(wd["R"], wd["V"])
+  ckpts = wd["V"] / "checkpoints"
+  _change_stored_value(ckpts / "8", "params.head.kernel", _flip_lowest_bit)
+  _change_stored_value(ckpts / "6", "batch_stats.stem_bn.var", _make_nan)
+  metrics = wd["V"] / "metrics.jsonl"
+  info["V_lines"] = len(metrics.read_text().splitlines())
+  metrics.write_bytes(metrics.read_bytes()[:-40])
+  try:  # Asked for by step: refused, naming why (nothing compiled).
+    evaluate_lib.evaluate(str(wd["V"]), 8)
+  except checkpoint.CheckpointError as e:
+    info["V_step8_error"] = str(e)
+
   # --- Phase 2: kill -9 after a checkpoint; SIGTERM after step 3; skip ----
   k = start("K", wd["K"])
   t = start("T", wd["T"], env={train.DEBUG_SIGNAL_ENV: "3"})
@@ -185,18 +243,30 @@ def runs(tmp_path_factory):
     "--config.debug_nan_at_step=3",
     "--config.nonfinite_policy=skip",
   )
-  e = _Proc(
-    logs,
-    "E",
-    ["--workdir", str(wd["R"]), "--json"],
-    cache=cache,
-    devices=1,
-    module="superconv.evaluate",
+  e, ev = (
+    _Proc(
+      logs,
+      name,
+      ["--workdir", str(wd[run]), "--json"],
+      cache=cache,
+      devices=1,
+      module="superconv.evaluate",
+    )
+    for name, run in (("E", "R"), ("EV", "V"))
   )
   deadline = time.time() + 400
   while not _complete_steps(wd["K"]) and k.popen.poll() is None:
     assert time.time() < deadline, "K never wrote a checkpoint"
     time.sleep(0.01)
+  # A second run on K's workdir while K holds it (frozen, so that its files
+  # stay as they are): refused, and K's files are untouched.
+  k.popen.send_signal(signal.SIGSTOP)
+  while k.popen.poll() is None and not _stopped(k.popen.pid):
+    time.sleep(0.01)
+  info["K_pid"] = k.popen.pid
+  info["K_files"] = file_bytes(wd["K"])
+  results["L2"] = start("L2", wd["K"]).wait()
+  info["K_files_after_L2"] = file_bytes(wd["K"])
   k.popen.send_signal(signal.SIGKILL)
   results["T"] = t.wait()
   info["T_listing"] = _listing(wd["T"])
@@ -208,8 +278,11 @@ def runs(tmp_path_factory):
   results["X"] = x.wait()
   info["T_unchanged"] = _tree(wd["T"]) == before
   results["K"] = k.wait()
+  info["K_lock"] = (wd["K"] / lock.LOCK_NAME).read_text()  # Left by kill -9.
   results["NK"] = nk.wait()
   results["E"] = e.wait()
+  results["EV"] = ev.wait()
+  info["V_listing"] = _listing(wd["V"])  # Evaluation wrote nothing.
 
   # --- Phase 3: resume K over planted incomplete checkpoints, resume T ----
   info["K_latest"] = max(_complete_steps(wd["K"]))
@@ -236,10 +309,38 @@ def runs(tmp_path_factory):
       "--config.num_steps=0",
       "--config.num_epochs=2.0",
     ),
+    "V2": start("V2", wd["V"]),
   }
   for name, proc in procs.items():
     results[name] = proc.wait()
   return {"results": results, "workdirs": wd, "info": info}
+
+
+def test_torn_metrics_lines_are_reported_and_repaired(tmp_path, superconv_log):
+  path = tmp_path / "metrics.jsonl"
+  rows = [{"step": s, "train_loss": 1.0 / s} for s in (10, 20, 30)]
+  lines = [json.dumps(row) + "\n" for row in rows]
+  # Row 20 torn and glued to row 30 (appended onto the torn bytes).
+  path.write_text(lines[0] + lines[1][:-25] + lines[2] + lines[2])
+  assert metric_writer.read_jsonl(str(path)) == [rows[0], rows[2]]
+  assert [r.getMessage() for r in superconv_log] == [
+    f"{path}: line 2 not valid JSON (a torn write): skipped."
+  ]
+  # A torn last line, even the row of the restored step itself (rows are
+  # synced before each checkpoint, but a file can be cut by other means):
+  # dropped before the first new row.
+  path.write_text(lines[0] + lines[1] + lines[2][:-25])
+  writer = metric_writer.MetricWriter(str(tmp_path), resume_from_step=30)
+  assert writer.previous_rows == rows[:2]
+  writer.write({"step": 40, "train_loss": 0.25})
+  writer.close()
+  assert metric_writer.scan_jsonl(str(path)) == (
+    rows[:2] + [{"step": 40, "train_loss": 0.25}],
+    [],
+  )
+  assert superconv_log[-1].getMessage() == (
+    f"{path}: line 3 not valid JSON (a torn write): dropped it on resume."
+  )
 
 
 def _full_state(workdir):
@@ -331,8 +432,8 @@ def test_sigint_requests_a_stop_and_maps_to_status_130():
   with train._StopSignals() as stop:  # pylint: disable=protected-access
     os.kill(os.getpid(), signal.SIGINT)  # No KeyboardInterrupt: recorded.
     assert stop.signum == signal.SIGINT
-    # The first signal reinstalled Python's handler for a second one.
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  # Python's own handler is back once the run is over.
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
   assert train.Interrupted(signal.SIGINT, 5).exit_status == 130
 
 
@@ -356,6 +457,130 @@ def test_incomplete_checkpoints_are_never_restored(runs):
   assert _listing(wd["K"]) == ["4", "6", "8"]
 
 
+def _warnings(stderr: str, what: str) -> list[str]:
+  return [l for l in stderr.splitlines() if what in l]
+
+
+def test_corrupt_checkpoints_are_set_aside_and_the_run_ends_bit_exact(runs):
+  r, wd = runs["results"], runs["workdirs"]
+  v2 = r["V2"]
+  assert v2.returncode == 0, v2.stderr[-3000:]
+  ckpts = f"{wd['V']}/checkpoints"
+  bit = _warnings(v2.stderr, f"Incomplete checkpoint {ckpts}/8 (")
+  nan = _warnings(v2.stderr, f"Incomplete checkpoint {ckpts}/6 (")
+  assert len(bit) == 1 and len(nan) == 1, v2.stderr[-3000:]
+  assert "(checksum mismatch in params/head/kernel: its data changed" in bit[0]
+  assert "(non-finite values in batch_stats/stem_bn/var" in nan[0]
+  for line in bit + nan:
+    assert "never restored; using step 4, the latest complete one" in line
+  assert "Resumed from checkpoint 4." in v2.stderr
+  assert sorted(os.listdir(wd["V"] / checkpoint.INCOMPLETE_DIR)) == ["6", "8"]
+  _assert_bit_exact(wd["R"], wd["V"])
+
+
+def test_evaluate_verifies_checkpoints_the_same_way(runs):
+  r, wd, info = runs["results"], runs["workdirs"], runs["info"]
+  ev = r["EV"]
+  assert ev.returncode == 0, ev.stderr[-3000:]
+  # The latest usable checkpoint, after one warning for each corrupt one.
+  assert json.loads(ev.stdout.strip().splitlines()[-1])["step"] == 4
+  ckpts = f"{wd['V']}/checkpoints"
+  for step, reason in ((8, "checksum mismatch"), (6, "non-finite values")):
+    line = _warnings(ev.stderr, f"Incomplete checkpoint {ckpts}/{step} (")
+    assert len(line) == 1 and f"({reason} in " in line[0], ev.stderr
+  assert info["V_listing"] == ["4", "6", "8"]  # Evaluation moves nothing.
+  # Asked for by --step: refused, naming why.
+  assert info["V_step8_error"] == (
+    f"{ckpts}/8: unusable checkpoint, checksum mismatch in"
+    " params/head/kernel: its data changed after it was saved"
+  )
+
+
+def test_a_torn_metrics_line_is_dropped_on_resume(runs):
+  r, wd, info = runs["results"], runs["workdirs"], runs["info"]
+  v2 = r["V2"]
+  assert v2.returncode == 0, v2.stderr[-3000:]
+  torn = _warnings(v2.stderr, "not valid JSON (a torn write)")
+  assert torn == [
+    l
+    for l in v2.stderr.splitlines()
+    if l.endswith(
+      f"{wd['V']}/metrics.jsonl: line {info['V_lines']} not valid JSON (a"
+      " torn write): dropped it on resume."
+    )
+  ]
+  assert len(torn) == 1
+  # Every step once (rows after checkpoint 4 logged again), the same values.
+  rows, bad = metric_writer.scan_jsonl(str(wd["V"] / "metrics.jsonl"))
+  assert bad == []
+  kinds = [(row["step"], "eval_loss" in row) for row in rows]
+  assert kinds == [(row["step"], "eval_loss" in row) for row in _rows(wd["R"])]
+  assert kinds == [
+    (2, False),
+    (4, False),
+    (4, True),
+    (6, False),
+    (8, False),
+    (8, True),
+  ]
+  for a, b in zip(rows, _rows(wd["R"])):
+    for key in ("train_loss", "grad_norm", "eval_loss", "eval_accuracy"):
+      assert a.get(key) == b.get(key), (a["step"], key)
+
+
+def test_checkpoints_without_checksums_restore_after_the_finite_check(
+  runs, tmp_path, superconv_log
+):
+  # As saved before checksums existed: checkpoint 4 of R without the item.
+  old = tmp_path / "old" / "checkpoints" / "4"
+  shutil.copytree(runs["workdirs"]["R"] / "checkpoints" / "4", old)
+  shutil.rmtree(old / "checksums")
+  restored = checkpoint.restore(str(tmp_path / "old"))
+  expected = checkpoint.restore(str(runs["workdirs"]["R"]), 4).state
+  assert restored.step == 4
+  for x, y in zip(jax.tree.leaves(restored.state), jax.tree.leaves(expected)):
+    assert np.array_equal(x, y)
+  warned = [r.getMessage() for r in superconv_log if "no checksums" in r.msg]
+  assert warned == [
+    f"Checkpoint {old} has no checksums (saved by an older version): its"
+    " values are finite, but whether its data changed since it was saved"
+    " cannot be checked."
+  ]
+  # Values that are not finite: never restored, checksums or not.
+  _change_stored_value(old, "params.head.bias", _make_nan)
+  restored, skipped = checkpoint.restore_latest(str(tmp_path / "old"))
+  assert restored is None
+  assert [s.reason for s in skipped] == [
+    "non-finite values in params/head/bias"
+  ]
+
+
+def test_flipped_file_bytes_are_never_restored_as_data(runs, tmp_path):
+  # Two bytes in the middle of the largest data file of checkpoint 8. Where
+  # they land depends on the file's layout: the compressed stream decodes to
+  # other values (a checksum mismatch, NaNs too perhaps) or not at all
+  # (unreadable), or they were not read. Other values never come back.
+  saved = runs["workdirs"]["R"] / "checkpoints" / "8"
+  ckpt = tmp_path / "flip" / "checkpoints" / "8"
+  shutil.copytree(saved, ckpt)
+  files = [p for p in (ckpt / "state").rglob("*") if p.is_file()]
+  largest = max(files, key=lambda p: p.stat().st_size)
+  data = bytearray(largest.read_bytes())
+  data[len(data) // 2] ^= 0xFF
+  data[len(data) // 2 + 1] ^= 0xFF
+  largest.write_bytes(bytes(data))
+  restored, skipped = checkpoint.restore_latest(str(tmp_path / "flip"))
+  if restored is None:
+    assert len(skipped) == 1
+    assert skipped[0].reason.startswith(
+      ("checksum mismatch in ", "non-finite values in ", "unreadable")
+    )
+  else:
+    expected = checkpoint.restore(str(runs["workdirs"]["R"]), 8).state
+    for x, y in zip(jax.tree.leaves(restored.state), jax.tree.leaves(expected)):
+      assert np.array_equal(x, y)
+
+
 def test_retention_keeps_the_last_k_checkpoints(runs):
   wd = runs["workdirs"]
   for name in ("R", "K", "T"):  # keep_checkpoints = 3, final step kept.
@@ -372,6 +597,38 @@ def test_retention_keeps_the_last_k_checkpoints(runs):
     match="--step: no complete checkpoint 2 .* 4, 6, 8",
   ):
     checkpoint.load(str(wd["R"]), step=2)
+
+
+# --- One writer per workdir --------------------------------------------------
+
+
+def test_a_second_run_on_a_workdir_in_use_exits_2_and_changes_nothing(runs):
+  r, info = runs["results"], runs["info"]
+  l2 = r["L2"]
+  assert l2.returncode == 2, l2.stderr[-3000:]
+  lines = l2.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines == l2.errors, l2.stderr
+  assert (
+    f"is in use by superconv.main (pid {info['K_pid']} on"
+    f" {socket.gethostname()}, since " in lines[0]
+  )
+  assert "Compiled" not in l2.stderr
+  # K's files (stopped mid-run), byte for byte.
+  assert info["K_files_after_L2"] == info["K_files"]
+  assert "metrics.jsonl" in info["K_files"]
+
+
+def test_a_run_killed_with_its_lock_held_is_resumed(runs):
+  r, wd, info = runs["results"], runs["workdirs"], runs["info"]
+  assert r["K"].returncode == -signal.SIGKILL
+  # kill -9 left K's lock file; the kernel released its flock.
+  assert json.loads(info["K_lock"])["pid"] == info["K_pid"]
+  assert r["K2"].returncode == 0, r["K2"].stderr[-3000:]
+  took_over = _warnings(r["K2"].stderr, "Took over the lock")
+  assert len(took_over) == 1
+  assert f"superconv.main (pid {info['K_pid']} on" in took_over[0]
+  for name in ("R", "K", "T", "NK", "V"):  # Released at every exit.
+    assert not (wd[name] / lock.LOCK_NAME).exists(), name
 
 
 # --- Changed config on resume ------------------------------------------------
@@ -457,6 +714,87 @@ def test_nan_with_policy_skip_counts_the_step_and_finishes(runs):
   assert int(state["step"]) == 8
   assert not np.array_equal(
     state["params"]["head"]["kernel"], ref["params"]["head"]["kernel"]
+  )
+
+
+def test_the_step_guard_covers_batchnorm_statistics():
+  """An infinite BatchNorm variance leaves loss and gradients finite: the
+  step's guard must still keep the state (and report the step)."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+
+  class Tiny(nn.Module):
+    @nn.compact
+    def __call__(self, x, train):
+      x = nn.BatchNorm(use_running_average=not train)(x)
+      return nn.Dense(3)(x)
+
+  model = Tiny()
+  x = jnp.arange(24, dtype=jnp.float32).reshape(4, 6) / 24
+  y = jnp.array([0, 1, 2, 0], jnp.int32)
+  variables = model.init(jax.random.key(0), x, train=False)
+
+  def run(poison: bool):
+    def apply_fn(variables, x, train, mutable):
+      logits, updates = model.apply(variables, x, train=train, mutable=mutable)
+      if poison:  # The running variance overflows; the batch's does not.
+        stats = updates["batch_stats"]["BatchNorm_0"]
+        updates = {
+          "batch_stats": {
+            "BatchNorm_0": {
+              **stats,
+              "var": jnp.full_like(stats["var"], jnp.inf),
+            }
+          }
+        }
+      return logits, updates
+
+    tx = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1, momentum=0.9)
+    state = train.TrainState.create(
+      apply_fn=apply_fn,
+      params=variables["params"],
+      batch_stats=variables["batch_stats"],
+      tx=tx,
+    )
+    step = jax.pmap(
+      lambda s, x, y: train.step_on_batch(
+        s, x, y, num_classes=3, label_smoothing=0.0
+      ),
+      axis_name=train.AXIS,
+      devices=jax.local_devices()[:1],
+    )
+    new, metrics = step(
+      *jax.tree.map(lambda a: jnp.asarray(a)[None], (state, x, y))
+    )
+    return (
+      state,
+      train.unreplicate(new),
+      jax.device_get(train.unreplicate(metrics)),
+    )
+
+  for poison in (True, False):
+    old, new, metrics = run(poison)
+    assert np.isfinite(metrics["train_loss"]), poison
+    assert np.isfinite(metrics["grad_norm"]), poison
+    assert int(metrics["nonfinite"]) == int(poison)
+    assert int(new.step) == 1
+    kept = [
+      np.array_equal(a, b)
+      for a, b in zip(
+        jax.tree.leaves((old.params, old.batch_stats)),
+        jax.tree.leaves((new.params, new.batch_stats)),
+      )
+    ]
+    assert all(kept) == poison, poison
+  assert train.nonfinite_quantity(metrics | {"grad_norm": 1.0}) == (
+    "BatchNorm statistics"
+  )
+  assert train.nonfinite_quantity({"train_loss": np.nan, "grad_norm": 1.0}) == (
+    "loss"
+  )
+  assert train.nonfinite_quantity({"train_loss": 1.0, "grad_norm": np.inf}) == (
+    "gradients"
   )
 
 
@@ -579,7 +917,8 @@ def test_bad_input_fails_in_one_line_and_writes_nothing(case, tmp_path):
       "--config.tfds_download=False",
       f"--config.data_dir={empty}",
     ]
-    expected = "dataset: tfds:cifar10 is not prepared"
+    # Not prepared, or (without the tfds extra) not installed.
+    expected = "dataset: tfds:cifar10 "
   before = _tree(tmp_path)
   try:
     env = dict(

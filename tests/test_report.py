@@ -1,8 +1,10 @@
 """Report statistics on hand-made runs, against hand-computed values.
 
 Expected numbers come from tables (t quantiles), closed forms (the t
-distribution with 1 and 2 degrees of freedom), a numerical integral of the
-t density, or arithmetic written out here, never from the code under test.
+distribution with 2 degrees of freedom), a published example, a numerical
+integral of the t density, a Monte Carlo simulation (the delta-method ratio,
+the one interval scipy has no function for) or arithmetic written out here,
+never from the code under test.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
+import scipy.stats
 
 from superconv import report, stats
 
@@ -26,42 +30,33 @@ T975_4 = 2.776445  # t_{0.975, 4}
 
 
 @pytest.mark.parametrize(
-  "q, df, expected",
+  "confidence, df, quantile",
   [
-    (0.975, 1, 12.706205),
-    (0.975, 2, 4.302653),
-    (0.975, 3, 3.182446),
-    (0.975, 4, 2.776445),
-    (0.975, 10, 2.228139),
-    (0.975, 30, 2.042272),
-    (0.95, 5, 2.015048),
-    (0.995, 1, 63.656741),
-    (0.995, 8, 3.355387),
-    (0.9, 20, 1.325341),
-    (0.025, 4, -2.776445),
-    (0.5, 7, 0.0),
+    # Published t table, t_{(1 + confidence) / 2, df}.
+    (0.95, 1, 12.706205),
+    (0.95, 2, 4.302653),
+    (0.95, 3, 3.182446),
+    (0.95, 4, 2.776445),
+    (0.95, 10, 2.228139),
+    (0.95, 30, 2.042272),
+    (0.90, 5, 2.015048),
+    (0.99, 1, 63.656741),
+    (0.99, 8, 3.355387),
+    (0.80, 20, 1.325341),
   ],
 )
-def test_t_quantiles_match_the_table(q, df, expected):
-  assert stats.t_ppf(q, df) == pytest.approx(expected, abs=2e-6)
-
-
-@pytest.mark.parametrize("t", [-30.0, -2.0, -0.3, 0.0, 0.1, 1.0, 3.0, 250.0])
-def test_t_cdf_matches_closed_forms_for_one_and_two_df(t):
-  assert stats.t_cdf(t, 1) == pytest.approx(
-    0.5 + math.atan(t) / math.pi, abs=1e-13
-  )
-  assert stats.t_cdf(t, 2) == pytest.approx(
-    0.5 + t / (2 * math.sqrt(2 + t * t)), abs=1e-13
-  )
-
-
-def test_betainc_symmetry_and_a_known_value():
-  # I_x(a, 1) = x^a and I_x(a, b) = 1 - I_{1-x}(b, a).
-  assert stats.betainc(2.5, 1.0, 0.3) == pytest.approx(0.3**2.5, rel=1e-12)
-  assert stats.betainc(3.0, 7.5, 0.2) == pytest.approx(
-    1 - stats.betainc(7.5, 3.0, 0.8), abs=1e-14
-  )
+def test_summary_interval_uses_the_t_table(confidence, df, quantile):
+  # df + 1 values 0, 1, ..., df: mean df / 2, s^2 = (df + 1)(df + 2) / 12.
+  values = list(range(df + 1))
+  n = df + 1
+  s = math.sqrt(n * (n + 1) / 12)
+  summary = stats.summarize(values, confidence)
+  assert summary.mean == df / 2
+  assert summary.std == pytest.approx(s, rel=1e-12)
+  half = quantile * s / math.sqrt(n)
+  # The table's 6 decimals (quantiles >= 1.3) bound the agreement: < 4e-7.
+  assert summary.ci_high - df / 2 == pytest.approx(half, rel=1e-6)
+  assert df / 2 - summary.ci_low == pytest.approx(half, rel=1e-6)
 
 
 def t_two_sided_p_by_integration(t: float, df: float) -> float:
@@ -154,6 +149,38 @@ def test_ratio_of_means_delta_interval():
     (1 / r.ci_high, 1 / r.ci_low), rel=1e-9
   )
   assert math.isnan(stats.ratio_of_means([1.0], [2.0, 3.0]).ci_low)
+
+
+def test_ratio_of_means_interval_covers_at_its_nominal_level():
+  """Monte Carlo: normal samples with unequal sizes and spreads.
+
+  Where the delta method applies (CV <= 0.1, 6-10 values per group) the
+  interval should hold the true ratio mu_a / mu_b in a fraction `confidence`
+  of the simulated experiments. A vectorized run of 2,000,000 experiments
+  gives 0.9519 here, so the method's own error is about 0.002; the test
+  allows 0.003 for it plus 4 binomial standard errors of this N = 6000
+  simulation
+  (sqrt(0.95 * 0.05 / 6000) = 0.0028). The delta-method variance must match
+  the simulated variance of log r within 4 of its relative standard errors
+  (sqrt(2 / (N - 1)) = 0.018 for a normal sample variance).
+  """
+  n_a, n_b, mu_a, mu_b, cv_a, cv_b = 10, 6, 10.0, 5.0, 0.1, 0.05
+  confidence, trials = 0.95, 6000
+  rng = np.random.default_rng(20240601)
+  a = rng.normal(mu_a, cv_a * mu_a, size=(trials, n_a))
+  b = rng.normal(mu_b, cv_b * mu_b, size=(trials, n_b))
+  hits, log_r, se2 = 0, [], []
+  for x, y in zip(a, b):
+    r = stats.ratio_of_means(x, y, confidence)
+    hits += r.ci_low <= mu_a / mu_b <= r.ci_high
+    log_r.append(math.log(r.ratio))
+    # The interval is r exp(+-t se): recover se from its width.
+    t = scipy.stats.t.ppf(0.5 + confidence / 2, r.df)
+    se2.append((math.log(r.ci_high / r.ci_low) / (2 * t)) ** 2)
+  binomial_se = math.sqrt(confidence * (1 - confidence) / trials)
+  assert abs(hits / trials - confidence) <= 0.003 + 4 * binomial_se
+  variance_ratio = np.mean(se2) / np.var(log_r, ddof=1)
+  assert abs(variance_ratio - 1) <= 4 * math.sqrt(2 / (trials - 1))
 
 
 def test_summary_of_one_value_has_no_spread():
@@ -376,7 +403,7 @@ def test_speedup_and_welch_against_the_baseline(runs):
   assert fast["speedup_wall_seconds"] == pytest.approx(51 / 26)
   parts = [11**2 / (3 * 51**2), 6**2 / (3 * 26**2)]
   df = sum(parts) ** 2 / sum(p * p / 2 for p in parts)
-  half = stats.t_ppf(0.975, df) * math.sqrt(sum(parts))
+  half = scipy.stats.t.ppf(0.975, df) * math.sqrt(sum(parts))
   assert fast["speedup_wall_seconds_ci95_low"] == pytest.approx(
     51 / 26 * math.exp(-half), rel=1e-9
   )

@@ -2,8 +2,9 @@
 
 Expected values never come from the code under test: they are written out
 from the formulas (PyTorch OneCycleLR's phase arithmetic, Smith's CLR, He et
-al.'s step decay, cosine with warm-up), either as numbers in the tables below
-or from `ref_one_cycle`, a plain-Python transcription of PyTorch's OneCycleLR
+al.'s step decay, cosine with warm-up, Li et al.'s linear decay, Chen et
+al.'s REX profile), either as numbers in the tables below or from
+`ref_one_cycle`, a plain-Python transcription of PyTorch's OneCycleLR
 algorithm.
 """
 
@@ -36,12 +37,12 @@ def values(fn, steps):
   return np.asarray(jax.jit(jax.vmap(fn))(steps), dtype=np.float64)
 
 
-def load_config(name: str):
+def load_config(name: str, *args):
   path = REPO / "configs" / name
   spec = importlib.util.spec_from_file_location(f"_cfg_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module.get_config(*args)
 
 
 # ---------------------------------------------------------------------------
@@ -467,7 +468,9 @@ def test_create_one_cycle_and_cyclical_from_config():
   s = schedules.default_schedule_config()
   s.name = "one_cycle"
   s.max_lr = 1.0
-  s.cycle_momentum = True
+  # cycle_momentum left at its default: one_cycle cycles 0.95 -> 0.85 -> 0.95
+  # as OneCycleLR (cycle_momentum=True, base 0.85, max 0.95).
+  assert s.cycle_momentum is None
   lr_fn, m_fn = schedules.create(
     s, momentum=0.9, steps_per_epoch=10, total_steps=100
   )
@@ -482,13 +485,235 @@ def test_create_one_cycle_and_cyclical_from_config():
 
 
 # ---------------------------------------------------------------------------
+# Default momentum: one_cycle cycles it (OneCycleLR), the others keep it.
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+  "name,overrides,steps,momenta",
+  [
+    # OneCycleLR defaults over 100 steps: 0.95 at 0, 0.85 at the peak (29).
+    ("one_cycle", {}, [0, 29, 99], [0.95, 0.85, 0.95]),
+    ("one_cycle", dict(cycle_momentum=False), [0, 29, 99], [0.9] * 3),
+    # The paper's CLR runs (configs/default.py): constant 0.9.
+    ("cyclical", dict(step_size=50.0), [0, 50, 99], [0.9] * 3),
+    (
+      "cyclical",
+      dict(step_size=50.0, cycle_momentum=True),
+      [0, 50],
+      [0.95, 0.85],
+    ),
+    (
+      "piecewise",
+      dict(boundaries=(50,), decay_factors=(0.1,)),
+      [0, 99],
+      [0.9] * 2,
+    ),
+    ("cosine", {}, [0, 99], [0.9] * 2),
+    ("constant", {}, [0, 99], [0.9] * 2),
+    ("linear", {}, [0, 99], [0.9] * 2),
+    ("rex", {}, [0, 99], [0.9] * 2),
+  ],
+  ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_default_momentum(name, overrides, steps, momenta):
+  s = schedules.default_schedule_config()
+  s.name = name
+  s.max_lr = 1.0
+  for k, v in overrides.items():
+    setattr(s, k, v)
+  _, m_fn = schedules.create(
+    s, momentum=0.9, steps_per_epoch=10, total_steps=100
+  )
+  np.testing.assert_allclose(values(m_fn, steps), momenta, rtol=RTOL)
+
+
+# ---------------------------------------------------------------------------
+# OneCycleLR's epochs + steps_per_epoch form: total_steps = epochs * spe.
+# ---------------------------------------------------------------------------
+
+
+def test_one_cycle_epochs_form_equals_total_steps():
+  ref_lr, ref_m = ref_one_cycle(120, 1.0)  # 12 epochs x 10 steps
+  lr_fn, m_fn = schedules.one_cycle(None, 1.0, epochs=12, steps_per_epoch=10)
+  np.testing.assert_allclose(values(lr_fn, range(120)), ref_lr, rtol=RTOL)
+  np.testing.assert_allclose(values(m_fn, range(120)), ref_m, rtol=RTOL)
+  # Both forms, consistent: the same schedule.
+  lr_fn, _ = schedules.one_cycle(120, 1.0, epochs=12, steps_per_epoch=10)
+  np.testing.assert_allclose(values(lr_fn, range(120)), ref_lr, rtol=RTOL)
+
+
+@pytest.mark.parametrize(
+  "epochs,spe,total",
+  [
+    (12, 0, 120),  # steps_per_epoch 0 = the data's 10.
+    (12, 10, 120),
+    (4, 30, 120),  # Another split of the same 120 steps.
+  ],
+)
+def test_one_cycle_epochs_form_in_the_config(epochs, spe, total):
+  s = schedules.default_schedule_config()
+  s.name = "one_cycle"
+  s.max_lr = 1.0
+  s.epochs = epochs
+  s.steps_per_epoch = spe
+  lr_fn, m_fn = schedules.create(
+    s, momentum=0.9, steps_per_epoch=10, total_steps=total
+  )
+  ref_lr, ref_m = ref_one_cycle(total, 1.0)
+  np.testing.assert_allclose(values(lr_fn, range(total)), ref_lr, rtol=RTOL)
+  np.testing.assert_allclose(values(m_fn, range(total)), ref_m, rtol=RTOL)
+
+
+def test_one_cycle_epochs_form_errors_name_the_argument():
+  with pytest.raises(
+    schedules.ScheduleError,
+    match=r"^epochs: 12 epochs x 9 steps_per_epoch = 108 steps, but"
+    r" total_steps is 120;",
+  ):
+    schedules.one_cycle(120, 1.0, epochs=12, steps_per_epoch=9)
+  with pytest.raises(schedules.ScheduleError, match=r"^total_steps: give"):
+    schedules.one_cycle(None, 1.0)
+  with pytest.raises(
+    schedules.ScheduleError, match=r"^steps_per_epoch: must be a positive"
+  ):
+    schedules.one_cycle(None, 1.0, epochs=12)
+
+
+# ---------------------------------------------------------------------------
+# Budget baselines: linear decay (Li, Yumer & Ramanan 2020) and REX (Chen,
+# Wolfe & Kyrillidis 2021), each after an optional linear warm-up of W steps:
+#   z = (t - W) / (T - W), linear: 1 - z, REX: (1 - z) / (1/2 + (1 - z) / 2),
+#   lr = f max_lr + (1 - f) max_lr profile(z), f = final_lr_factor.
+# ---------------------------------------------------------------------------
+
+_lin = lambda z: 1 - z
+_rex = lambda z: (1 - z) / (0.5 + 0.5 * (1 - z))
+
+
+def budget_config(name, **schedule):
+  s = schedules.default_schedule_config()
+  s.name = name
+  s.max_lr = 1.0
+  for k, v in schedule.items():
+    setattr(s, k, v)
+  return s
+
+
+LIN = budget_config("linear")
+LIN_W = budget_config("linear", warmup=100)
+LIN_W_EP = budget_config("linear", unit="epochs", warmup=2.0)  # 2 x 50 steps.
+LIN_F = budget_config("linear", warmup=100, final_lr_factor=0.1)
+LIN_CM = budget_config("linear", warmup=100, cycle_momentum=True)
+REX = budget_config("rex", max_lr=2.0)
+REX_W = budget_config("rex", warmup=100)
+REX_F = budget_config("rex", final_lr_factor=0.2)
+REX_CM = budget_config("rex", warmup=100, cycle_momentum=True)
+
+BUDGET_ROWS = [
+  # (name, config, total_steps, step, lr, momentum); 50 steps per epoch.
+  # Linear, no warm-up: the peak is step 0; 0 would come at step T = 1000.
+  ("linear", LIN, 1000, 0, 1.0, 0.9),
+  ("linear", LIN, 1000, 250, _lin(0.25), 0.9),
+  ("linear", LIN, 1000, 500, 0.5, 0.9),
+  ("linear", LIN, 1000, 999, _lin(999 / 1000), 0.9),  # last step: 0.001
+  # Warm-up 100 steps from 0.1 x max_lr, then decay over 900 steps.
+  ("linear+warmup", LIN_W, 1000, 0, 0.1, 0.9),
+  ("linear+warmup", LIN_W, 1000, 50, 0.55, 0.9),
+  ("linear+warmup", LIN_W, 1000, 100, 1.0, 0.9),  # peak
+  ("linear+warmup", LIN_W, 1000, 550, 0.5, 0.9),
+  ("linear+warmup", LIN_W, 1000, 999, _lin(899 / 900), 0.9),
+  # Same in epochs.
+  ("linear+warmup-epochs", LIN_W_EP, 1000, 50, 0.55, 0.9),
+  ("linear+warmup-epochs", LIN_W_EP, 1000, 100, 1.0, 0.9),
+  ("linear+warmup-epochs", LIN_W_EP, 1000, 999, _lin(899 / 900), 0.9),
+  # To 0.1 x max_lr instead of 0.
+  ("linear+final", LIN_F, 1000, 550, 0.1 + 0.9 * 0.5, 0.9),
+  ("linear+final", LIN_F, 1000, 999, 0.1 + 0.9 * _lin(899 / 900), 0.9),
+  # Momentum cycled inversely: LR range [0, 1] -> 0.95 - 0.1 lr.
+  ("linear+cm", LIN_CM, 1000, 0, 0.1, 0.94),
+  ("linear+cm", LIN_CM, 1000, 100, 1.0, 0.85),
+  ("linear+cm", LIN_CM, 1000, 550, 0.5, 0.90),
+  # REX, no warm-up, max_lr 2 over 900 steps: half the peak at z = 2/3.
+  ("rex", REX, 900, 0, 2.0, 0.9),
+  ("rex", REX, 900, 300, 2 * _rex(1 / 3), 0.9),  # 2 * 0.8
+  ("rex", REX, 900, 450, 2 * _rex(0.5), 0.9),  # 2 * 2/3
+  ("rex", REX, 900, 600, 1.0, 0.9),
+  ("rex", REX, 900, 899, 2 * _rex(899 / 900), 0.9),
+  # Warm-up 100 steps from 0.1, then REX over 900 steps.
+  ("rex+warmup", REX_W, 1000, 0, 0.1, 0.9),
+  ("rex+warmup", REX_W, 1000, 50, 0.55, 0.9),
+  ("rex+warmup", REX_W, 1000, 100, 1.0, 0.9),  # peak
+  ("rex+warmup", REX_W, 1000, 550, _rex(0.5), 0.9),
+  ("rex+warmup", REX_W, 1000, 700, 0.5, 0.9),  # z = 2/3
+  ("rex+warmup", REX_W, 1000, 999, _rex(899 / 900), 0.9),
+  ("rex+final", REX_F, 1000, 500, 0.2 + 0.8 * _rex(0.5), 0.9),
+  ("rex+final", REX_F, 1000, 999, 0.2 + 0.8 * _rex(0.999), 0.9),
+  ("rex+cm", REX_CM, 1000, 100, 1.0, 0.85),
+  ("rex+cm", REX_CM, 1000, 700, 0.5, 0.90),
+]
+
+
+@pytest.mark.parametrize(
+  "name,s,total,step,lr,momentum",
+  BUDGET_ROWS,
+  ids=[f"{r[0]}-{r[3]}" for r in BUDGET_ROWS],
+)
+def test_budget_schedule_table(name, s, total, step, lr, momentum):
+  lr_fn, m_fn = schedules.create(
+    s, momentum=0.9, steps_per_epoch=50, total_steps=total
+  )
+  np.testing.assert_allclose(values(lr_fn, [step])[0], lr, rtol=RTOL)
+  np.testing.assert_allclose(values(m_fn, [step])[0], momentum, rtol=RTOL)
+
+
+@pytest.mark.parametrize(
+  "shape,profile", [("linear", _lin), ("rex", _rex)], ids=["linear", "rex"]
+)
+@pytest.mark.parametrize("total,warmup", [(80_000, 0), (80_000, 2_000)])
+def test_budget_schedules_every_step_match_the_formula(
+  shape, profile, total, warmup
+):
+  """Every step of an 80k-step run within 1e-5 relative of the float64
+  formula, the last steps' tiny values included (float32 `1 - t / T` near
+  t = T, as optax.linear_schedule computes it, is up to 0.14% off there)."""
+  lr_fn = schedules.warmup_decay(
+    0.8, total, shape, warmup_steps=warmup, warmup_start_factor=0.1
+  )
+  t = np.arange(total, dtype=np.float64)
+  z = (t - warmup) / (total - warmup)
+  expected = np.where(
+    t < warmup, 0.08 + 0.72 * t / max(warmup, 1), 0.8 * profile(z)
+  )
+  np.testing.assert_allclose(values(lr_fn, t), expected, rtol=RTOL, atol=0)
+  # Held at the final value past the end of the run.
+  np.testing.assert_allclose(
+    values(lr_fn, [total, total + 500]), [0.0, 0.0], atol=0
+  )
+
+
+# ---------------------------------------------------------------------------
 # Resume: the schedule continues exactly from a round-tripped optimizer state.
 # ---------------------------------------------------------------------------
 
 
-def test_resumed_optimizer_state_continues_schedule():
+def _resume_schedules(name, total):
+  if name == "one_cycle":
+    return schedules.one_cycle(total, 1.0, pct_start=0.4, three_phase=True)
+  s = schedules.default_schedule_config()
+  s.name = name
+  s.max_lr = 1.0
+  s.warmup = 5
+  s.cycle_momentum = True
+  return schedules.create(
+    s, momentum=0.9, steps_per_epoch=10, total_steps=total
+  )
+
+
+@pytest.mark.parametrize("name", ["one_cycle", "linear", "rex"])
+def test_resumed_optimizer_state_continues_schedule(name):
   total, k = 40, 17
-  lr_fn, m_fn = schedules.one_cycle(total, 1.0, pct_start=0.4, three_phase=True)
+  lr_fn, m_fn = _resume_schedules(name, total)
   tx = optax.inject_hyperparams(optax.sgd, static_args=("nesterov",))(
     learning_rate=lr_fn, momentum=m_fn, nesterov=True
   )
@@ -650,6 +875,51 @@ ERROR_ROWS = [
     1000,
     "schedule.cycle_momentum:",
   ),
+  (
+    dict(name="linear", final_lr_factor=1.5),
+    1000,
+    "schedule.final_lr_factor: must be in [0, 1], got 1.5",
+  ),
+  (
+    dict(name="rex", final_lr_factor=-0.1),
+    1000,
+    "schedule.final_lr_factor: must be in [0, 1], got -0.1",
+  ),
+  (
+    dict(name="rex", warmup=1000),
+    1000,
+    "schedule.warmup: 1000 steps is not shorter than the run (1000 steps)",
+  ),
+  (dict(name="linear", max_lr=0.0), 1000, "schedule.max_lr: must be > 0"),
+  (
+    dict(name="linear", final_lr_factor=1.0, cycle_momentum=True),
+    1000,
+    "schedule.cycle_momentum: the 'linear' LR never changes here",
+  ),
+  # OneCycleLR's epochs x steps_per_epoch (0 = the data's 50) must be the
+  # run's length.
+  (
+    dict(name="one_cycle", epochs=30),
+    1000,
+    "schedule.epochs: 30 epochs x 50 steps_per_epoch = 1500 steps, but the"
+    " run lasts 1000 steps",
+  ),
+  (
+    dict(name="one_cycle", epochs=20, steps_per_epoch=49),
+    1000,
+    "schedule.epochs: 20 epochs x 49 steps_per_epoch = 980 steps, but the"
+    " run lasts 1000 steps",
+  ),
+  (
+    dict(name="one_cycle", steps_per_epoch=50),
+    1000,
+    "schedule.epochs: must be a positive integer",
+  ),
+  (
+    dict(name="one_cycle", epochs=-20),
+    1000,
+    "schedule.epochs: must be a positive integer",
+  ),
 ]
 
 
@@ -679,6 +949,10 @@ def test_builder_errors_name_the_argument():
     schedules.ScheduleError, match=r"^boundaries: 70000 is past the end"
   ):
     schedules.warmup_piecewise(0.1, [70_000], [0.1], total_steps=64_000)
+  with pytest.raises(schedules.ScheduleError, match=r"^shape: unknown 'exp'"):
+    schedules.warmup_decay(0.1, 1000, "exp")
+  with pytest.raises(schedules.ScheduleError, match=r"^final_lr_factor: must"):
+    schedules.warmup_decay(0.1, 1000, "rex", final_lr_factor=2.0)
 
 
 def test_every_default_field_is_commented():
@@ -772,6 +1046,54 @@ def test_experiment_config_schedules(name, spe, total, rows):
   np.testing.assert_allclose(values(m_fn, steps), moms, rtol=RTOL)
 
 
+# The CPU study's arms (200 steps of batch 256, 195 steps per epoch), max_lr
+# 0.4: one-cycle and piecewise as committed in results/study_cpu/, and the
+# linear arm with piecewise's warm-up (20 steps from 0.04).
+STUDY_ROWS = [
+  # (arm, [(step, lr, momentum)])
+  (
+    "onecycle",
+    [(0, 0.016, 0.95), (49, 0.4, 0.85), (199, 0.016 / 1e4, 0.95)],
+  ),
+  (
+    "piecewise",
+    [
+      (0, 0.04, 0.9),
+      (10, 0.22, 0.9),
+      (20, 0.4, 0.9),
+      (99, 0.4, 0.9),
+      (100, 0.04, 0.9),
+      (150, 0.004, 0.9),
+      (199, 0.004, 0.9),
+    ],
+  ),
+  (
+    "linear",
+    [
+      (0, 0.04, 0.9),
+      (10, 0.22, 0.9),
+      (20, 0.4, 0.9),  # peak: end of the warm-up
+      (110, 0.4 * (1 - 90 / 180), 0.9),
+      (199, 0.4 * (1 - 179 / 180), 0.9),  # last step
+    ],
+  ),
+]
+
+
+@pytest.mark.parametrize("arm,rows", STUDY_ROWS, ids=[r[0] for r in STUDY_ROWS])
+def test_study_cpu_arms(arm, rows):
+  config = load_config("study_cpu.py", arm)
+  lr_fn, m_fn = schedules.create(
+    config.schedule,
+    momentum=config.momentum,
+    steps_per_epoch=195,
+    total_steps=config.num_steps,
+  )
+  steps, lrs, moms = zip(*rows)
+  np.testing.assert_allclose(values(lr_fn, steps), lrs, rtol=RTOL)
+  np.testing.assert_allclose(values(m_fn, steps), moms, rtol=RTOL)
+
+
 # ---------------------------------------------------------------------------
 # The command-line program.
 # ---------------------------------------------------------------------------
@@ -803,6 +1125,17 @@ def test_run_prints_key_points_and_plots(tmp_path):
   np.testing.assert_allclose(rows[3976][1:], [3976 / 97, 0.8, 0.85], rtol=1e-4)
   np.testing.assert_allclose(rows[9214][2], 8e-5, rtol=1e-4)
   assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_run_prints_a_linear_schedule():
+  text = schedules.run(load_config("study_cpu.py", "linear"), out=None)
+  assert "linear max_lr 0.4, warm-up 0.1 fraction from 0.1x" in text
+  assert "constant momentum 0.9" in text
+  rows = _table_rows(text)
+  assert sorted(rows) == [0, 20, 199]
+  assert rows[20][0] == "peak, warm-up end"
+  np.testing.assert_allclose(rows[20][2:], [0.4, 0.9], rtol=1e-4)
+  np.testing.assert_allclose(rows[199][2], 0.4 / 180, rtol=1e-4)
 
 
 def test_cli_on_default_config(tmp_path):

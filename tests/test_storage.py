@@ -104,6 +104,23 @@ def test_metrics_rows_reach_the_bucket_and_resume_truncates(bucket):
   ] == [(10, 0.1), (20, 0.05), (30, 0.5)]
 
 
+def test_a_torn_last_line_in_the_bucket_is_dropped_on_resume(bucket, caplog):
+  (bucket / "b/run").mkdir(parents=True)
+  metrics = bucket / "b/run/metrics.jsonl"
+  metrics.write_text('{"step": 10}\n{"step": 20}\n{"step": 30, "train_lo')
+  with caplog.at_level("WARNING", logger="superconv"):
+    writer = metric_writer.MetricWriter("gs://b/run", resume_from_step=20)
+  assert "gs://b/run/metrics.jsonl: line 3 not valid JSON" in caplog.text
+  # Repaired before any new row is written.
+  assert metrics.read_text() == '{"step": 10}\n{"step": 20}\n'
+  writer.write({"step": 30, "train_loss": 0.5})
+  writer.close()
+  assert metric_writer.scan_jsonl("gs://b/run/metrics.jsonl") == (
+    [{"step": 10}, {"step": 20}, {"step": 30, "train_loss": 0.5}],
+    [],
+  )
+
+
 def test_config_json_reaches_the_bucket(bucket):
   from superconv import config as config_lib  # pylint: disable=g-import-not-at-top
   from superconv import train  # pylint: disable=g-import-not-at-top

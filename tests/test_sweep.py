@@ -653,3 +653,317 @@ def test_real_sweep_of_two_runs_completes_then_skips(
   runs = read_json(workdir / "sweep.json")["runs"]
   assert [r["status"] for r in runs] == ["skipped (complete)"] * 2
   assert not math.isnan(runs[0]["final_accuracy"])
+
+
+# ---------------------------------------------------------------------------
+# Parallel runs.
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+  "requested, pending, cores, platform, memory, flag_ok, slots, flag",
+  [
+    # auto on a 2-core CPU: two runs, one core and one XLA thread each.
+    (None, 3, (0, 1), "cpu", None, True, ((0,), (1,)), True),
+    (None, 3, (0, 1), "cpu", None, False, ((0,), (1,)), False),
+    # auto: no more runs than pending runs or memory for them.
+    (None, 1, (0, 1), "cpu", None, True, ((),), False),
+    (None, 8, (0, 1, 2, 3), "cpu", 7 << 30, True, ((0, 1), (2, 3)), False),
+    (None, 8, (0, 1, 2, 3), "cpu", 2 << 30, True, ((),), False),
+    # auto on a GPU or TPU, or one core: one run at a time.
+    (None, 5, (0, 1, 2, 3), "gpu", None, True, ((),), False),
+    (None, 5, (0, 1, 2, 3), "tpu", None, True, ((),), False),
+    (None, 5, (3,), "cpu", None, True, ((),), False),
+    # Explicit: equal slots of len(cores) // N cores, the rest idle.
+    (2, 1, (0, 1, 2, 3), "cpu", None, True, ((0, 1), (2, 3)), False),
+    (
+      3,
+      9,
+      (4, 5, 6, 7, 8, 9, 10, 11),
+      "cpu",
+      0,
+      True,
+      ((4, 5), (6, 7), (8, 9)),
+      False,
+    ),
+    (2, 2, (5, 9), "gpu", None, True, ((5,), (9,)), True),
+    (1, 9, (0, 1, 2, 3), "cpu", None, True, ((),), False),
+  ],
+)
+def test_choose_parallelism(
+  requested, pending, cores, platform, memory, flag_ok, slots, flag
+):
+  p = sweep.choose_parallelism(
+    requested,
+    pending,
+    cores=cores,
+    platform=platform,
+    memory=memory,
+    flag_ok=flag_ok,
+  )
+  assert (p.runs, p.slots) == (len(slots), slots)
+  assert p.xla_flag == ("--xla_cpu_multi_thread_eigen=false" if flag else "")
+
+
+def test_parallel_values_and_too_many_runs_for_the_cores(tmp_path, capsys):
+  assert sweep.parse_parallel("auto") is None
+  assert sweep.parse_parallel("3") == 3
+  for bad in ("0", "-1", "two", "1.5"):
+    with pytest.raises(sweep.SweepError, match="positive number of runs"):
+      sweep.parse_parallel(bad)
+  with pytest.raises(sweep.SweepError, match="only 2 CPU core"):
+    sweep.choose_parallelism(
+      3, 3, cores=(0, 1), platform="cpu", memory=None, flag_ok=True
+    )
+  argv = ["--config", CONFIG, "--workdir", str(tmp_path / "w")]
+  assert sweep.main(argv + ["--sweep", "seed=0", "--parallel", "0"]) == 2
+  err = capsys.readouterr().err
+  assert err == (
+    "superconv.sweep: error: --parallel '0': expected a positive number of"
+    " runs or auto\n"
+  )
+  assert not (tmp_path / "w").exists()
+
+
+# Wraps FAKE_TRAINER (its path is the first argument): records the CPU
+# affinity and thread settings it got, and with FAKE_BARRIER set waits until
+# FAKE_BARRIER_COUNT runs have started (exit 99 after 60 s alone), which
+# only runs trained at the same time pass.
+PINNED_TRAINER = textwrap.dedent("""
+    import json, os, runpy, sys, time
+    fake, args = sys.argv[1], sys.argv[2:]
+    workdir = args[args.index("--workdir") + 1]
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "environment.json"), "w") as f:
+      json.dump({"affinity": sorted(os.sched_getaffinity(0)),
+                 "xla_flags": os.environ.get("XLA_FLAGS", ""),
+                 "omp": os.environ.get("OMP_NUM_THREADS")}, f)
+    barrier = os.environ.get("FAKE_BARRIER")
+    if barrier and not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+      open(os.path.join(barrier, os.path.basename(workdir)), "w").close()
+      for _ in range(600):
+        if len(os.listdir(barrier)) >= int(os.environ["FAKE_BARRIER_COUNT"]):
+          break
+        time.sleep(0.1)
+      else:
+        sys.exit(99)
+    sys.argv = [fake, *args]
+    runpy.run_path(fake, run_name="__main__")
+""")
+
+
+@pytest.fixture
+def pinned(fake, tmp_path):
+  path = tmp_path / "pinned_trainer.py"
+  path.write_text(PINNED_TRAINER)
+  return f"{sys.executable} {path} {fake.split()[-1]}"
+
+
+def expected_slots(n):
+  cores = sorted(os.sched_getaffinity(0))
+  per = len(cores) // n
+  return [cores[i * per : (i + 1) * per] for i in range(n)]
+
+
+@pytest.mark.skipif(
+  len(os.sched_getaffinity(0)) < 2, reason="pinning two runs needs two cores"
+)
+def test_two_runs_at_once_each_pinned_then_skipped(
+  pinned, tmp_path, capsys, monkeypatch
+):
+  barrier = tmp_path / "barrier"
+  barrier.mkdir()
+  monkeypatch.setenv("FAKE_BARRIER", str(barrier))
+  monkeypatch.setenv("FAKE_BARRIER_COUNT", "2")
+  workdir = tmp_path / "par"
+  argv = [
+    "--config",
+    CONFIG,
+    "--workdir",
+    str(workdir),
+    "--trainer",
+    pinned,
+    "--sweep",
+    "seed=0,1",
+    "--config.num_steps=5",
+    "--parallel",
+    "2",
+  ]
+  assert sweep.main(argv) == 0
+  out = capsys.readouterr().out
+  slots = expected_slots(2)
+  envs = [read_json(workdir / f"seed={s}" / "environment.json") for s in (0, 1)]
+  assert sorted(e["affinity"] for e in envs) == slots  # One slot each.
+  for env in envs:
+    one_core = len(env["affinity"]) == 1
+    assert env["omp"] == str(len(env["affinity"]))
+    assert ("--xla_cpu_multi_thread_eigen=false" in env["xla_flags"]) == (
+      one_core
+    )
+  assert sorted(os.listdir(barrier)) == ["seed=0", "seed=1"]  # Together.
+  for seed in (0, 1):
+    run = workdir / f"seed={seed}"
+    done = read_json(run / "done.json")
+    assert (done["returncode"], done["final_step"]) == (0, 5)
+    assert done["final_accuracy"] == pytest.approx(0.88 + 0.001 * seed)
+    log = (run / "train.log").read_text()
+    assert log.count("final: test accuracy") == 1  # Output kept per run.
+    assert f"[seed={seed}] final: test accuracy" in out  # And echoed.
+  assert "parallel: 2 runs at once, pinned to cores" in out
+  assert "throughput: 160 images in" in out  # 2 runs x 5 steps x 16.
+
+  capsys.readouterr()
+  assert sweep.main(argv) == 0  # Complete: skipped, no trainer started.
+  out = capsys.readouterr().out
+  assert out.count("complete, skipped") == 2 and "parallel:" not in out
+  assert all(len(invocations(workdir / f"seed={s}")) == 1 for s in (0, 1))
+
+
+@pytest.mark.skipif(
+  len(os.sched_getaffinity(0)) < 2, reason="pinning two runs needs two cores"
+)
+def test_ctrl_c_stops_every_parallel_run_once_and_resumes(pinned, tmp_path):
+  workdir = tmp_path / "sig"
+  for seed in (0, 1):
+    (workdir / f"seed={seed}").mkdir(parents=True)
+    (workdir / f"seed={seed}" / "block_at").write_text("3")
+  argv = [
+    "--config",
+    CONFIG,
+    "--workdir",
+    str(workdir),
+    "--trainer",
+    pinned,
+    "--sweep",
+    "seed=0,1,2",
+    "--config.num_steps=5",
+    "--parallel",
+    "2",
+    "--quiet",
+  ]
+  process = subprocess.Popen(
+    [sys.executable, "-m", "superconv.sweep", *argv],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  blocked = [workdir / f"seed={s}" / "blocked" for s in (0, 1)]
+  try:
+    for _ in range(600):
+      if all(b.exists() for b in blocked) or process.poll() is not None:
+        break
+      time.sleep(0.1)
+    assert all(b.exists() for b in blocked)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+  finally:
+    if process.poll() is None:
+      process.kill()
+      process.wait()
+  assert process.returncode == 130
+  assert "run the same command to resume" in err
+  for seed in (0, 1):  # Each trainer got exactly one SIGINT.
+    assert (workdir / f"seed={seed}" / "signals").read_text() == "SIGINT\n"
+  runs = read_json(workdir / "sweep.json")["runs"]
+  assert [r["status"] for r in runs] == [
+    "interrupted",
+    "interrupted",
+    "pending",
+  ]
+  assert not (workdir / "seed=2").exists()  # Never started.
+
+  for seed in (0, 1):
+    (workdir / f"seed={seed}" / "block_at").unlink()
+  assert sweep.main(argv) == 0
+  for seed in (0, 1):
+    run = workdir / f"seed={seed}"
+    assert [c.split()[0] for c in invocations(run)] == ["start=0", "start=2"]
+  assert all(sweep.is_complete(workdir / f"seed={s}") for s in (0, 1, 2))
+
+
+def final_state(run):
+  """Metrics rows less timings, and the final parameters and BN stats."""
+  from superconv import checkpoint  # pylint: disable=g-import-not-at-top
+
+  timing = ("wall_time", "steps_per_sec", "eval_seconds")
+  rows = [
+    {k: v for k, v in json.loads(l).items() if k not in timing}
+    for l in open(run / "metrics.jsonl")
+  ]
+  _, variables, _ = checkpoint.load(str(run))
+  return rows, variables
+
+
+@pytest.mark.skipif(
+  len(os.sched_getaffinity(0)) < 2, reason="pinning two runs needs two cores"
+)
+def test_concurrent_runs_equal_the_same_runs_one_after_the_other(
+  tmp_path, monkeypatch
+):
+  import jax  # pylint: disable=g-import-not-at-top
+
+  # Both ways with --parallel 2: every run pinned to the same number of
+  # cores with the same XLA flags, so the same program runs and the
+  # results must agree bit for bit.
+  monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")
+  # The runs one after the other load what the first two compiled.
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "cache"))
+  monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+  monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+  common = ["--config", CONFIG, "--parallel", "2", "--quiet", *TINY]
+  together, apart = tmp_path / "together", tmp_path / "apart"
+  assert (
+    sweep.main(common + ["--workdir", str(together), "--sweep", "seed=0,1"])
+    == 0
+  )
+  for grid in ("seed=0", "seed=0,1"):  # One run per invocation.
+    assert sweep.main(common + ["--workdir", str(apart), "--sweep", grid]) == 0
+  for seed in (0, 1):
+    rows_a, vars_a = final_state(together / f"seed={seed}")
+    rows_b, vars_b = final_state(apart / f"seed={seed}")
+    assert [r for r in rows_a if "eval_accuracy" in r] == [
+      r for r in rows_b if "eval_accuracy" in r
+    ]
+    assert rows_a == rows_b
+    leaves_a = jax.tree_util.tree_leaves_with_path(vars_a)
+    leaves_b = jax.tree_util.tree_leaves(vars_b)
+    assert len(leaves_a) == len(leaves_b) > 0
+    for (path, a), b in zip(leaves_a, leaves_b):
+      assert np.array_equal(np.asarray(a), np.asarray(b)), path
+  # The two seeds differ, so equality is not vacuous.
+  assert (
+    final_state(together / "seed=0")[0] != final_state(together / "seed=1")[0]
+  )
+
+
+def test_auto_trains_whole_waves_then_the_rest_on_all_cores():
+  def plan(jobs, cores):
+    par = sweep.choose_parallelism(
+      None, len(jobs), cores=cores, platform="cpu", memory=None, flag_ok=True
+    )
+    return [
+      ("".join(j), p.slots, bool(p.xla_flag))
+      for j, p in sweep.waves(list(jobs), par, auto=True)
+    ]
+
+  # 2 cores, 3 runs: two pinned to a core each, then one on both cores.
+  assert plan("abc", (0, 1)) == [
+    ("ab", ((0,), (1,)), True),
+    ("c", ((0, 1),), False),
+  ]
+  assert plan("abcd", (0, 1)) == [("abcd", ((0,), (1,)), True)]
+  singles = ((0,), (1,), (2,), (3,))
+  assert plan("abcdefg", (0, 1, 2, 3)) == [
+    ("abcd", singles, True),
+    ("efg", ((0,), (1,), (2,)), True),  # Three runs: one core each.
+  ]
+  assert plan("abcdef", (0, 1, 2, 3)) == [
+    ("abcd", singles, True),
+    ("ef", ((0, 1), (2, 3)), False),  # Two runs: two cores each.
+  ]
+  # Explicit: every run on its slot, whatever is left over.
+  par = sweep.choose_parallelism(
+    2, 3, cores=(0, 1), platform="cpu", memory=None, flag_ok=True
+  )
+  assert sweep.waves(list("abc"), par, auto=False) == [(list("abc"), par)]
+  assert sweep.waves([], par, auto=True) == []
