@@ -37,21 +37,6 @@ def x64():
     yield
 
 
-def cross_entropy_in_float64(logits, labels, num_classes, label_smoothing):
-  """train.cross_entropy without its cast to float32."""
-  del label_smoothing
-  targets = jax.nn.one_hot(labels, num_classes, dtype=logits.dtype)
-  return optax.softmax_cross_entropy(logits, targets)
-
-
-@pytest.fixture
-def float64_loss(x64, monkeypatch):
-  """float64 throughout: the train step's loss (float32 in training) too,
-  so that the gradient that the train step computes and the one a test
-  computes on its own agree to float64 rounding."""
-  monkeypatch.setattr(train, "cross_entropy", cross_entropy_in_float64)
-
-
 def adamw_config(**overrides):
   """AdamW with a one-cycle schedule that moves the LR and beta1 every step."""
   c = config_lib.base_config()
@@ -165,7 +150,7 @@ def max_relative_error(actual, expected) -> float:
 
 
 def test_first_adamw_train_step_equals_optax_adamw_on_the_same_batch(
-  float64_loss,
+  x64,
 ):
   config = adamw_config()
   lr_fn, momentum_fn = schedule_fns(config)
@@ -216,7 +201,7 @@ def pytorch_adamw(p, g, m, v, t, *, lr, b1, b2, eps, wd):
 
 
 def test_adamw_steps_follow_pytorch_adamw_with_scheduled_lr_and_beta1(
-  float64_loss,
+  x64,
 ):
   # Four train steps on one batch; the reference recomputes each gradient
   # at its own parameters and applies PyTorch's AdamW with this step's LR
