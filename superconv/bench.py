@@ -79,7 +79,6 @@ load. See benchmarks/README.md.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable, Sequence
 import contextlib
 import functools
@@ -96,16 +95,17 @@ import sys
 import tempfile
 import time
 
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from superconv import batchnorm as bn_lib
 from superconv import bench_common as common
+from superconv import cli, input_pipeline, metric_writer, models, storage, train
 from superconv import config as config_lib
 from superconv import conv as conv_lib
 from superconv import data as data_lib
-from superconv import input_pipeline, metric_writer, models, storage, train
 
 log = logging.getLogger("superconv")
 AXIS = input_pipeline.AXIS
@@ -163,7 +163,9 @@ def make_bare_step(config, num_classes: int):
   )
   if len(train.replica_seeds(config)) > 1:
     step = jax.vmap(step, in_axes=(0, None, None))
-  return train._pmap(step, donate_state=True)  # pylint: disable=protected-access
+  # As train maps its steps: over the local devices, axis AXIS (the BN
+  # statistics and gradient means), the state donated.
+  return jax.pmap(step, axis_name=AXIS, donate_argnums=(0,))
 
 
 def fixed_batch(dataset: data_lib.Dataset, aug, *, seed: int, step: int = 0):
@@ -1018,201 +1020,215 @@ class TorchSetting:
 # Command line
 # ============================================================================
 
+PROG = "superconv.bench"
 
-def _csv(kind):
-  def parse(text: str):
+
+class _IntListParser(flags.ListParser):
+  """A comma list of integers: "512,1024" -> [512, 1024]."""
+
+  def parse(self, argument):
+    values = super().parse(argument)
     try:
-      return [kind(v) for v in text.split(",") if v.strip()]
+      return [int(v) for v in values]
     except ValueError:
-      raise argparse.ArgumentTypeError(
-        f"expected a comma list of {kind.__name__}, got {text!r}"
+      raise ValueError(
+        f"expected a comma list of int, got {argument!r}"
       ) from None
 
-  return parse
+  def flag_type(self) -> str:
+    return "comma separated list of integers"
 
 
-def parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(
-    prog="python -m superconv.bench",
-    description=__doc__,
-    formatter_class=argparse.RawDescriptionHelpFormatter,
+def _define_int_list(name: str, default: list, help_text: str, fv) -> None:
+  flags.DEFINE(
+    _IntListParser(),
+    name,
+    default,
+    help_text,
+    fv,
+    flags.CsvListSerializer(","),
   )
-  p.add_argument(
-    "--model",
-    type=_csv(str),
-    default=["resnet56"],
-    help="comma list of models (default resnet56); one of: "
-    + ", ".join(models.MODEL_NAMES),
+
+
+def _define_flags(fv) -> None:
+  """Every flag, in `fv`; each with_underscores also as with-hyphens."""
+  _define_row_flags(fv)
+  _define_timing_flags(fv)
+  _define_pytorch_flags(fv)
+  flags.DEFINE_float(
+    "peak_tflops",
+    None,
+    "Peak TFLOP/s of ONE device for MFU (default: from the device table;"
+    " unknown devices get no MFU).",
+    flag_values=fv,
   )
-  p.add_argument(
-    "--batch",
-    type=_csv(int),
-    default=[1000],
-    help="comma list of GLOBAL batch sizes (default 1000)",
+  flags.DEFINE_string(
+    "json",
+    None,
+    "Write the rows (and comparison) to this JSON file.",
+    flag_values=fv,
   )
-  p.add_argument(
-    "--parallel-seeds",
-    type=_csv(int),
-    default=[1],
-    metavar="K",
-    help="comma list of replica counts trained in"
-    " one program (config.num_parallel_seeds; default 1);"
-    " images/s count every replica",
+  flags.DEFINE_bool(
+    "find_max_batch",
+    False,
+    "Instead of timing, find the largest global batch that fits, per model"
+    " and dtype.",
+    flag_values=fv,
   )
-  p.add_argument(
-    "--conv-impl",
-    type=_csv(str),
-    default=["auto"],
-    help="comma list of convolution implementations"
-    " (config.conv_impl): auto, xla, chunked; default auto ="
-    " chunked weight gradients on CPU, xla elsewhere",
+  flags.DEFINE_integer(
+    "max_batch_limit",
+    None,
+    "Upper bound of --find-max-batch (default 4096 on CPU, 1048576 elsewhere).",
+    flag_values=fv,
   )
-  p.add_argument(
-    "--bn-impl",
-    type=_csv(str),
-    default=["auto"],
-    help="comma list of BatchNorm implementations"
-    " (config.bn_impl): auto, flax, fused; default auto ="
-    " fused backward on CPU, flax elsewhere",
+  cli.hyphen_aliases(fv)
+
+
+def _define_row_flags(fv) -> None:
+  """What the rows are: models, batches, dtypes, replicas, convolutions."""
+  flags.DEFINE_list(
+    "model",
+    ["resnet56"],
+    "Models; one of: " + ", ".join(models.MODEL_NAMES) + ".",
+    flag_values=fv,
   )
-  p.add_argument(
-    "--eigen-conv",
-    action="store_true",
-    help="XLA:CPU convolutions with Eigen instead of YNNPACK"
-    " (superconv.conv.use_eigen_convolutions; jaxlib 0.10 only)",
+  _define_int_list("batch", [1000], "GLOBAL batch sizes.", fv)
+  _define_int_list(
+    "parallel_seeds",
+    [1],
+    "Replica counts K trained in one program (config.num_parallel_seeds);"
+    " images/s count every replica.",
+    fv,
   )
-  p.add_argument(
-    "--dtype",
-    type=_csv(str),
-    default=["bfloat16"],
-    help="comma list of compute dtypes: bfloat16, float32",
+  flags.DEFINE_list(
+    "conv_impl",
+    ["auto"],
+    "Convolution implementations (config.conv_impl): auto, xla, chunked;"
+    " auto = chunked weight gradients on CPU, xla elsewhere.",
+    flag_values=fv,
   )
-  p.add_argument(
-    "--steps", type=int, default=20, help="steps per timed block (default 20)"
+  flags.DEFINE_list(
+    "bn_impl",
+    ["auto"],
+    "BatchNorm implementations (config.bn_impl): auto, flax, fused;"
+    " auto = fused backward on CPU, flax elsewhere.",
+    flag_values=fv,
   )
-  p.add_argument(
-    "--repeats",
-    type=int,
-    default=5,
-    help="timed blocks of each row, interleaved with the other rows of the"
-    " same model, batch and dtype; rates use the median (default 5)",
+  flags.DEFINE_bool(
+    "eigen_conv",
+    False,
+    "XLA:CPU convolutions with Eigen instead of YNNPACK, for the whole"
+    " process (superconv.conv.use_eigen_convolutions; jaxlib 0.10 only).",
+    flag_values=fv,
   )
-  p.add_argument(
-    "--warmup",
-    type=int,
-    default=None,
-    help="steps per warm-up block (default: --steps); warm-up blocks run"
-    " until two in a row agree within --warmup-tolerance and nothing"
-    " compiled during them; 0: no warm-up",
+  flags.DEFINE_list(
+    "dtype",
+    ["bfloat16"],
+    "Compute dtypes: bfloat16, float32.",
+    flag_values=fv,
   )
-  p.add_argument(
-    "--warmup-tolerance",
-    type=float,
-    default=common.WARMUP_TOLERANCE,
-    help="how far two warm-up blocks may differ, as a fraction (default"
-    f" {common.WARMUP_TOLERANCE})",
+  flags.DEFINE_integer(
+    "train_size",
+    50_000,
+    "Synthetic train images on device (as CIFAR; raised to the batch if"
+    " smaller).",
+    flag_values=fv,
   )
-  p.add_argument(
-    "--max-warmup-blocks",
-    type=int,
-    default=common.MAX_WARMUP_BLOCKS,
-    help="warm-up blocks at most; a row still unsettled then is flagged"
-    f" (default {common.MAX_WARMUP_BLOCKS})",
+
+
+def _define_timing_flags(fv) -> None:
+  """How each row is timed: blocks, warm-up, the loop, the cache."""
+  flags.DEFINE_integer("steps", 20, "Steps per timed block.", flag_values=fv)
+  flags.DEFINE_integer(
+    "repeats",
+    5,
+    "Timed blocks of each row, interleaved with the other rows of the same"
+    " model, batch and dtype; rates use the median.",
+    flag_values=fv,
   )
-  p.add_argument(
-    "--train-size",
-    type=int,
-    default=50_000,
-    help="synthetic train images on device (default 50000, as"
-    " CIFAR; raised to the batch if smaller)",
+  flags.DEFINE_integer(
+    "warmup",
+    None,
+    "Steps per warm-up block (default: --steps); warm-up blocks run until"
+    " two in a row agree within --warmup-tolerance and nothing compiled"
+    " during them; 0: no warm-up.",
+    flag_values=fv,
   )
-  p.add_argument(
-    "--log-every",
-    type=int,
-    default=50,
-    help="loop: log_every_steps, as in real runs (default 50)",
+  flags.DEFINE_float(
+    "warmup_tolerance",
+    common.WARMUP_TOLERANCE,
+    "How far two warm-up blocks may differ, as a fraction.",
+    flag_values=fv,
   )
-  p.add_argument(
-    "--loop-intervals",
-    type=int,
-    default=5,
-    help="loop: timed log intervals after the first (default"
-    " 5): the loop runs log_every x (intervals + 1) steps",
+  flags.DEFINE_integer(
+    "max_warmup_blocks",
+    common.MAX_WARMUP_BLOCKS,
+    "Warm-up blocks at most; a row still unsettled then is flagged.",
+    flag_values=fv,
   )
-  p.add_argument(
-    "--no-aug",
-    action="store_true",
-    help="skip the step with on-device augmentation",
+  flags.DEFINE_integer(
+    "log_every",
+    50,
+    "loop: log_every_steps, as in real runs.",
+    flag_values=fv,
   )
-  p.add_argument(
-    "--no-loop", action="store_true", help="skip the training loop"
+  flags.DEFINE_integer(
+    "loop_intervals",
+    5,
+    "loop: timed log intervals after the first: the loop runs log_every x"
+    " (intervals + 1) steps.",
+    flag_values=fv,
   )
-  p.add_argument(
-    "--no-compile-cache",
-    action="store_true",
-    help="compile everything the loop repeats again (by"
-    " default a fresh persistent cache, deleted at exit, lets"
-    " the loop reuse the timed steps' compilations)",
+  for name, what in (
+    ("no_aug", "Skip the step with on-device augmentation."),
+    ("no_loop", "Skip the training loop."),
+    (
+      "no_compile_cache",
+      "Compile everything the loop repeats again (by default a fresh"
+      " persistent cache, deleted at exit, lets the loop reuse the timed"
+      " steps' compilations).",
+    ),
+  ):
+    flags.DEFINE_bool(name, False, what, flag_values=fv)
+
+
+def _define_pytorch_flags(fv) -> None:
+  """--compare-pytorch and the reference it runs."""
+  flags.DEFINE_bool(
+    "compare_pytorch",
+    False,
+    "Also run benchmarks/pytorch_reference.py, interleaved with the JAX"
+    " rows, and print JAX/PyTorch ratios.",
+    flag_values=fv,
   )
-  p.add_argument(
-    "--peak-tflops",
-    type=float,
-    default=None,
-    help="peak TFLOP/s of ONE device for MFU (default: from"
-    " the device table; unknown devices get no MFU)",
+  flags.DEFINE_string(
+    "torch_python",
+    None,
+    f"Interpreter with torch (default ${TORCH_PYTHON_ENV}, else the"
+    " checkout's .torchvenv/bin/python if present, else 'python').",
+    flag_values=fv,
   )
-  p.add_argument(
-    "--json",
-    default=None,
-    help="write the rows (and comparison) to this JSON file",
-  )
-  p.add_argument(
-    "--compare-pytorch",
-    action="store_true",
-    help="also run benchmarks/pytorch_reference.py, interleaved with the"
-    " JAX rows, and print JAX/PyTorch ratios",
-  )
-  p.add_argument(
-    "--torch-python",
-    default=None,
-    help=f"interpreter with torch (default ${TORCH_PYTHON_ENV}, else"
-    " the checkout's .torchvenv/bin/python if present, else 'python')",
-  )
-  p.add_argument(
-    "--torch-settings",
-    type=_csv(str),
-    default=list(common.DEFAULT_TORCH_SETTINGS),
-    help="comma list of PyTorch settings to run: "
+  flags.DEFINE_list(
+    "torch_settings",
+    list(common.DEFAULT_TORCH_SETTINGS),
+    "PyTorch settings to run: "
     + ", ".join(common.TORCH_SETTINGS)
-    + " (_cl: channels_last; default "
-    + ",".join(common.DEFAULT_TORCH_SETTINGS)
-    + "); ratios are against the fastest",
+    + " (_cl: channels_last); ratios are against the fastest.",
+    flag_values=fv,
   )
-  p.add_argument(
-    "--torch-args",
-    default=None,
-    help="more arguments for the reference, e.g."
-    " '--compile-mode max-autotune' or '--no-compile'",
+  flags.DEFINE_string(
+    "torch_args",
+    None,
+    "More arguments for the reference, e.g. '--compile-mode max-autotune'"
+    " or '--no-compile'.",
+    flag_values=fv,
   )
-  p.add_argument(
-    "--torch-script",
-    default=None,
-    help="path of pytorch_reference.py (default: the checkout's benchmarks/)",
+  flags.DEFINE_string(
+    "torch_script",
+    None,
+    "Path of pytorch_reference.py (default: the checkout's benchmarks/).",
+    flag_values=fv,
   )
-  p.add_argument(
-    "--find-max-batch",
-    action="store_true",
-    help="instead of timing, find the largest global batch"
-    " that fits, per model and dtype",
-  )
-  p.add_argument(
-    "--max-batch-limit",
-    type=int,
-    default=None,
-    help="upper bound of --find-max-batch (default 4096 on CPU,"
-    " 1048576 elsewhere)",
-  )
-  return p
 
 
 def _meta(argv) -> dict:
@@ -1237,57 +1253,60 @@ def _write_json(path: str | None, payload: dict) -> None:
   storage.write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
-def _validate(args, p: argparse.ArgumentParser) -> None:
+def _validate(args) -> None:
+  """Refuses impossible flag values: one line, exit status 2."""
+  error = functools.partial(cli.fail, prog=PROG)
   for m in args.model:
     if m not in models.MODEL_NAMES:
-      p.error(f"--model: unknown {m!r}; valid: {', '.join(models.MODEL_NAMES)}")
+      error(f"--model: unknown {m!r}; valid: {', '.join(models.MODEL_NAMES)}")
   for d in args.dtype:
     if d not in ("bfloat16", "float32"):
-      p.error(f"--dtype: must be bfloat16 or float32, got {d!r}")
+      error(f"--dtype: must be bfloat16 or float32, got {d!r}")
   n = jax.local_device_count()
   for b in args.batch:
     if b <= 0 or b % n:
-      p.error(f"--batch: {b} must be a positive multiple of the {n} devices")
+      error(f"--batch: {b} must be a positive multiple of the {n} devices")
   for name in ("steps", "repeats", "log_every", "train_size"):
     if getattr(args, name) < 1:
-      p.error(f"--{name.replace('_', '-')}: must be >= 1")
+      error(f"--{name.replace('_', '-')}: must be >= 1")
   for impl in args.conv_impl:
     if impl not in conv_lib.CONV_IMPLS:
       valid = ", ".join(conv_lib.CONV_IMPLS)
-      p.error(f"--conv-impl: unknown {impl!r}; valid: {valid}")
+      error(f"--conv-impl: unknown {impl!r}; valid: {valid}")
   for impl in args.bn_impl:
     if impl not in bn_lib.BN_IMPLS:
       valid = ", ".join(bn_lib.BN_IMPLS)
-      p.error(f"--bn-impl: unknown {impl!r}; valid: {valid}")
+      error(f"--bn-impl: unknown {impl!r}; valid: {valid}")
   if not args.parallel_seeds or min(args.parallel_seeds) < 1:
-    p.error("--parallel-seeds: every K must be >= 1")
+    error("--parallel-seeds: every K must be >= 1")
   if (args.warmup is not None and args.warmup < 0) or args.loop_intervals < 1:
-    p.error("--warmup must be >= 0 and --loop-intervals >= 1")
+    error("--warmup must be >= 0 and --loop-intervals >= 1")
   if args.max_warmup_blocks < 2:
-    p.error("--max-warmup-blocks: must be >= 2 (two blocks must agree)")
+    error("--max-warmup-blocks: must be >= 2 (two blocks must agree)")
   if not args.warmup_tolerance > 0:
-    p.error("--warmup-tolerance: must be > 0")
+    error("--warmup-tolerance: must be > 0")
   for s in args.torch_settings:
     if s not in common.TORCH_SETTINGS:
       valid = ", ".join(common.TORCH_SETTINGS)
-      p.error(f"--torch-settings: unknown {s!r}; valid: {valid}")
+      error(f"--torch-settings: unknown {s!r}; valid: {valid}")
   if not args.torch_settings:
-    p.error("--torch-settings: name at least one setting")
+    error("--torch-settings: name at least one setting")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   """The command line; returns the exit status (2: bad input or the PyTorch
   reference could not run)."""
   argv = sys.argv[1:] if argv is None else list(argv)
-  p = parser()
-  args = p.parse_args(argv)
+  args, _ = cli.parse_command(argv, _define_flags, prog=PROG, doc=__doc__)
   if args.eigen_conv:
     try:
       if not conv_lib.use_eigen_convolutions():
-        p.error("--eigen-conv: this jaxlib is not known to accept the flag")
+        cli.fail(
+          "--eigen-conv: this jaxlib is not known to accept it", prog=PROG
+        )
     except RuntimeError as e:
-      p.error(f"--eigen-conv: {e}")
-  _validate(args, p)
+      cli.fail(f"--eigen-conv: {e}", prog=PROG)
+  _validate(args)
   payload = {"meta": _meta(argv), "rows": []}
   with fresh_compile_cache(not args.no_compile_cache):
     if args.find_max_batch:
@@ -1299,13 +1318,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         payload["meta"]["torch"] = worker.hello
       _timing_table(args, payload, worker)
     except TorchWorkerError as e:
-      sys.stderr.write(f"superconv.bench: error: {e}\n")
-      return 2
+      return cli.error(e, prog=PROG)
     finally:
       if worker is not None:
         worker.close()
   _print_tables(payload)
-  return 0
+  return cli.EXIT_OK
 
 
 def _max_batch_table(args, payload: dict) -> int:
@@ -1327,7 +1345,7 @@ def _max_batch_table(args, payload: dict) -> int:
       )
       _write_json(args.json, payload)
   print(format_table(payload["max_batch"], MAX_BATCH_COLUMNS))
-  return 0
+  return cli.EXIT_OK
 
 
 def _timing_table(args, payload: dict, worker: TorchWorker | None) -> None:
@@ -1472,18 +1490,6 @@ def _sized(
   )
 
 
-def setup_logging() -> None:
-  """Progress lines of superconv's loggers on stderr (command line only)."""
-  if not log.handlers:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-      logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
-    )
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
-
-
 if __name__ == "__main__":
-  setup_logging()
+  cli.setup_logging()
   sys.exit(main())

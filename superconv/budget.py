@@ -565,8 +565,25 @@ def _table(header: Sequence[str], rows: Sequence[Sequence]) -> list[str]:
 
 def markdown(analysis: Analysis, plot: str = PLOT) -> str:
   """The report's budget section (Markdown, level-2 heading)."""
-  a = analysis
-  out = [
+  out = _md_intro(analysis, plot)
+  for b in analysis.budgets:
+    out += _md_budget(analysis, b)
+  if analysis.ratios:
+    out += _md_ratios(analysis.ratios)
+  out += [
+    "",
+    "Method: mean ± sample sd (ddof 1); 95% CI of a mean: Student t with"
+    " n − 1 df (scipy.stats.t); Δ: Welch's t-test and interval"
+    " (scipy.stats.ttest_ind, equal_var=False) of arm − best baseline;"
+    " MDD: exact power of the two-sample t-test with the pooled sd of"
+    " all arms at that budget taken as the true sd, n₁ + n₂ − 2 df, from"
+    " the noncentral t (scipy.stats.nct), solved for the difference.",
+  ]
+  return "\n".join(out) + "\n"
+
+
+def _md_intro(a: Analysis, plot: str) -> list[str]:
+  return [
     "## Accuracy versus training budget",
     "",
     f"Arms: {', '.join(a.arms)}; budgets (epochs):"
@@ -586,110 +603,106 @@ def markdown(analysis: Analysis, plot: str = PLOT) -> str:
     "Lines: mean final accuracy over seeds; bands: 95% t-interval of the"
     " mean; dots: single runs.",
   ]
-  for b in a.budgets:
-    sd, df = a.pooled[b]
-    best = a.best_baseline.get(b)
-    rows = []
-    for arm in a.arms:
-      c = a.cells.get((arm, b))
-      if c is None:
-        continue
-      cmp_ = next(
-        (x for x in a.comparisons if x.arm == arm and x.budget == b), None
-      )
-      row = [
-        arm + (" (best baseline)" if arm == best else ""),
-        c.n,
-        f"{_pp(c.mean)} ± {_pp(c.sd)}",
-        f"[{_pp(c.ci_low)}, {_pp(c.ci_high)}]",
-      ]
-      if cmp_ is None:
-        row += ["-"] * 4
-      else:
-        row += [
-          f"{100 * cmp_.diff:+.2f}",
-          f"[{_pp(cmp_.ci_low)}, {_pp(cmp_.ci_high)}]",
-          _p(cmp_.p_value),
-          _pp(cmp_.mdd),
-        ]
-      rows.append(row)
-    out += ["", f"### Budget {_epochs(b)} epoch(s)", ""]
-    out += _table(
-      [
-        "arm",
-        "seeds",
-        "mean ± sd (%)",
-        "95% CI (%)",
-        "Δ vs best baseline (pp)",
-        "95% CI of Δ (pp)",
-        "p (Welch)",
-        "MDD (pp)",
-      ],
-      rows,
-    )
-    out += [
-      "",
-      f"Pooled sd at this budget: {_pp(sd)} pp ({df} df)."
-      + (
-        f" Minimum detectable difference (MDD): the true difference"
-        f" that a test with these seeds finds at {POWER:.0%} power"
-        f" (two-sided α = {ALPHA}); a non-significant Δ does not exclude"
-        " a true difference smaller than the MDD."
-        if best
-        else ""
-      ),
-    ]
-  if a.ratios:
-    out += [
-      "",
-      "### Budget ratio",
-      "",
-      "B' = the budget at which the best baseline (at each measured"
-      " budget the highest baseline mean, joined linearly in log budget)"
-      " first reaches the arm's mean at budget B; ratio = B'/B (> 1: the"
-      " baselines need more budget than the arm). Not extrapolated:"
-      " beyond the largest budget it is *not reached*, below the smallest"
-      " it is only bounded (<=). Interval: 95% percentile bootstrap over"
-      f" seeds ({a.ratios[0].resamples} resamples, each (arm, budget)"
-      f" cell resampled with replacement; numpy default_rng"
-      f"({BOOTSTRAP_SEED})). With 3 seeds per cell the bootstrap has few"
-      " distinct values and understates the uncertainty.",
-      "",
-    ]
-    out += _table(
-      [
-        "arm",
-        "budget B",
-        "arm's mean (%)",
-        "B' (epochs)",
-        "B'/B",
-        "95% bootstrap interval",
-        "resamples not reached",
-      ],
-      [
-        [
-          r.arm,
-          _epochs(r.budget),
-          _pp(r.target),
-          ratio_text(r.baseline_budget, r.bound),
-          ratio_text(r.ratio, r.bound),
-          f"[{_end_text(r.ci_low, r.ci_low_bound)},"
-          f" {_end_text(r.ci_high, r.ci_high_bound)}]",
-          f"{r.not_reached:.1%}",
-        ]
-        for r in a.ratios
-      ],
-    )
-  out += [
-    "",
-    "Method: mean ± sample sd (ddof 1); 95% CI of a mean: Student t with"
-    " n − 1 df (scipy.stats.t); Δ: Welch's t-test and interval"
-    " (scipy.stats.ttest_ind, equal_var=False) of arm − best baseline;"
-    " MDD: exact power of the two-sample t-test with the pooled sd of"
-    " all arms at that budget taken as the true sd, n₁ + n₂ − 2 df, from"
-    " the noncentral t (scipy.stats.nct), solved for the difference.",
+
+
+def _md_budget_row(a: Analysis, arm: str, b: float) -> list | None:
+  """One arm's row of a budget's table (None: the arm lacks the budget)."""
+  c = a.cells.get((arm, b))
+  if c is None:
+    return None
+  cmp_ = next(
+    (x for x in a.comparisons if x.arm == arm and x.budget == b), None
+  )
+  row = [
+    arm + (" (best baseline)" if arm == a.best_baseline.get(b) else ""),
+    c.n,
+    f"{_pp(c.mean)} ± {_pp(c.sd)}",
+    f"[{_pp(c.ci_low)}, {_pp(c.ci_high)}]",
   ]
-  return "\n".join(out) + "\n"
+  if cmp_ is None:
+    return row + ["-"] * 4
+  return row + [
+    f"{100 * cmp_.diff:+.2f}",
+    f"[{_pp(cmp_.ci_low)}, {_pp(cmp_.ci_high)}]",
+    _p(cmp_.p_value),
+    _pp(cmp_.mdd),
+  ]
+
+
+def _md_budget(a: Analysis, b: float) -> list[str]:
+  """A budget's table: every arm against the best baseline there."""
+  sd, df = a.pooled[b]
+  rows = [_md_budget_row(a, arm, b) for arm in a.arms]
+  out = ["", f"### Budget {_epochs(b)} epoch(s)", ""]
+  out += _table(
+    [
+      "arm",
+      "seeds",
+      "mean ± sd (%)",
+      "95% CI (%)",
+      "Δ vs best baseline (pp)",
+      "95% CI of Δ (pp)",
+      "p (Welch)",
+      "MDD (pp)",
+    ],
+    [row for row in rows if row is not None],
+  )
+  return out + [
+    "",
+    f"Pooled sd at this budget: {_pp(sd)} pp ({df} df)."
+    + (
+      f" Minimum detectable difference (MDD): the true difference"
+      f" that a test with these seeds finds at {POWER:.0%} power"
+      f" (two-sided α = {ALPHA}); a non-significant Δ does not exclude"
+      " a true difference smaller than the MDD."
+      if a.best_baseline.get(b)
+      else ""
+    ),
+  ]
+
+
+def _md_ratios(ratios: Sequence) -> list[str]:
+  """The budget-ratio table and how it is computed."""
+  out = [
+    "",
+    "### Budget ratio",
+    "",
+    "B' = the budget at which the best baseline (at each measured"
+    " budget the highest baseline mean, joined linearly in log budget)"
+    " first reaches the arm's mean at budget B; ratio = B'/B (> 1: the"
+    " baselines need more budget than the arm). Not extrapolated:"
+    " beyond the largest budget it is *not reached*, below the smallest"
+    " it is only bounded (<=). Interval: 95% percentile bootstrap over"
+    f" seeds ({ratios[0].resamples} resamples, each (arm, budget)"
+    f" cell resampled with replacement; numpy default_rng"
+    f"({BOOTSTRAP_SEED})). With 3 seeds per cell the bootstrap has few"
+    " distinct values and understates the uncertainty.",
+    "",
+  ]
+  return out + _table(
+    [
+      "arm",
+      "budget B",
+      "arm's mean (%)",
+      "B' (epochs)",
+      "B'/B",
+      "95% bootstrap interval",
+      "resamples not reached",
+    ],
+    [
+      [
+        r.arm,
+        _epochs(r.budget),
+        _pp(r.target),
+        ratio_text(r.baseline_budget, r.bound),
+        ratio_text(r.ratio, r.bound),
+        f"[{_end_text(r.ci_low, r.ci_low_bound)},"
+        f" {_end_text(r.ci_high, r.ci_high_bound)}]",
+        f"{r.not_reached:.1%}",
+      ]
+      for r in ratios
+    ],
+  )
 
 
 def figure(analysis: Analysis):

@@ -1,10 +1,17 @@
-"""Command-line plumbing shared by the drivers (main, lr_range_test, ...).
+"""Command-line plumbing shared by the drivers (main, sweep, report, ...).
 
 Bad input gives one line on stderr and exit status 2, before anything is
 compiled or written: flag errors, unknown config keys (named, with
 ml_collections' "did you mean" hint), a config file that does not load
 (its file, line and error), a missing config file, an empty, broken or
 unusable workdir. `disk_full` names a full disk behind a library's error.
+
+Every driver parses absl flags with `parse_flags`: `main` and
+`lr_range_test` with absl's global `FLAGS` under `app.run`; sweep, report,
+bench and evaluate with a `flags.FlagValues` of their own per call, so that
+their `main(argv)` returns the exit status and can run in-process. A
+flag whose name has an underscore may also be spelled with hyphens
+(`--budget-steps` for `--budget_steps`): `hyphen_aliases`.
 """
 
 from __future__ import annotations
@@ -17,15 +24,30 @@ import sys
 import tempfile
 import traceback
 
-EXIT_BAD_INPUT = 2
+# Exit statuses of every command.
+EXIT_OK = 0
+EXIT_FAILED = 1  # A run failed (sweep), or a bug: a traceback.
+EXIT_BAD_INPUT = 2  # One line on stderr, nothing written.
+EXIT_NONFINITE = 3  # NaN/Inf with nonfinite_policy="stop".
+EXIT_SIGINT = 130  # 128 + SIGINT: stopped at a checkpoint; run it again.
+EXIT_SIGTERM = 143  # 128 + SIGTERM: likewise.
+
+_HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "--helpfull")
+
+
+def error(message, *, prog: str = "superconv") -> int:
+  """Writes `prog: error: message` as one line on stderr; returns
+  EXIT_BAD_INPUT (for a `main(argv)` that returns its status)."""
+  first = " ".join(str(message).split())
+  sys.stderr.write(f"{prog}: error: {first}\n")
+  return EXIT_BAD_INPUT
 
 
 def fail(
   message: str, status: int = EXIT_BAD_INPUT, *, prog: str = "superconv"
 ):
   """One line on stderr, then exit."""
-  first = " ".join(str(message).split())
-  sys.stderr.write(f"{prog}: error: {first}\n")
+  error(message, prog=prog)
   sys.exit(status)
 
 
@@ -148,6 +170,11 @@ def _flags_error(e: Exception, argv, config) -> str:
       if message:
         return message
   message = str(e)
+  missing = re.search(
+    r"Flag --(\S+) must have a value other than None", message
+  )
+  if missing:
+    return f"--{missing.group(1)}: required"
   if "Traceback (most recent call last)" in message:
     # ml_collections put a traceback in: keep its last line's message.
     last = [l for l in message.splitlines() if l.strip()][-1].strip()
@@ -165,28 +192,105 @@ def _parse(flag_values, argv, config):
     return None, _flags_error(e, argv, config)
 
 
-def _load_named_config(argv):
+def _load_named_config(argv, prog: str):
   """The config that argv's --config names (None if none); exits on errors."""
   spec = _flag_value(argv, "config")
   if spec is None:
     return None
   if not os.path.isfile(config_file(spec)[0]):
-    fail(f"--config: no such file: {config_file(spec)[0]}")
+    fail(f"--config: no such file: {config_file(spec)[0]}", prog=prog)
   try:
     return load_config_file(spec)
   except ConfigFileError as e:
-    fail(str(e))
+    fail(str(e), prog=prog)
 
 
-def parse_flags(argv):
-  """absl flag parsing, but bad flags give one line and status 2."""
+def parse_flags(argv, flag_values=None, *, prog: str = "superconv", doc=""):
+  """absl flag parsing, but bad flags give one line and status 2.
+
+  `argv[0]` is the program; returns the arguments that are not flags.
+  `flag_values` None: absl's global `FLAGS` (`app.run`'s flags_parser,
+  which handles --help itself). A driver's own `FlagValues`: --help prints
+  `doc` and its flags, then exits 0. A `--config` file is loaded first,
+  so that a bad one, or an unknown `--config.<key>`, is named in one line.
+  """
   from absl import flags  # pylint: disable=g-import-not-at-top
 
-  config = _load_named_config(argv)
-  parsed, message = _parse(flags.FLAGS, argv, config)
+  if flag_values is None:
+    flag_values = flags.FLAGS
+  elif _wants_help(argv):
+    sys.stdout.write(help_text(flag_values, doc))
+    sys.exit(EXIT_OK)
+  config = _load_named_config(argv, prog) if "config" in flag_values else None
+  parsed, message = _parse(flag_values, argv, config)
   if message is not None:
-    fail(message)
+    fail(message, prog=prog)
   return parsed
+
+
+def parse_command(
+  argv,
+  define,
+  *,
+  prog: str,
+  doc: str,
+  config_help: str | None = None,
+  takes_args: bool = False,
+):
+  """A driver's command line: (its `FlagValues`, the other arguments).
+
+  `argv` is without the program. `define(flag_values)` defines the
+  driver's flags; with `config_help`, an ml_collections `--config` file
+  flag (`--config.KEY=VALUE` overrides) is defined first. Bad flags, and
+  arguments when not `takes_args`, give one line and exit status 2.
+  """
+  # pylint: disable=g-import-not-at-top
+  from absl import flags
+  from ml_collections import config_flags
+  # pylint: enable=g-import-not-at-top
+
+  flag_values = flags.FlagValues()
+  if config_help is not None:
+    config_flags.DEFINE_config_file(
+      "config",
+      None,
+      config_help,
+      flag_values=flag_values,
+      lock_config=True,
+      sys_argv=[prog, *argv],
+    )
+  define(flag_values)
+  args = parse_flags([prog, *argv], flag_values, prog=prog, doc=doc)[1:]
+  if args and not takes_args:
+    fail(f"unexpected arguments: {' '.join(args)}", prog=prog)
+  return flag_values, args
+
+
+def _wants_help(argv) -> bool:
+  flags_part = argv[1 : argv.index("--")] if "--" in argv else argv[1:]
+  return any(arg in _HELP_FLAGS for arg in flags_part)
+
+
+def help_text(flag_values, doc: str = "") -> str:
+  """`doc`, then every flag of `flag_values` with its help and default."""
+  text = flag_values.get_help(prefix="  ", include_special_flags=False)
+  return (doc.strip() + "\n\nflags:\n" if doc else "") + text + "\n"
+
+
+def hyphen_aliases(flag_values) -> None:
+  """Lets each flag_with_underscores be spelled --flag-with-underscores
+  too (the spelling of sweep, report and bench before absl flags)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  for name in list(flag_values):
+    alias = name.replace("_", "-")
+    if alias != name and alias not in flag_values:
+      flags.DEFINE_alias(
+        alias,
+        name,
+        flag_values=flag_values,
+        module_name=flag_values.find_module_defining_flag(name),
+      )
 
 
 def check_overrides(spec: str, overrides: dict) -> str | None:

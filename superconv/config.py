@@ -9,6 +9,7 @@ the run become steps.
 
 from __future__ import annotations
 
+import jax
 import ml_collections
 
 from superconv import batchnorm as bn_lib
@@ -56,6 +57,8 @@ def base_config() -> ml_collections.ConfigDict:
   # CIFAR ResNets: A = parameter-free zero padding, B = 1x1 projection.
   c.shortcut = "A"
   # Compute dtype: bfloat16 | float32 (params and BN stats stay float32).
+  # float64 (params too) needs JAX_ENABLE_X64=1; the tests use it to check
+  # that two computations are the same algorithm, free of float32 rounding.
   c.dtype = "bfloat16"
   # BatchNorm moving-average factor (Caffe moving_average_fraction).
   c.bn_momentum = 0.9
@@ -186,9 +189,15 @@ def validate_static(config, *, num_devices: int) -> None:
     f"must be 'A' or 'B', got {config.shortcut!r}",
   )
   _check(
-    config.dtype in ("bfloat16", "float32"),
+    config.dtype in ("bfloat16", "float32", "float64"),
     "dtype",
-    f"must be 'bfloat16' or 'float32', got {config.dtype!r}",
+    f"must be 'bfloat16' or 'float32' (or 'float64' with"
+    f" JAX_ENABLE_X64=1), got {config.dtype!r}",
+  )
+  _check(
+    config.dtype != "float64" or jax.config.jax_enable_x64,
+    "dtype",
+    "float64 needs JAX_ENABLE_X64=1",
   )
   _check(
     0.0 <= config.bn_momentum < 1.0,

@@ -23,20 +23,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import sys
 
-from absl import app, flags
+from absl import flags
 
 from superconv import cli
 
-FLAGS = flags.FLAGS
+PROG = "superconv.evaluate"
 
 
-def _define_flags() -> None:
-  """Defined when run as a program, so that importing this module (for
-  `evaluate()`) next to another driver defines no duplicate flags."""
-  flags.DEFINE_string("workdir", None, "A training run's directory.")
+def _define_flags(fv) -> None:
+  """The command line's flags, in a `FlagValues` of its own."""
+  flags.DEFINE_string(
+    "workdir", None, "A training run's directory.", flag_values=fv
+  )
   flags.DEFINE_integer(
-    "step", None, "Checkpoint step (default: the latest complete one)."
+    "step",
+    None,
+    "Checkpoint step (default: the latest complete one).",
+    flag_values=fv,
   )
   flags.DEFINE_integer(
     "eval_batch_size",
@@ -44,6 +49,7 @@ def _define_flags() -> None:
     "Global eval batch (default: the run's config), rounded up"
     " to a multiple of the device count.",
     lower_bound=1,
+    flag_values=fv,
   )
   flags.DEFINE_string(
     "dataset",
@@ -51,12 +57,16 @@ def _define_flags() -> None:
     "Data set spec overriding the run's (same data,"
     " another location), e.g."
     " folder:/data/cifar10.tar.xz.",
+    flag_values=fv,
   )
   flags.DEFINE_string(
-    "data_dir", "", "TFDS data directory overriding the run's."
+    "data_dir", "", "TFDS data directory overriding the run's.", flag_values=fv
   )
-  flags.DEFINE_bool("json", False, "Print the result as one JSON object.")
-  flags.mark_flags_as_required(["workdir"])
+  flags.DEFINE_bool(
+    "json", False, "Print the result as one JSON object.", flag_values=fv
+  )
+  flags.mark_flags_as_required(["workdir"], flag_values=fv)
+  cli.hyphen_aliases(fv)
 
 
 log = logging.getLogger("superconv")
@@ -102,30 +112,9 @@ def evaluate(
     config.data_dir = data_dir
   ds = train.load_dataset(config)
   run = train.setup(config, ds)
-  aug = run.aug
-  meta = restored.meta
-  if "mean" in meta:  # Normalize exactly as in training.
-    saved = (tuple(meta["mean"]), tuple(meta["std"]))
-    if (
-      max(abs(a - b) for a, b in zip(saved[0] + saved[1], aug.mean + aug.std))
-      > 1e-6
-    ):
-      log.warning(
-        "The train split's mean/std differ from the run's: is %s"
-        " the data set it trained on? Using the run's.",
-        config.dataset,
-      )
-    aug = dataclasses.replace(aug, mean=saved[0], std=saved[1])
+  aug = _saved_normalization(run.aug, restored.meta, config.dataset)
   num_devices = jax.device_count()
-  requested = eval_batch_size or config.eval_batch_size
-  batch = round_to_devices(requested, num_devices)
-  if batch != requested:
-    log.info(
-      "eval_batch_size %d -> %d (a multiple of the %d devices).",
-      requested,
-      batch,
-      num_devices,
-    )
+  batch = _device_batch(eval_batch_size or config.eval_batch_size, num_devices)
   state = train.TrainState(
     # Per replica (a vector) in a config.num_parallel_seeds run.
     step=restored.state.get("step", restored.step),
@@ -151,24 +140,44 @@ def evaluate(
   }
 
 
-def _fail(message: str) -> None:
-  cli.fail(message, prog="superconv.evaluate")
+def _saved_normalization(aug, meta: dict, dataset: str):
+  """`aug` with the run's saved mean/std (normalize exactly as in training);
+  warns when the data set's own differ (another data set?)."""
+  if "mean" not in meta:
+    return aug
+  saved = (tuple(meta["mean"]), tuple(meta["std"]))
+  if (
+    max(abs(a - b) for a, b in zip(saved[0] + saved[1], aug.mean + aug.std))
+    > 1e-6
+  ):
+    log.warning(
+      "The train split's mean/std differ from the run's: is %s"
+      " the data set it trained on? Using the run's.",
+      dataset,
+    )
+  return dataclasses.replace(aug, mean=saved[0], std=saved[1])
 
 
-def _parse_flags(argv):
+def _device_batch(requested: int, num_devices: int) -> int:
+  """`requested` rounded up to a multiple of the devices (logged if so)."""
+  batch = round_to_devices(requested, num_devices)
+  if batch != requested:
+    log.info(
+      "eval_batch_size %d -> %d (a multiple of the %d devices).",
+      requested,
+      batch,
+      num_devices,
+    )
+  return batch
+
+
+def main(argv) -> int:
+  """Command line (argv without the program); returns the exit status."""
+  fv, _ = cli.parse_command(argv, _define_flags, prog=PROG, doc=__doc__)
   try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    _fail(str(e))
-
-
-def main(argv):
-  if len(argv) > 1:
-    _fail(f"unexpected arguments: {' '.join(argv[1:])}")
-  try:
-    cli.check_workdir_name(FLAGS.workdir)
+    cli.check_workdir_name(fv.workdir)
   except ValueError as e:
-    _fail(str(e))
+    return cli.error(e, prog=PROG)
   cli.setup_logging()
   # pylint: disable=g-import-not-at-top
   from superconv import checkpoint as checkpoint_lib
@@ -177,17 +186,22 @@ def main(argv):
   # pylint: enable=g-import-not-at-top
   try:
     result = evaluate(
-      FLAGS.workdir,
-      FLAGS.step,
-      eval_batch_size=FLAGS.eval_batch_size or 0,
-      dataset=FLAGS.dataset,
-      data_dir=FLAGS.data_dir,
+      fv.workdir,
+      fv.step,
+      eval_batch_size=fv.eval_batch_size or 0,
+      dataset=fv.dataset,
+      data_dir=fv.data_dir,
     )
   except (checkpoint_lib.CheckpointError, data_lib.DataError) as e:
-    _fail(str(e))
-  if FLAGS.json:
+    return cli.error(e, prog=PROG)
+  if fv.json:
     print(json.dumps(result))
-    return
+  else:
+    _print_result(result)
+  return cli.EXIT_OK
+
+
+def _print_result(result: dict) -> None:
   for r in result.get("replicas", [result]):
     seed = f" seed {r['seed']}" if "seed" in r else ""
     print(
@@ -198,10 +212,5 @@ def main(argv):
     )
 
 
-def run():
-  _define_flags()
-  app.run(main, flags_parser=_parse_flags)
-
-
 if __name__ == "__main__":
-  run()
+  sys.exit(main(sys.argv[1:]))

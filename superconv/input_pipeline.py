@@ -48,9 +48,11 @@ class Augmentation:
 
 
 def normalize(images: jax.Array, mean, std, dtype) -> jax.Array:
-  """uint8 NHWC -> (x / 255 - mean) / std in `dtype`."""
-  x = images.astype(jnp.float32) / 255.0
-  x = (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+  """uint8 NHWC -> (x / 255 - mean) / std in `dtype` (computed in float32,
+  or float64 for float64)."""
+  work = jnp.promote_types(dtype, jnp.float32)
+  x = images.astype(work) / 255.0
+  x = (x - jnp.asarray(mean, work)) / jnp.asarray(std, work)
   return x.astype(dtype)
 
 

@@ -49,8 +49,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from superconv import cli, storage
-from superconv.cli import check_workdir, fail, setup_logging
+from superconv import storage
 
 log = logging.getLogger("superconv")
 
@@ -900,10 +899,11 @@ _LABELS = {
 }
 
 
-def plot(rows: list[dict], summary: dict, out: str, title: str = "") -> None:
+def plot(rows: list[dict], summary: dict, out: str, title: str = ""):
   """Loss (raw and smoothed) against LR with the suggestions as labelled
-  vertical lines and the recommended range shaded; a second panel with the
-  held-out test accuracy (and loss) when measured."""
+  vertical lines and the recommended range shaded (both in the legend); a
+  second panel with the held-out test accuracy (and loss) when measured.
+  Saves the PNG at `out`; returns the (closed) figure."""
   import matplotlib  # pylint: disable=g-import-not-at-top
 
   matplotlib.use("Agg")
@@ -949,13 +949,19 @@ def plot(rows: list[dict], summary: dict, out: str, title: str = "") -> None:
     for a in axes:
       a.set_xscale("log")
   rec = summary.get("recommendation")
+  handles = []
   if rec:
     for a in axes:
-      a.axvspan(
-        rec["min_lr"], rec["max_lr"], color="tab:green", alpha=0.08, lw=0
+      band = a.axvspan(
+        rec["min_lr"],
+        rec["max_lr"],
+        color="tab:green",
+        alpha=0.08,
+        lw=0,
+        label=f"recommended range: {rec['min_lr']:.3g} to {rec['max_lr']:.3g}",
       )
+    handles.append(band)
   suggestions = summary["suggestions"]
-  handles = []
   for name in SUGGESTIONS:
     s = suggestions.get(name)
     if not s:
@@ -1072,6 +1078,7 @@ def plot(rows: list[dict], summary: dict, out: str, title: str = "") -> None:
   fig.tight_layout()
   fig.savefig(out)
   plt.close(fig)
+  return fig
 
 
 # ============================================================================
@@ -1139,7 +1146,7 @@ def apply_to_config(config, path: str) -> dict:
 
 
 # ============================================================================
-# Command line
+# The console report (superconv.range_test_main prints it)
 # ============================================================================
 
 
@@ -1173,71 +1180,8 @@ def format_summary(summary: dict) -> str:
   return "\n".join(lines)
 
 
-def main(argv) -> None:
-  del argv
-  from absl import flags  # pylint: disable=g-import-not-at-top
-
-  setup_logging()
-  import jax  # pylint: disable=g-import-not-at-top
-
-  from superconv import distributed  # pylint: disable=g-import-not-at-top
-
-  try:
-    distributed.maybe_initialize()
-  except ValueError as e:
-    fail(str(e))
-  from superconv import config as config_lib  # pylint: disable=g-import-not-at-top
-  from superconv import data as data_lib  # pylint: disable=g-import-not-at-top
-  from superconv import train  # pylint: disable=g-import-not-at-top
-
-  config = flags.FLAGS.config
-  try:
-    if storage.is_remote(flags.FLAGS.workdir):
-      raise ValueError(
-        f"--workdir: {flags.FLAGS.workdir}: the range test writes to a"
-        " local directory (it runs for minutes and keeps no checkpoint);"
-        " copy its three files to the bucket afterwards"
-      )
-    workdir = check_workdir(flags.FLAGS.workdir)
-    validate(config)
-    view = training_view(config)
-    config_lib.validate_static(view, num_devices=jax.device_count())
-    # One writer per workdir (lock.py): exit 2 naming the holder otherwise.
-    train.lock_workdir(workdir, "superconv.lr_range_test")
-    # As training: with config.validation_size > 0 the held-out images come
-    # from a validation split of the train images, not from the test set.
-    dataset = train.load_dataset(view)
-    config_lib.validate_with_data(
-      view, num_train_examples=dataset.train_images.shape[0]
-    )
-    _check(
-      num_steps(config, dataset.train_images.shape[0]) >= 2,
-      "range_test.num_steps",
-      "the test needs at least 2 steps",
-    )
-  except (config_lib.ConfigError, data_lib.DataError, ValueError) as e:
-    fail(str(e))
-  summary = run(config, workdir, dataset)
-  if jax.process_index() == 0:
-    print(format_summary(summary))
-    print(f"wrote {os.path.join(workdir, JSON_NAME)}, {JSONL_NAME}, {PNG_NAME}")
-
-
 if __name__ == "__main__":
-  from absl import (
-    app,  # pylint: disable=g-import-not-at-top
-    flags,  # pylint: disable=g-import-not-at-top
-  )
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  # The command's name: the program is superconv.range_test_main.
+  import runpy
 
-  config_flags.DEFINE_config_file(
-    "config",
-    None,
-    "Range-test config (configs/lr_range_test.py[:mode]).",
-    lock_config=True,
-  )
-  flags.DEFINE_string(
-    "workdir", None, "Directory for lr_range_test.{jsonl,json,png}."
-  )
-  flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main, flags_parser=cli.parse_flags)
+  runpy.run_module("superconv.range_test_main", run_name="__main__")

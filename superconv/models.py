@@ -17,7 +17,9 @@ Flax modules built by `create_model` and the analytic multiply-accumulate
 count of `forward_macs` (each block class knows its own MAC formula).
 
 All models take float NHWC images, compute in `dtype` (e.g. bfloat16) with
-float32 parameters and batch statistics, and return float32 logits.  Padding
+float32 parameters and batch statistics, and return float32 logits (all
+float64 when `dtype` is float64, which needs `jax_enable_x64`: the tests
+check algorithms that way, free of float32 rounding).  Padding
 is explicit (1 pixel for 3x3 convs, none for 1x1 convs) so stride-2 layers
 match PyTorch's `padding=1` exactly rather than XLA's asymmetric "SAME".
 """
@@ -229,6 +231,11 @@ class PreActBlock(nn.Module):
   macs = staticmethod(BasicBlock.macs)  # same convs as the basic block
 
 
+def _param_dtype(dtype):
+  """float32, or float64 for a float64 model (see the module doc)."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
 def _layer_factories(
   module: "ResNet", train: bool
 ) -> tuple[ModuleDef, ModuleDef]:
@@ -237,7 +244,7 @@ def _layer_factories(
     nn.Conv,
     use_bias=False,
     dtype=module.dtype,
-    param_dtype=jnp.float32,
+    param_dtype=_param_dtype(module.dtype),
     kernel_init=_CONV_INIT,
     conv_general_dilated=conv_lib.conv_for_backend(module.conv_impl),
   )
@@ -246,7 +253,7 @@ def _layer_factories(
     momentum=module.bn_momentum,
     epsilon=module.bn_epsilon,
     dtype=module.dtype,
-    param_dtype=jnp.float32,
+    param_dtype=_param_dtype(module.dtype),
     axis_name=module.axis_name,
   )
   if bn_lib.resolve(module.bn_impl) == "fused":
@@ -347,12 +354,14 @@ def _stages(net: ResNet, x, conv: ModuleDef, norm: ModuleDef):
 
 
 def _head(net: ResNet, x):
-  """Global average pool + Dense(num_classes) with bias; float32 logits."""
+  """Global average pool + Dense(num_classes) with bias; float32 logits
+  (float64 for a float64 model)."""
   x = jnp.mean(x, axis=(1, 2))
+  param_dtype = _param_dtype(net.dtype)
   x = nn.Dense(
-    net.num_classes, dtype=net.dtype, param_dtype=jnp.float32, name="head"
+    net.num_classes, dtype=net.dtype, param_dtype=param_dtype, name="head"
   )(x)
-  return jnp.asarray(x, jnp.float32)
+  return jnp.asarray(x, param_dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -422,7 +431,8 @@ def create_model(
   Args:
     name: architecture name.
     num_classes: width of the final Dense layer.
-    dtype: computation dtype (parameters and batch statistics stay float32).
+    dtype: computation dtype (parameters and batch statistics stay float32;
+      float64 for float64).
     bn_momentum: flax BatchNorm momentum
       (running = m * running + (1 - m) * batch).
     bn_epsilon: BatchNorm epsilon.

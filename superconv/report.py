@@ -12,8 +12,10 @@ enter the statistics; incomplete ones are listed.
 
 Writes to --out: report.md; the same tables as CSV (configurations.csv,
 accuracy.csv, targets.csv, comparison.csv, speedup.csv, runs.csv); plots
-accuracy_vs_steps.png, accuracy_vs_epochs.png, accuracy_vs_wallclock.png,
-train_loss.png, lr_schedule.png. The output depends only on the runs and the
+accuracy_vs_steps.png, accuracy_vs_epochs.png, train_loss.png,
+lr_schedule.png (lines: the mean over seeds; bands: min to max over seeds;
+accuracy in %), and with --wallclock_plot accuracy_vs_wallclock.png. The
+output depends only on the runs and the
 arguments (no timestamps), so a report can be diffed.
 
 Statistics (superconv.stats): mean, sample std (ddof 1), 95% t-interval of
@@ -27,7 +29,6 @@ accuracy difference gets a two-sided Welch t-test.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 import csv
 import dataclasses
@@ -35,6 +36,8 @@ import json
 import math
 import os
 import sys
+
+from absl import flags
 
 from superconv import budget as budget_lib
 from superconv import cli, metric_writer, stats
@@ -74,10 +77,13 @@ _SKIP_DIRS = ("checkpoints", "tensorboard")
 PLOTS = (
   "accuracy_vs_steps.png",
   "accuracy_vs_epochs.png",
-  "accuracy_vs_wallclock.png",
   "train_loss.png",
   "lr_schedule.png",
 )
+# Drawn only on request (--wallclock_plot): runs that shared a machine, or
+# ran on different ones, have wall-clock times that do not compare.
+WALLCLOCK_PLOT = "accuracy_vs_wallclock.png"
+BAND_LABEL = "shaded: min to max over seeds"
 
 
 class ReportError(ValueError):
@@ -356,6 +362,12 @@ class Report:
   targets: tuple
   baseline: Configuration | None
   tables: dict  # name -> list of row dicts (CSV columns in order).
+  wallclock_plot: bool = False  # Also plot accuracy against wall-clock.
+
+
+def plot_names(report: Report) -> tuple:
+  """The PNGs that `write` draws for `report`."""
+  return PLOTS + ((WALLCLOCK_PLOT,) if report.wallclock_plot else ())
 
 
 def _accuracy_row(c: Configuration) -> dict:
@@ -613,6 +625,20 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list:
 def markdown(report: Report) -> str:
   """report.md: tables, plots and how every number was computed."""
   t = report.tables
+  out = _md_summary(report)
+  out += _md_configurations(t["configurations"])
+  out += _md_accuracy(t["accuracy"])
+  out += _md_targets(t["targets"])
+  if report.baseline is not None:
+    out += _md_baseline(report.baseline.label, t)
+  out += _md_plots(plot_names(report))
+  out += _md_method()
+  out += _md_runs(t["runs"])
+  return "\n".join(out) + "\n"
+
+
+def _md_summary(report: Report) -> list:
+  """The title and the first paragraph: runs, targets, baseline."""
   n_complete = sum(len(c.runs) for c in report.configs)
   n_incomplete = sum(len(c.incomplete) for c in report.configs)
   targets = ", ".join(_pct(x) + "%" for x in report.targets)
@@ -639,9 +665,12 @@ def markdown(report: Report) -> str:
       " held out from the training set (tuning runs), not on the test"
       " set.",
     ]
+  return out
 
-  out += ["", "## Configurations", ""]
-  out += _md_table(
+
+def _md_configurations(rows: list) -> list:
+  out = ["", "## Configurations", ""]
+  return out + _md_table(
     [
       "configuration",
       "eval set",
@@ -663,11 +692,13 @@ def markdown(report: Report) -> str:
         f"{r['complete_runs']}/{r['incomplete_runs']}",
         r["differing_settings"] or "-",
       ]
-      for r in t["configurations"]
+      for r in rows
     ],
   )
 
-  out += [
+
+def _md_accuracy(rows: list) -> list:
+  out = [
     "",
     "## Final accuracy (%)",
     "",
@@ -676,7 +707,7 @@ def markdown(report: Report) -> str:
     " evaluation (optimistic: chosen on the evaluation set).",
     "",
   ]
-  out += _md_table(
+  return out + _md_table(
     [
       "configuration",
       "seeds",
@@ -698,11 +729,13 @@ def markdown(report: Report) -> str:
         _pct(r["peak_accuracy_mean"]),
         _num(r["wall_seconds_mean"], 1),
       ]
-      for r in t["accuracy"]
+      for r in rows
     ],
   )
 
-  out += [
+
+def _md_targets(rows: list) -> list:
+  out = [
     "",
     "## Time to target accuracy",
     "",
@@ -710,7 +743,7 @@ def markdown(report: Report) -> str:
     " over the seeds that reached it.",
     "",
   ]
-  out += _md_table(
+  return out + _md_table(
     [
       "configuration",
       "target",
@@ -730,80 +763,94 @@ def markdown(report: Report) -> str:
         _num(r["examples_mean"]),
         _spread(r, "wall_seconds", 1),
       ]
-      for r in t["targets"]
+      for r in rows
     ],
   )
 
-  if report.baseline is not None:
-    base = report.baseline.label
-    out += [
-      "",
-      f"## Against the baseline ({base})",
-      "",
-      "### Final accuracy",
-      "",
-      "Difference of means (configuration − baseline, percentage"
-      " points) with its 95% Welch interval; two-sided Welch t-test.",
-      "",
-    ]
-    out += _md_table(
-      ["configuration", "Δ accuracy (pp)", "95% CI", "t", "df", "p"],
-      [
-        [
-          r["configuration"],
-          _pct(r["accuracy_diff"]),
-          f"[{_pct(r['diff_ci95_low'])}, {_pct(r['diff_ci95_high'])}]",
-          _num(r["welch_t"], 3),
-          _num(r["welch_df"], 1),
-          _p_text(r["p_value"]),
-        ]
-        for r in t["comparison"]
-      ],
-    )
-    out += [
-      "",
-      "### Speed-up to target",
-      "",
-      "Ratio of mean times, baseline / configuration (> 1: the"
-      " configuration is faster), with a 95% delta-method interval on"
-      " the log ratio; n/a unless every seed of both reached the"
-      " target.",
-      "",
-    ]
-    out += _md_table(
-      [
-        "configuration",
-        "target",
-        "seeds reached (config/baseline)",
-        "steps",
-        "examples",
-        "wall-clock",
-      ],
-      [
-        [
-          r["configuration"],
-          _pct(r["target"]) + "%",
-          f"{r['seeds_reached']}/{r['seeds']} vs"
-          f" {r['baseline_seeds_reached']}/{r['baseline_seeds']}",
-          _ratio_text(r, "steps"),
-          _ratio_text(r, "examples"),
-          _ratio_text(r, "wall_seconds"),
-        ]
-        for r in t["speedup"]
-      ],
-    )
 
-  out += [
+def _md_baseline(base: str, t: dict) -> list:
+  """The section against the baseline: accuracy difference, speed-ups."""
+  out = [
     "",
-    "## Plots",
+    f"## Against the baseline ({base})",
     "",
-    "Lines: mean over seeds; bands: min to max over seeds. Wall-clock"
-    " x positions are the mean over seeds of each evaluation's time.",
+    "### Final accuracy",
+    "",
+    "Difference of means (configuration − baseline, percentage"
+    " points) with its 95% Welch interval; two-sided Welch t-test.",
     "",
   ]
-  out += [f"![{name[:-4]}]({name})" for name in PLOTS]
+  out += _md_table(
+    ["configuration", "Δ accuracy (pp)", "95% CI", "t", "df", "p"],
+    [
+      [
+        r["configuration"],
+        _pct(r["accuracy_diff"]),
+        f"[{_pct(r['diff_ci95_low'])}, {_pct(r['diff_ci95_high'])}]",
+        _num(r["welch_t"], 3),
+        _num(r["welch_df"], 1),
+        _p_text(r["p_value"]),
+      ]
+      for r in t["comparison"]
+    ],
+  )
+  return out + _md_speedup(t["speedup"])
 
-  out += [
+
+def _md_speedup(rows: list) -> list:
+  out = [
+    "",
+    "### Speed-up to target",
+    "",
+    "Ratio of mean times, baseline / configuration (> 1: the"
+    " configuration is faster), with a 95% delta-method interval on"
+    " the log ratio; n/a unless every seed of both reached the"
+    " target.",
+    "",
+  ]
+  return out + _md_table(
+    [
+      "configuration",
+      "target",
+      "seeds reached (config/baseline)",
+      "steps",
+      "examples",
+      "wall-clock",
+    ],
+    [
+      [
+        r["configuration"],
+        _pct(r["target"]) + "%",
+        f"{r['seeds_reached']}/{r['seeds']} vs"
+        f" {r['baseline_seeds_reached']}/{r['baseline_seeds']}",
+        _ratio_text(r, "steps"),
+        _ratio_text(r, "examples"),
+        _ratio_text(r, "wall_seconds"),
+      ]
+      for r in rows
+    ],
+  )
+
+
+def _md_plots(names: Sequence[str]) -> list:
+  note = "Lines: mean over seeds; bands: min to max over seeds."
+  if WALLCLOCK_PLOT in names:
+    note += (
+      " Wall-clock x positions are the mean over seeds of each"
+      " evaluation's time."
+    )
+  else:
+    note += (
+      " No accuracy-versus-wall-clock plot: wall-clock compares only"
+      " between runs that had the same machine to themselves"
+      " (--wallclock_plot draws it)."
+    )
+  out = ["", "## Plots", "", note, ""]
+  return out + [f"![{name[:-4]}]({name})" for name in names]
+
+
+def _md_method() -> list:
+  return [
     "",
     "## Method",
     "",
@@ -826,8 +873,10 @@ def markdown(report: Report) -> str:
     " resume.",
   ]
 
-  out += ["", "## Runs", ""]
-  out += _md_table(
+
+def _md_runs(rows: list) -> list:
+  out = ["", "## Runs", ""]
+  return out + _md_table(
     [
       "configuration",
       "seed",
@@ -849,10 +898,9 @@ def markdown(report: Report) -> str:
         else "n/a",
         _num(r["wall_seconds"], 1),
       ]
-      for r in t["runs"]
+      for r in rows
     ],
   )
-  return "\n".join(out) + "\n"
 
 
 # --- Plots -------------------------------------------------------------------
@@ -873,117 +921,154 @@ def _curves(runs: list, rows_of, x_key: str, y_key: str):
   return x.mean(0), y.mean(0), y.min(0), y.max(0)
 
 
-def write_plots(report: Report, out: str) -> None:
-  """The PNGs named in PLOTS (matplotlib, Agg)."""
+@dataclasses.dataclass(frozen=True)
+class _Plot:
+  """One PNG: the mean of `y_key` over seeds against `x_key`."""
+
+  name: str
+  title: str
+  x_key: str
+  x_label: str
+  y_key: str
+  y_label: str
+  rows: str  # The RunData rows plotted: "eval_rows" or "train_rows".
+  y_scale: float = 1.0  # 100: a fraction plotted in %.
+  log_y: bool = False
+
+
+def _accuracy_plot(name: str, x_key: str, x_label: str, versus: str):
+  return _Plot(
+    name,
+    f"Evaluation accuracy (%) vs {versus}",
+    x_key,
+    x_label,
+    "eval_accuracy",
+    "evaluation accuracy (%)",
+    "eval_rows",
+    y_scale=100.0,
+  )
+
+
+_PLOT_SPECS = {
+  p.name: p
+  for p in (
+    _accuracy_plot("accuracy_vs_steps.png", "step", "step", "steps"),
+    _accuracy_plot("accuracy_vs_epochs.png", "epoch", "epoch", "epochs"),
+    _accuracy_plot(
+      WALLCLOCK_PLOT,
+      "wall_time",
+      "wall-clock seconds (mean over seeds)",
+      "wall-clock",
+    ),
+    _Plot(
+      "train_loss.png",
+      "Training loss (cross-entropy, logged steps)",
+      "step",
+      "step",
+      "train_loss",
+      "training loss",
+      "train_rows",
+      log_y=True,  # When every loss is positive.
+    ),
+    _Plot(
+      "lr_schedule.png",
+      "Learning rate (logged steps)",
+      "step",
+      "step",
+      "learning_rate",
+      "learning rate",
+      "train_rows",
+    ),
+  )
+}
+
+
+def _draw_curves(ax, spec: _Plot, configs: list, colours) -> None:
+  """The mean line and min-max band of every configuration."""
+  for i, c in enumerate(configs):
+    curve = _curves(
+      c.runs, lambda run: getattr(run, spec.rows), spec.x_key, spec.y_key
+    )
+    if curve is None:
+      continue
+    x = curve[0]
+    mean, low, high = (v * spec.y_scale for v in curve[1:])
+    colour = colours[i % len(colours)]
+    n = len(c.runs)
+    ax.plot(x, mean, color=colour, label=f"{c.label}: mean of {n} seeds")
+    ax.fill_between(x, low, high, color=colour, alpha=0.2, linewidth=0)
+
+
+def _plain_log_axis(ax) -> None:
+  """A log y axis labelled 1.5, 2, 3 instead of 1.5x10^0, 2x10^0, 3x10^0:
+  ticks at 1-2-5 per decade, denser when the data span under a decade."""
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
+
+  low, high = ax.get_ylim()
+  narrow = high < 10 * low
+  subs = (1, 1.25, 1.5, 2, 2.5, 3, 4, 5, 6, 8) if narrow else (1, 2, 5)
+  ax.yaxis.set_major_locator(ticker.LogLocator(subs=subs))
+  ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+  ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+
+
+def _plot(plt, spec: _Plot, configs: list, targets: Sequence[float]):
+  """The matplotlib figure of one plot."""
+  from matplotlib import patches  # pylint: disable=g-import-not-at-top
+
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  _draw_curves(ax, spec, configs, colours)
+  ax.set_xlabel(spec.x_label)
+  ax.set_ylabel(spec.y_label)
+  ax.set_title(spec.title)
+  ax.grid(alpha=0.3)
+  if spec.log_y:
+    ax.set_yscale("log")
+    _plain_log_axis(ax)
+  if spec.y_key == "eval_accuracy":
+    for k, target in enumerate(targets):
+      ax.axhline(
+        target * spec.y_scale,
+        color="0.4",
+        linestyle=("--", ":", "-.")[k % 3],
+        linewidth=0.8,
+        label=f"target {_pct(target)}%",
+      )
+  handles, _ = ax.get_legend_handles_labels()
+  handles.append(patches.Patch(color="0.5", alpha=0.3, label=BAND_LABEL))
+  ax.legend(handles=handles, fontsize=7)
+  fig.tight_layout()
+  return fig
+
+
+def figure(report: Report, name: str):
+  """The matplotlib figure of plot `name` (one of `plot_names(report)`)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
   configs = [c for c in report.configs if c.runs]
-  colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-  evals = lambda run: run.eval_rows  # pylint: disable=unnecessary-lambda-assignment
-  trains = lambda run: run.train_rows  # pylint: disable=unnecessary-lambda-assignment
-
-  def figure(
-    name,
-    title,
-    x_key,
-    x_label,
-    y_key,
-    y_label,
-    rows_of,
-    zoom=False,
-    log_y=False,
-  ):
-    fig, axes = plt.subplots(
-      1, 2 if zoom else 1, figsize=(12 if zoom else 7, 4.5), squeeze=False
-    )
-    top = -math.inf
-    for i, c in enumerate(configs):
-      curve = _curves(c.runs, rows_of, x_key, y_key)
-      if curve is None:
-        continue
-      x, mean, low, high = curve
-      top = max(top, float(mean.max()))
-      for ax in axes[0]:
-        colour = colours[i % len(colours)]
-        ax.plot(x, mean, color=colour, label=f"{c.label} (n={len(c.runs)})")
-        ax.fill_between(x, low, high, color=colour, alpha=0.2, linewidth=0)
-    for ax in axes[0]:
-      ax.set_xlabel(x_label)
-      ax.set_ylabel(y_label)
-      ax.grid(alpha=0.3)
-      if log_y:
-        ax.set_yscale("log")
-      if y_key == "eval_accuracy":
-        for target in report.targets:
-          ax.axhline(target, color="0.5", linestyle="--", linewidth=0.8)
-    axes[0][0].set_title(title)
-    axes[0][0].legend(fontsize=7)
-    if zoom and math.isfinite(top):
-      high = min(1.0, top + 0.01)
-      axes[0][1].set_ylim(high - 0.10, high)
-      axes[0][1].set_title("zoom: top 10 percentage points")
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, name), dpi=110)
-    plt.close(fig)
-
-  figure(
-    "accuracy_vs_steps.png",
-    "Evaluation accuracy vs steps",
-    "step",
-    "step",
-    "eval_accuracy",
-    "accuracy",
-    evals,
-    zoom=True,
-  )
-  figure(
-    "accuracy_vs_epochs.png",
-    "Evaluation accuracy vs epochs",
-    "epoch",
-    "epoch",
-    "eval_accuracy",
-    "accuracy",
-    evals,
-    zoom=True,
-  )
-  figure(
-    "accuracy_vs_wallclock.png",
-    "Evaluation accuracy vs wall-clock",
-    "wall_time",
-    "wall-clock seconds (mean over seeds)",
-    "eval_accuracy",
-    "accuracy",
-    evals,
-    zoom=True,
-  )
-  positive = all(
+  spec = _PLOT_SPECS[name]
+  if spec.log_y and not all(
     _float(r.get("train_loss")) > 0
     for c in configs
     for run in c.runs
     for r in run.train_rows
-  )
-  figure(
-    "train_loss.png",
-    "Training loss (logged rows)",
-    "step",
-    "step",
-    "train_loss",
-    "train loss",
-    trains,
-    log_y=positive,
-  )
-  figure(
-    "lr_schedule.png",
-    "Learning rate (logged rows)",
-    "step",
-    "step",
-    "learning_rate",
-    "learning rate",
-    trains,
-  )
+  ):
+    spec = dataclasses.replace(spec, log_y=False)
+  return _plot(plt, spec, configs, report.targets)
+
+
+def write_plots(report: Report, out: str) -> None:
+  """The PNGs of `plot_names(report)` (matplotlib, Agg)."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  for name in plot_names(report):
+    fig = figure(report, name)
+    fig.savefig(os.path.join(out, name), dpi=110)
+    plt.close(fig)
 
 
 def write(report: Report, out: str) -> list[str]:
@@ -999,7 +1084,7 @@ def write(report: Report, out: str) -> list[str]:
     f.write(markdown(report))
   paths.append(path)
   write_plots(report, out)
-  paths += [os.path.join(out, p) for p in PLOTS]
+  paths += [os.path.join(out, p) for p in plot_names(report)]
   return paths
 
 
@@ -1113,6 +1198,8 @@ def write_budget(analysis, out: str) -> list[str]:
 # Command line
 # ============================================================================
 
+PROG = "superconv.report"
+
 
 def parse_targets(text: str) -> tuple:
   try:
@@ -1138,82 +1225,91 @@ def parse_labels(items: Sequence[str]) -> dict:
   return labels
 
 
+def _define_flags(fv) -> None:
+  """The flags in `fv`; the run directories are the arguments."""
+  flags.DEFINE_string("out", None, "Output directory.", flag_values=fv)
+  flags.DEFINE_list(
+    "targets",
+    [str(t) for t in DEFAULT_TARGETS],
+    "Target accuracies.",
+    flag_values=fv,
+  )
+  flags.DEFINE_string(
+    "baseline",
+    None,
+    "Configuration label (or directory) to compare against.",
+    flag_values=fv,
+  )
+  flags.DEFINE_multi_string(
+    "label",
+    [],
+    "DIR=NAME: name the configuration(s) of the runs under DIR",
+    flag_values=fv,
+  )
+  flags.DEFINE_enum(
+    "budget_analysis",
+    "auto",
+    budget_lib.MODES,
+    "Accuracy-versus-budget section (superconv.budget): auto = when the"
+    " configurations differ only in num_epochs/num_steps and schedule.*.",
+    flag_values=fv,
+  )
+  flags.DEFINE_list(
+    "budget_baseline",
+    [],
+    "Baseline arms of the budget study, e.g. piecewise,linear.",
+    flag_values=fv,
+  )
+  flags.DEFINE_bool(
+    "wallclock_plot",
+    False,
+    "Also plot accuracy against wall-clock time (only meaningful when every"
+    " run had the same machine to itself).",
+    flag_values=fv,
+  )
+  flags.mark_flags_as_required(["out"], flag_values=fv)
+  cli.hyphen_aliases(fv)
+
+
 def main(argv: Sequence[str]) -> int:
-  """Command line; returns the exit status (0 ok, 2 bad input)."""
-  p = argparse.ArgumentParser(
-    prog="python -m superconv.report",
-    description=__doc__.split("\n\n")[0],
-    formatter_class=argparse.RawDescriptionHelpFormatter,
+  """Command line (argv without the program); returns the exit status
+  (0 ok, 2 bad input)."""
+  fv, dirs = cli.parse_command(
+    argv, _define_flags, prog=PROG, doc=__doc__, takes_args=True
   )
-  p.add_argument(
-    "dirs",
-    nargs="+",
-    metavar="DIR",
-    help="run directories or directories above them (sweeps)",
-  )
-  p.add_argument("--out", required=True, help="output directory")
-  p.add_argument(
-    "--targets",
-    default=",".join(map(str, DEFAULT_TARGETS)),
-    help="target accuracies (default 0.9,0.91,0.92)",
-  )
-  p.add_argument(
-    "--baseline",
-    default=None,
-    help="configuration label (or directory) to compare against",
-  )
-  p.add_argument(
-    "--label",
-    action="append",
-    default=[],
-    metavar="DIR=NAME",
-    help="name the configuration(s) of the runs under DIR",
-  )
-  p.add_argument(
-    "--budget-analysis",
-    choices=budget_lib.MODES,
-    default="auto",
-    help="accuracy-versus-budget section (superconv.budget): auto = when"
-    " the configurations differ only in num_epochs/num_steps and schedule.*",
-  )
-  p.add_argument(
-    "--budget-baseline",
-    default="",
-    metavar="ARMS",
-    help="baseline arms of the budget study, e.g. piecewise,linear",
-  )
-  args = p.parse_args(argv)
   try:
+    if not dirs:
+      raise ReportError(
+        "name the run directories (or directories above them) to report on"
+      )
     try:  # Empty, a file, a broken link, not writable: refused up front.
-      args.out = cli.check_workdir(args.out, flag="--out")
+      out = cli.check_workdir(fv.out, flag="--out")
     except ValueError as e:
       raise ReportError(str(e)) from None
-    labels = parse_labels(args.label)
+    labels = parse_labels(fv.label)
     report = build(
-      args.dirs,
-      targets=parse_targets(args.targets),
-      baseline=args.baseline,
+      dirs,
+      targets=parse_targets(",".join(fv.targets)),
+      baseline=fv.baseline,
       labels=labels,
     )
+    report = dataclasses.replace(report, wallclock_plot=fv.wallclock_plot)
     analysis = budget_analysis(
       report,
-      mode=args.budget_analysis,
-      baselines=[
-        b.strip() for b in args.budget_baseline.split(",") if b.strip()
-      ],
+      mode=fv.budget_analysis,
+      baselines=[b.strip() for b in fv.budget_baseline if b.strip()],
       labels=labels,
     )
-    write(report, args.out)
+    write(report, out)
     if analysis is not None:
-      write_budget(analysis, args.out)
+      write_budget(analysis, out)
   except ReportError as e:
-    sys.stderr.write(f"superconv.report: error: {e}\n")
-    return 2
+    return cli.error(e, prog=PROG)
   if analysis is not None:
     print(budget_lib.markdown(analysis))
   print(markdown(report).split("\n## Plots")[0])
-  print(f"wrote {os.path.join(args.out, 'report.md')}, CSVs and plots")
-  return 0
+  print(f"wrote {os.path.join(out, 'report.md')}, CSVs and plots")
+  return cli.EXIT_OK
 
 
 if __name__ == "__main__":

@@ -37,8 +37,8 @@ and `create()` turn it into `(lr_fn, momentum_fn)`. Durations in the config
 (`step_size`, `warmup`, `boundaries`) are in `schedule.unit` and become steps
 through `superconv.config.steps`, the project's one conversion helper.
 
-Run as a program, it prints the key points of a config's schedule and plots
-it (no data is loaded):
+`key_points` and `describe` name a schedule's landmarks; the program that
+prints and plots them is `superconv.schedules_main` (no data is loaded):
 
   python -m superconv.schedules --config configs/default.py --out schedule.png
 """
@@ -963,7 +963,8 @@ def create(
 
 
 # ---------------------------------------------------------------------------
-# Key points, table and plot (the command-line program).
+# Key points and a one-line summary (for superconv.schedules_main's table
+# and plot).
 # ---------------------------------------------------------------------------
 
 _MAX_CYCLE_POINTS = 8  # Cyclical: list at most this many half-cycle ends.
@@ -1010,40 +1011,6 @@ def key_points(
   return [(", ".join(labels), step) for step, labels in sorted(merged.items())]
 
 
-def format_table(rows: Sequence[tuple[str, int, float, float, float]]) -> str:
-  """Fixed-width table of (point, step, epoch, lr, momentum) rows."""
-  width = max([len("point")] + [len(r[0]) for r in rows])
-  lines = [
-    f"{'point':<{width}}  {'step':>8}  {'epoch':>9}  {'lr':>12}"
-    f"  {'momentum':>8}"
-  ]
-  lines.append("-" * len(lines[0]))
-  for label, step, epoch, lr, mom in rows:
-    lines.append(
-      f"{label:<{width}}  {step:>8d}  {epoch:>9.2f}  {lr:>#12.5g}  {mom:>8.4f}"
-    )
-  return "\n".join(lines)
-
-
-def num_train_examples(config) -> tuple[int, str | None]:
-  """Training-set size for the CLI, without loading data: (size, note)."""
-  ds = config.dataset
-  if ds == "synthetic":
-    return int(config.synthetic_train_size), None
-  cifar = ("tfds:cifar10", "tfds:cifar100", "cifar10", "cifar100")
-  if ds in cifar or ds.startswith("cifar:"):
-    return 50_000, f"{ds}: assuming the standard 50,000 training images."
-  if ds.startswith("folder:"):
-    return 50_000, (
-      f"{ds}: assuming 50,000 training images (CIFAR); the"
-      " trainer uses the folder's real count."
-    )
-  raise ScheduleError(
-    f"dataset: unknown {ds!r}; valid: cifar10, cifar100, cifar:<path>,"
-    " tfds:cifar10, tfds:cifar100, folder:<path>, synthetic"
-  )
-
-
 def describe(s) -> str:
   """One-line summary of a schedule config."""
   if s.name == "one_cycle":
@@ -1074,173 +1041,8 @@ def describe(s) -> str:
   return text
 
 
-def run(config, *, out: str | None, title: str = "") -> str:
-  """Builds the config's schedules; returns the key-point table (with a
-  header) and, if `out` is set, saves the plot there. Loads no data."""
-  from superconv import config as config_lib
-
-  n_train, note = num_train_examples(config)
-  spe = config_lib.steps_per_epoch(n_train, config.batch_size)
-  if spe < 1:
-    raise ScheduleError(
-      f"batch_size: {config.batch_size} exceeds the {n_train} training examples"
-    )
-  total = config_lib.total_steps(config, n_train)
-  lr_fn, m_fn = create(
-    config.schedule,
-    momentum=config.momentum,
-    steps_per_epoch=spe,
-    total_steps=total,
-  )
-  import jax
-
-  steps = np.arange(total, dtype=np.int32)
-  lrs = np.asarray(jax.jit(jax.vmap(lr_fn))(steps), dtype=np.float64)
-  moms = np.asarray(jax.jit(jax.vmap(m_fn))(steps), dtype=np.float64)
-  points = key_points(
-    config.schedule, steps_per_epoch=spe, total_steps=total, lr_values=lrs
-  )
-  rows = [
-    (label, step, step / spe, lrs[step], moms[step]) for label, step in points
-  ]
-  header = [
-    f"schedule: {describe(config.schedule)}",
-    f"run: {total} steps = {total / spe:.2f} epochs of {spe} steps"
-    f" (floor({n_train} / batch {config.batch_size}))",
-  ]
-  if not cycles_momentum(config.schedule):
-    header[-1] += f"; constant momentum {config.momentum:g}"
-  if note:
-    header.append(f"note: {note}")
-  text = "\n".join(header + ["", format_table(rows)])
-  if out:
-    _plot(
-      steps,
-      lrs,
-      moms,
-      points,
-      spe=spe,
-      out=out,
-      title=title or "schedule",
-      subtitle=describe(config.schedule),
-      batch_size=config.batch_size,
-    )
-  return text
-
-
-def _plot(
-  steps,
-  lrs,
-  moms,
-  points,
-  *,
-  spe: int,
-  out: str,
-  title: str,
-  subtitle: str,
-  batch_size: int,
-) -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, ax = plt.subplots(figsize=(10, 5.4), dpi=110)
-  (lr_line,) = ax.plot(
-    steps, lrs, color="tab:blue", lw=1.8, label="learning rate (left axis)"
-  )
-  ax.set_xlabel(f"step (batch {batch_size}, {spe} steps per epoch)")
-  ax.set_ylabel("learning rate", color="tab:blue")
-  ax.tick_params(axis="y", labelcolor="tab:blue")
-  ax.set_xlim(0, max(int(steps[-1]), 1))
-  ax.set_ylim(0, float(lrs.max()) * 1.15)
-  ax.grid(alpha=0.3)
-  ax2 = ax.twinx()
-  lo, hi = float(moms.min()), float(moms.max())
-  m_label = (
-    "momentum (right axis)"
-    if hi > lo
-    else f"momentum (right axis, constant {lo:g})"
-  )
-  (m_line,) = ax2.plot(
-    steps, moms, color="tab:orange", lw=1.6, ls="--", label=m_label
-  )
-  ax2.set_ylabel("momentum", color="tab:orange")
-  ax2.tick_params(axis="y", labelcolor="tab:orange")
-  pad = max(0.02, 0.1 * (hi - lo))
-  ax2.set_ylim(lo - pad, hi + pad)
-  for _, step in points:
-    ax.axvline(step, color="gray", lw=0.6, ls=":", zorder=0)
-    ax.plot([step], [lrs[step]], "o", color="tab:blue", ms=4)
-  peak = [s for l, s in points if "peak" in l]
-  if peak:
-    p = peak[0]
-    ax.annotate(
-      f"peak {lrs[p]:.4g} at step {p}",
-      (p, lrs[p]),
-      textcoords="offset points",
-      xytext=(0, 7),
-      ha="center",
-      fontsize=9,
-      color="tab:blue",
-    )
-  top = ax.secondary_xaxis(
-    "top", functions=(lambda s: s / spe, lambda e: e * spe)
-  )
-  top.set_xlabel("epoch")
-  ax.legend(
-    handles=[lr_line, m_line],
-    loc="upper center",
-    ncol=2,
-    fontsize=9,
-    frameon=False,
-    bbox_to_anchor=(0.5, -0.13),
-  )
-  fig.suptitle(title, fontsize=12, y=0.995)
-  ax.set_title(subtitle, fontsize=9, pad=28)
-  fig.tight_layout()
-  fig.savefig(out)
-  plt.close(fig)
-
-
-def main(argv) -> None:
-  """Entry point for `python -m superconv.schedules` (flags defined below)."""
-  from absl import flags, logging
-
-  del argv
-  logging.set_verbosity(logging.WARNING)  # No backend-probing INFO lines.
-  FLAGS = flags.FLAGS
-  config = FLAGS.config
-  # Use the library module (not __main__) so errors and types are the ones
-  # superconv.config knows.
-  from superconv import schedules as lib
-
-  try:
-    text = lib.run(
-      config,
-      out=FLAGS.out,
-      title=f"{FLAGS['config'].config_filename}: learning rate"
-      " and momentum schedule",
-    )
-  except lib.ScheduleError as e:
-    raise SystemExit(f"error: {e}") from None
-  print(text)
-  if FLAGS.out:
-    print(f"\nwrote {FLAGS.out}")
-
-
 if __name__ == "__main__":
-  from absl import app, flags
-  from ml_collections import config_flags
+  # The command's old name: the program is superconv.schedules_main.
+  import runpy
 
-  config_flags.DEFINE_config_file(
-    "config",
-    None,
-    "Experiment config file (configs/<name>.py).",
-    lock_config=True,
-  )
-  flags.DEFINE_string(
-    "out", "schedule.png", "PNG to write the plot to ('' = no plot)."
-  )
-  flags.mark_flags_as_required(["config"])
-  app.run(main)
+  runpy.run_module("superconv.schedules_main", run_name="__main__")

@@ -63,7 +63,6 @@ config.validation_size > 0.
 
 from __future__ import annotations
 
-import argparse
 import collections
 from collections.abc import Sequence
 import dataclasses
@@ -82,6 +81,8 @@ import subprocess
 import sys
 import time
 
+from absl import flags
+
 from superconv import cli, lock, metric_writer, storage
 
 DONE_FILE = "done.json"
@@ -96,8 +97,6 @@ _DONE_KEYS = (
 SWEEP_FILE = "sweep.json"
 TUNING_FILE = "tuning.json"
 LOG_FILE = "train.log"
-EXIT_BAD_INPUT = 2
-EXIT_NONFINITE = 3  # superconv.main's status for NaN/Inf loss.
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._=,+-]")
 
@@ -276,17 +275,20 @@ def _now() -> str:
   return datetime.datetime.now().isoformat(timespec="seconds")
 
 
+# What a trainer's exit status (superconv.main's) means.
+_STATUS_NAMES = {
+  cli.EXIT_BAD_INPUT: "bad input",
+  cli.EXIT_NONFINITE: "diverged",
+  cli.EXIT_SIGINT: "interrupted",
+  cli.EXIT_SIGTERM: "terminated",
+}
+
+
 def _status_for(returncode: int) -> str:
-  if returncode == 0:
+  if returncode == cli.EXIT_OK:
     return "completed"
-  if returncode == EXIT_BAD_INPUT:
-    return "bad input (rc=2)"
-  if returncode == EXIT_NONFINITE:
-    return "diverged (rc=3)"
-  if returncode == 130:
-    return "interrupted (rc=130)"
-  if returncode == 143:
-    return "terminated (rc=143)"
+  if returncode in _STATUS_NAMES:
+    return f"{_STATUS_NAMES[returncode]} (rc={returncode})"
   if returncode < 0:
     return f"killed (signal {-returncode})"
   return f"failed (rc={returncode})"
@@ -577,10 +579,9 @@ def _slot_env(parallelism: Parallelism, slot: int) -> dict:
 
 @dataclasses.dataclass
 class _Child:
-  run: Run
-  row: dict
-  command: list
-  overrides: dict
+  """A trainer that `_Trainers` runs."""
+
+  job: _Job
   slot: int
   log: object
   process: subprocess.Popen
@@ -598,14 +599,14 @@ def _emit(child: _Child, data: bytes, echo: bool, final: bool = False):
     line = raw.decode("utf-8", "replace") + "\n"
     child.log.write(line)
     if echo:
-      sys.stdout.write(f"[{child.run.name}] {line}")
+      sys.stdout.write(f"[{child.job.run.name}] {line}")
   child.log.flush()
   if echo:
     sys.stdout.flush()
 
 
 def _train_parallel(jobs, parallelism: Parallelism, echo: bool, save) -> None:
-  """Trains `jobs` (run, row, command, overrides), `parallelism.runs` at once.
+  """Trains `jobs` (`_Job`s), `parallelism.runs` at once.
 
   One thread: a selector reads every trainer's output. Each trainer runs
   in its own session, pinned to its slot's cores. A Ctrl-C (SIGTERM)
@@ -614,109 +615,119 @@ def _train_parallel(jobs, parallelism: Parallelism, echo: bool, save) -> None:
   kills them (they resume from their last checkpoint). Runs not started
   stay pending. Then the interrupt is raised again.
   """
-  queue = collections.deque(jobs)
-  free = list(range(parallelism.runs))
-  active: list[_Child] = []
-  selector = selectors.DefaultSelector()
-  stopping = None  # The interrupt being handled.
+  trainers = _Trainers(jobs, parallelism, echo, save)
+  try:
+    trainers.launch()
+    while trainers.active:
+      try:
+        trainers.pump()
+        trainers.launch()
+      except (KeyboardInterrupt, Terminated) as e:
+        trainers.interrupt(e)
+  finally:
+    trainers.kill_all()  # Only after an unexpected error.
+  if trainers.stopping is not None:
+    raise trainers.stopping
 
-  def launch():
-    while queue and free and stopping is None:
-      run, row, command, overrides = queue.popleft()
-      slot = free.pop(0)
-      cores = parallelism.slots[slot]
-      os.makedirs(run.workdir, exist_ok=True)
-      log = open(os.path.join(run.workdir, LOG_FILE), "a")
-      log.write(
-        f"# {_now()} {shlex.join(command)}\n# pinned to cores"
-        f" {','.join(map(str, cores))}"
-        + (f", {parallelism.xla_flag}" if parallelism.xla_flag else "")
-        + "\n"
-      )
-      log.flush()
-      print(
-        f"[{run.name}] cores {','.join(map(str, cores))}:"
-        f" {shlex.join(command)}",
-        flush=True,
-      )
-      row["status"] = "running"
-      save()
-      process = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        bufsize=0,
-        start_new_session=True,
-        env=_slot_env(parallelism, slot),
-        # No other thread exists in this process: safe before exec.
-        preexec_fn=functools.partial(os.sched_setaffinity, 0, cores),
-      )
-      child = _Child(
-        run, row, command, overrides, slot, log, process, time.time()
-      )
-      selector.register(process.stdout, selectors.EVENT_READ, child)
-      active.append(child)
 
-  def finished(child: _Child) -> None:
-    _emit(child, b"", echo, final=True)
-    selector.unregister(child.process.stdout)
+class _Trainers:
+  """The trainers of `_train_parallel`: started into free slots, read by
+  one selector, recorded as they finish."""
+
+  def __init__(self, jobs, parallelism: Parallelism, echo: bool, save):
+    self.queue = collections.deque(jobs)
+    self.free = list(range(parallelism.runs))
+    self.active: list[_Child] = []
+    self.selector = selectors.DefaultSelector()
+    self.parallelism = parallelism
+    self.echo = echo
+    self.save = save
+    self.stopping = None  # The interrupt being handled.
+
+  def launch(self) -> None:
+    """Starts queued jobs in the free slots (none once stopping)."""
+    while self.queue and self.free and self.stopping is None:
+      self._start(self.queue.popleft(), self.free.pop(0))
+
+  def _start(self, job: _Job, slot: int) -> None:
+    run, command = job.run, job.command
+    cores = self.parallelism.slots[slot]
+    xla_flag = self.parallelism.xla_flag
+    os.makedirs(run.workdir, exist_ok=True)
+    log = open(os.path.join(run.workdir, LOG_FILE), "a")
+    log.write(
+      f"# {_now()} {shlex.join(command)}\n# pinned to cores"
+      f" {','.join(map(str, cores))}"
+      + (f", {xla_flag}" if xla_flag else "")
+      + "\n"
+    )
+    log.flush()
+    print(
+      f"[{run.name}] cores {','.join(map(str, cores))}: {shlex.join(command)}",
+      flush=True,
+    )
+    job.row["status"] = "running"
+    self.save()
+    process = subprocess.Popen(
+      command,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      bufsize=0,
+      start_new_session=True,
+      env=_slot_env(self.parallelism, slot),
+      # No other thread exists in this process: safe before exec.
+      preexec_fn=functools.partial(os.sched_setaffinity, 0, cores),
+    )
+    child = _Child(job, slot, log, process, time.time())
+    self.selector.register(process.stdout, selectors.EVENT_READ, child)
+    self.active.append(child)
+
+  def pump(self) -> None:
+    """Copies the output that is ready; records the trainers that ended."""
+    for key, _ in self.selector.select(timeout=1.0):
+      data = os.read(key.fd, 1 << 16)
+      if data:
+        _emit(key.data, data, self.echo)
+      else:
+        self._finished(key.data)
+
+  def _finished(self, child: _Child) -> None:
+    _emit(child, b"", self.echo, final=True)
+    self.selector.unregister(child.process.stdout)
     child.process.stdout.close()
     returncode = child.process.wait()
     child.log.close()
-    active.remove(child)
-    free.append(child.slot)
-    free.sort()
-    if stopping is not None and returncode != 0:
-      child.row["status"] = (
+    self.active.remove(child)
+    self.free.append(child.slot)
+    self.free.sort()
+    if self.stopping is not None and returncode != 0:
+      child.job.row["status"] = (
         "interrupted"
-        if isinstance(stopping, KeyboardInterrupt)
+        if isinstance(self.stopping, KeyboardInterrupt)
         else "terminated"
       )
     else:
-      _record(
-        child.run,
-        child.row,
-        returncode,
-        child.start,
-        child.command,
-        child.overrides,
+      _record(child.job, returncode, child.start)
+    self.save()
+
+  def interrupt(self, e: BaseException) -> None:
+    """The first interrupt: one signal to every trainer; then: kill them."""
+    if self.stopping is None:
+      self.stopping = e
+      sig = (
+        signal.SIGINT if isinstance(e, KeyboardInterrupt) else signal.SIGTERM
       )
-    save()
+      for child in self.active:
+        child.process.send_signal(sig)
+    else:
+      for child in self.active:
+        child.process.kill()
 
-  def pump():
-    for key, _ in selector.select(timeout=1.0):
-      data = os.read(key.fd, 1 << 16)
-      if data:
-        _emit(key.data, data, echo)
-      else:
-        finished(key.data)
-
-  try:
-    launch()
-    while active:
-      try:
-        pump()
-        launch()
-      except (KeyboardInterrupt, Terminated) as e:
-        if stopping is None:
-          stopping = e
-          sig = (
-            signal.SIGINT
-            if isinstance(e, KeyboardInterrupt)
-            else (signal.SIGTERM)
-          )
-          for child in active:
-            child.process.send_signal(sig)
-        else:
-          for child in active:
-            child.process.kill()
-  finally:
-    for child in active:  # Only after an unexpected error.
+  def kill_all(self) -> None:
+    for child in self.active:
       child.process.kill()
       child.process.wait()
       child.log.close()
-  if stopping is not None:
-    raise stopping
 
 
 def _images_trained(workdir: str, last: dict | None) -> int | None:
@@ -856,6 +867,43 @@ def run_sweep(
   chosen by the machine, see `resolve_parallelism`).
   """
   common = dict(common or {})
+  config_path, workdir = _checked_paths(config_path, workdir)
+  trainer = list(trainer or default_trainer())
+  runs = _checked_plan(config_path, workdir, sweeps, common, trainer)
+  header = _sweep_header(config_path, common, trainer)
+  previous = {} if dry_run else _check_same_sweep(workdir, header)
+  results = [_first_row(run, common) for run in runs]
+  jobs = [
+    _job(run, row, trainer, config_path, common)
+    for run, row in zip(runs, results)
+  ]
+  parallelism = resolve_parallelism(
+    parallel,
+    sum(r["status"] == "pending" for r in results),
+    trainer,
+  )
+  if dry_run:
+    _print_dry_run(jobs, parallelism)
+    return results
+  os.makedirs(workdir, exist_ok=True)
+  save = _saver(workdir, header, sweeps, previous, results)
+  save()
+  pending = []  # Runs for the parallel trainers.
+  for job in jobs:
+    if job.row["status"] != "pending":
+      print(f"[{job.run.name}] complete, skipped", flush=True)
+    elif parallelism.runs > 1:
+      pending.append(job)
+    else:
+      _train_one(job, echo, save)
+  for wave_jobs, wave in waves(pending, parallelism, auto=parallel is None):
+    print(f"parallel: {wave.describe()}", flush=True)
+    _train_parallel(wave_jobs, wave, echo, save)
+  return results
+
+
+def _checked_paths(config_path: str, workdir: str) -> tuple[str, str]:
+  """(absolute config spec 'path[:arg]', absolute workdir), both checked."""
   path, arg = cli.config_file(config_path)
   config_path = os.path.abspath(path) + ("" if arg is None else f":{arg}")
   if not os.path.isfile(os.path.abspath(path)):
@@ -864,7 +912,12 @@ def run_sweep(
     workdir = cli.check_workdir(workdir)
   except ValueError as e:
     raise SweepError(str(e)) from None
-  trainer = list(trainer or default_trainer())
+  return config_path, workdir
+
+
+def _checked_plan(config_path, workdir, sweeps, common, trainer) -> list[Run]:
+  """The runs of the grid; with superconv.main as the trainer, every run's
+  overrides checked as main would take them."""
   swept = [k for k, _ in sweeps]
   both = sorted(set(swept) & set(common))
   if both:
@@ -874,50 +927,62 @@ def run_sweep(
   runs = plan(sweeps, workdir)
   if trainer == default_trainer():
     _check_config(config_path, runs, common)
-  header = _sweep_header(config_path, common, trainer)
-  previous = {} if dry_run else _check_same_sweep(workdir, header)
+  return runs
 
-  results = []
-  for run in runs:
-    done = _read_json(os.path.join(run.workdir, DONE_FILE))
-    row = {
-      "name": run.name,
-      "overrides": run.overrides,
-      "workdir": run.workdir,
-      "status": "pending",
-      "returncode": None,
-      "final_accuracy": None,
-      "final_step": None,
-      "eval_examples": None,
-      "seconds": None,
-    }
-    if is_complete(run.workdir):
-      if done.get("overrides") != {**common, **run.overrides}:
-        raise SweepError(
-          f"{run.workdir}: completed with other overrides"
-          f" ({done.get('overrides')!r}); use another --workdir"
-        )
-      row.update(
-        status="skipped (complete)",
-        **{k: done.get(k) for k in _DONE_KEYS},
+
+def _first_row(run: Run, common: dict) -> dict:
+  """A run's result row before training: pending, or skipped (complete)."""
+  done = _read_json(os.path.join(run.workdir, DONE_FILE))
+  row = {
+    "name": run.name,
+    "overrides": run.overrides,
+    "workdir": run.workdir,
+    "status": "pending",
+    "returncode": None,
+    "final_accuracy": None,
+    "final_step": None,
+    "eval_examples": None,
+    "seconds": None,
+  }
+  if is_complete(run.workdir):
+    if done.get("overrides") != {**common, **run.overrides}:
+      raise SweepError(
+        f"{run.workdir}: completed with other overrides"
+        f" ({done.get('overrides')!r}); use another --workdir"
       )
-    results.append(row)
+    row.update(
+      status="skipped (complete)",
+      **{k: done.get(k) for k in _DONE_KEYS},
+    )
+  return row
 
-  parallelism = resolve_parallelism(
-    parallel,
-    sum(r["status"] == "pending" for r in results),
-    trainer,
-  )
-  if dry_run:
-    if parallelism.runs > 1:
-      print(f"parallel: {parallelism.describe()}", flush=True)
-    for run, row in zip(runs, results):
-      command = trainer + ["--config", config_path, "--workdir", run.workdir]
-      command += override_args({**common, **run.overrides})
-      print(f"{row['status']:<20} {shlex.join(command)}")
-    return results
 
-  os.makedirs(workdir, exist_ok=True)
+@dataclasses.dataclass(frozen=True)
+class _Job:
+  """A run of the sweep with its result row and its trainer command."""
+
+  run: Run
+  row: dict
+  command: list
+  overrides: dict  # The run's common and swept overrides.
+
+
+def _job(run: Run, row: dict, trainer, config_path: str, common) -> _Job:
+  overrides = {**common, **run.overrides}
+  command = trainer + ["--config", config_path, "--workdir", run.workdir]
+  return _Job(run, row, command + override_args(overrides), overrides)
+
+
+def _print_dry_run(jobs: Sequence[_Job], parallelism: Parallelism) -> None:
+  if parallelism.runs > 1:
+    print(f"parallel: {parallelism.describe()}", flush=True)
+  for job in jobs:
+    print(f"{job.row['status']:<20} {shlex.join(job.command)}")
+
+
+def _saver(workdir, header: dict, sweeps, previous: dict, results: list):
+  """A function that writes workdir/sweep.json: `results` as they are now,
+  then the rows of earlier invocations' runs not in this grid."""
   grid = {k: list(v) for k, v in sweeps}
   old_runs = {
     r["name"]: r
@@ -933,42 +998,30 @@ def run_sweep(
       {**header, "grid": grid, "runs": results + kept, "updated": _now()},
     )
 
+  return save
+
+
+def _train_one(job: _Job, echo: bool, save) -> None:
+  """Trains one run on every core; an interrupt is noted, then raised."""
+  print(f"[{job.run.name}] {shlex.join(job.command)}", flush=True)
+  job.row["status"] = "running"
   save()
-  todo = []  # Runs for the parallel trainers.
-  for run, row in zip(runs, results):
-    if row["status"] != "pending":
-      print(f"[{run.name}] complete, skipped", flush=True)
-      continue
-    overrides = {**common, **run.overrides}
-    command = trainer + ["--config", config_path, "--workdir", run.workdir]
-    command += override_args(overrides)
-    if parallelism.runs > 1:
-      todo.append((run, row, command, overrides))
-      continue
-    print(f"[{run.name}] {shlex.join(command)}", flush=True)
-    row["status"] = "running"
+  start = time.time()
+  try:
+    returncode = _train(job.command, job.run, echo)
+  except (KeyboardInterrupt, Terminated) as e:
+    job.row["status"] = (
+      "interrupted" if isinstance(e, KeyboardInterrupt) else "terminated"
+    )
     save()
-    start = time.time()
-    try:
-      returncode = _train(command, run, echo)
-    except (KeyboardInterrupt, Terminated) as e:
-      row["status"] = (
-        "interrupted" if isinstance(e, KeyboardInterrupt) else "terminated"
-      )
-      save()
-      raise
-    _record(run, row, returncode, start, command, overrides)
-    save()
-  for jobs, wave in waves(todo, parallelism, auto=parallel is None):
-    print(f"parallel: {wave.describe()}", flush=True)
-    _train_parallel(jobs, wave, echo, save)
-  return results
+    raise
+  _record(job, returncode, start)
+  save()
 
 
-def _record(
-  run: Run, row: dict, returncode: int, start: float, command, overrides
-) -> None:
+def _record(job: _Job, returncode: int, start: float) -> None:
   """A finished trainer's row (and done.json when it exited 0)."""
+  run, row = job.run, job.row
   last = final_eval(run.workdir)
   row.update(
     status=_status_for(returncode),
@@ -986,8 +1039,8 @@ def _record(
       os.path.join(run.workdir, DONE_FILE),
       {
         "name": run.name,
-        "overrides": overrides,
-        "command": command,
+        "overrides": job.overrides,
+        "command": job.command,
         "finished": _now(),
         **{k: row[k] for k in _DONE_KEYS},
       },
@@ -1062,6 +1115,58 @@ def tune(
   scored on the test set is never reported as tuned. Writes
   workdir/tuning.json and returns its content.
   """
+  user_common = dict(common or {})
+  _check_tune_args(budget_steps, validation_size, sweeps, user_common)
+  results = run_sweep(
+    config_path,
+    workdir,
+    sweeps,
+    common={
+      **user_common,
+      "num_steps": str(budget_steps),
+      "validation_size": str(validation_size),
+    },
+    trainer=trainer,
+    echo=echo,
+    parallel=parallel,
+  )
+  print(summary_table(results))
+  candidates = _candidates(results, validation_size)
+  eligible = [c for c in candidates.values() if c["eligible"]]
+  winner = max(
+    eligible, key=lambda c: c["mean_validation_accuracy"], default=None
+  )
+  close = _close_to_winner(winner, eligible, validation_size)
+  notes = _tuning_notes(close, winner, validation_size, results)
+  command = _test_command(
+    config_path,
+    test_workdir
+    or os.path.join(os.path.relpath(os.path.abspath(workdir)), "test"),
+    test_seeds,
+    budget_steps,
+    {**user_common, **winner["overrides"]} if winner else None,
+  )
+  report = {
+    "config": os.path.abspath(config_path),
+    "budget_steps": budget_steps,
+    "validation_size": validation_size,
+    "common_overrides": user_common,
+    "grid": {k: list(v) for k, v in sweeps},
+    "selection": "highest mean final validation accuracy (last"
+    f" {validation_size} images of a seed-0 permutation of the"
+    " train split); ties: earlier grid point",
+    "candidates": list(candidates.values()),
+    "winner": winner,
+    "close_to_winner": close,
+    "notes": notes,
+    "test_command": command,
+  }
+  _write_json(os.path.join(workdir, TUNING_FILE), report)
+  _print_tuning(report, test_seeds)
+  return report
+
+
+def _check_tune_args(budget_steps, validation_size, sweeps, common) -> None:
   if budget_steps < 1:
     raise SweepError(f"--budget-steps: must be >= 1, got {budget_steps}")
   if validation_size < 1:
@@ -1071,28 +1176,17 @@ def tune(
       "tune: give the grid, e.g. --sweep"
       " schedule.max_lr=0.4,0.8,1.6 --sweep schedule.warmup=0,2"
     )
-  common = dict(common or {})
   for key in ("num_steps", "num_epochs", "validation_size"):
     if key in common or key in dict(sweeps):
       raise SweepError(
         f"config.{key}: set by tune (--budget-steps,"
         " --validation-size); do not override it"
       )
-  user_common = dict(common)
-  common.update(
-    num_steps=str(budget_steps), validation_size=str(validation_size)
-  )
-  results = run_sweep(
-    config_path,
-    workdir,
-    sweeps,
-    common=common,
-    trainer=trainer,
-    echo=echo,
-    parallel=parallel,
-  )
-  print(summary_table(results))
 
+
+def _candidates(results: Sequence[dict], validation_size: int) -> dict:
+  """name -> candidate: the runs of a grid point less `seed`, whether it
+  may win (every run complete and finite) and its mean accuracy."""
   candidates: dict[str, dict] = {}
   for result in results:
     key_overrides = _seed_free(result["overrides"])
@@ -1126,28 +1220,37 @@ def tune(
     candidate["mean_validation_accuracy"] = (
       math.fsum(accuracies) / len(accuracies) if valid else None
     )
-  eligible = [c for c in candidates.values() if c["eligible"]]
-  winner = max(
-    eligible, key=lambda c: c["mean_validation_accuracy"], default=None
-  )
+  return candidates
 
-  close, notes = [], []
-  if winner is not None:
-    # Sampling noise of one evaluation on N images (binomial), for the
-    # difference of two candidates: sqrt(2 p (1 - p) / N).
-    best = winner["mean_validation_accuracy"]
-    noise = math.sqrt(2 * best * (1 - best) / validation_size)
-    close = [
-      c["name"]
-      for c in eligible
-      if c is not winner and best - c["mean_validation_accuracy"] <= 2 * noise
-    ]
-    if close:
-      notes.append(
-        f"{len(close)} candidate(s) within 2 binomial standard"
-        f" errors ({2 * noise:.4f}) of the winner: {', '.join(close)};"
-        " more tuning seeds would separate them"
-      )
+
+def _noise(winner: dict, validation_size: int) -> float:
+  """Sampling noise of one evaluation on N images (binomial), for the
+  difference of two candidates: sqrt(2 p (1 - p) / N)."""
+  best = winner["mean_validation_accuracy"]
+  return math.sqrt(2 * best * (1 - best) / validation_size)
+
+
+def _close_to_winner(winner, eligible, validation_size: int) -> list[str]:
+  """Candidates within 2 binomial standard errors of the winner."""
+  if winner is None:
+    return []
+  best = winner["mean_validation_accuracy"]
+  noise = _noise(winner, validation_size)
+  return [
+    c["name"]
+    for c in eligible
+    if c is not winner and best - c["mean_validation_accuracy"] <= 2 * noise
+  ]
+
+
+def _tuning_notes(close, winner, validation_size: int, results) -> list[str]:
+  notes = []
+  if close:
+    notes.append(
+      f"{len(close)} candidate(s) within 2 binomial standard"
+      f" errors ({2 * _noise(winner, validation_size):.4f}) of the winner:"
+      f" {', '.join(close)}; more tuning seeds would separate them"
+    )
   units = {
     _run_config(r["workdir"]).get("schedule", {}).get("unit")
     for r in results
@@ -1161,45 +1264,40 @@ def tune(
       " --config.schedule.unit=steps (or fraction) to transfer"
       " them exactly"
     )
+  return notes
 
-  config_rel = os.path.relpath(os.path.abspath(config_path))
-  test_dir = test_workdir or os.path.join(
-    os.path.relpath(os.path.abspath(workdir)), "test"
-  )
-  command = None
-  if winner is not None:
-    command = [
-      "python",
-      "-m",
-      "superconv.sweep",
-      "--config",
-      config_rel,
-      "--workdir",
-      test_dir,
-      "--sweep",
-      f"seed={test_seeds}",
-      f"--config.num_steps={budget_steps}",
-    ]
-    command += override_args({**user_common, **winner["overrides"]})
-    command = shlex.join(command)
-  report = {
-    "config": os.path.abspath(config_path),
-    "budget_steps": budget_steps,
-    "validation_size": validation_size,
-    "common_overrides": user_common,
-    "grid": {k: list(v) for k, v in sweeps},
-    "selection": "highest mean final validation accuracy (last"
-    f" {validation_size} images of a seed-0 permutation of the"
-    " train split); ties: earlier grid point",
-    "candidates": list(candidates.values()),
-    "winner": winner,
-    "close_to_winner": close,
-    "notes": notes,
-    "test_command": command,
-  }
-  _write_json(os.path.join(workdir, TUNING_FILE), report)
+
+def _test_command(
+  config_path: str,
+  test_dir: str,
+  test_seeds: str,
+  budget_steps: int,
+  overrides: dict | None,
+) -> str | None:
+  """The command that trains the winner (its `overrides`) on the full
+  train split over `test_seeds`; None without a winner."""
+  if overrides is None:
+    return None
+  command = [
+    "python",
+    "-m",
+    "superconv.sweep",
+    "--config",
+    os.path.relpath(os.path.abspath(config_path)),
+    "--workdir",
+    test_dir,
+    "--sweep",
+    f"seed={test_seeds}",
+    f"--config.num_steps={budget_steps}",
+  ]
+  return shlex.join(command + override_args(overrides))
+
+
+def _print_tuning(report: dict, test_seeds: str) -> None:
+  """Every candidate's mean, the winner and its test command, the notes."""
+  winner = report["winner"]
   print()
-  for c in candidates.values():
+  for c in report["candidates"]:
     acc = c["mean_validation_accuracy"]
     mark = "*" if winner is c else " "
     print(
@@ -1215,89 +1313,115 @@ def tune(
       f" {winner['mean_validation_accuracy']:.4f})"
     )
     print(f"train it on the full train split, test set, seeds {test_seeds}:")
-    print(f"  {command}")
-  for note in notes:
+    print(f"  {report['test_command']}")
+  for note in report["notes"]:
     print(f"note: {note}")
-  return report
 
 
 # ============================================================================
 # Command line
 # ============================================================================
 
+PROG = "superconv.sweep"
+_TUNE_ONLY = ("budget_steps", "validation_size", "test_seeds")
+_SWEEP_ONLY = ("dry_run",)
 
-def _parser(tune_mode: bool) -> argparse.ArgumentParser:
-  prog = "python -m superconv.sweep" + (" tune" if tune_mode else "")
-  p = argparse.ArgumentParser(
-    prog=prog,
-    description=__doc__.split("\n\n")[0],
-    epilog="Other arguments --config.KEY=VALUE are passed to every run."
-    + (
-      ""
-      if tune_mode
-      else " Baseline tuning on a validation split:"
-      " python -m superconv.sweep tune --help."
-    ),
-    formatter_class=argparse.RawDescriptionHelpFormatter,
+
+_CONFIG_HELP = (
+  "Experiment config file, configs/<x>.py[:arg]; --config.KEY=VALUE"
+  " overrides (after it) go to every run."
+)
+
+
+def _define_flags(fv) -> None:
+  """The flags of both modes (and --config) in `fv`."""
+  flags.DEFINE_string(
+    "workdir",
+    None,
+    "Sweep directory (one subdirectory per run).",
+    flag_values=fv,
   )
-  p.add_argument("--config", required=True, help="configs/<x>.py")
-  p.add_argument(
-    "--workdir",
-    required=True,
-    help="sweep directory (one subdirectory per run)",
+  flags.DEFINE_multi_string(
+    "sweep",
+    [],
+    "KEY=V1,V2,...: a grid axis; repeat for a cartesian product",
+    flag_values=fv,
   )
-  p.add_argument(
-    "--sweep",
-    action="append",
-    default=[],
-    metavar="KEY=V1,V2",
-    help="a grid axis; repeat for a cartesian product",
+  flags.DEFINE_string(
+    "trainer",
+    None,
+    "Command that trains one run (default: python -m superconv.main); gets"
+    " --config, --workdir and the --config.* overrides.",
+    flag_values=fv,
   )
-  p.add_argument(
-    "--trainer",
-    default=None,
-    help="command that trains one run (default: python -m"
-    " superconv.main); gets --config, --workdir and the"
-    " --config.* overrides",
+  flags.DEFINE_bool(
+    "quiet",
+    False,
+    "Do not echo the runs' output (still in train.log).",
+    flag_values=fv,
   )
-  p.add_argument(
-    "--quiet",
-    action="store_true",
-    help="do not echo the runs' output (still in train.log)",
+  flags.DEFINE_string(
+    "parallel",
+    "auto",
+    "N|auto: runs trained at once, each pinned to its own CPU cores (one"
+    " XLA thread on one core); auto: as many as CPU cores when the runs"
+    " use CPU devices (memory permitting), else 1.",
+    flag_values=fv,
   )
-  p.add_argument(
-    "--parallel",
-    default="auto",
-    metavar="N|auto",
-    help="runs trained at once, each pinned to its own CPU cores (one XLA"
-    " thread on one core); auto (default): as many as CPU cores when the"
-    " runs use CPU devices (memory permitting), else 1",
+  flags.DEFINE_bool(
+    "dry_run",
+    False,
+    "Print the runs and their commands, run nothing.",
+    flag_values=fv,
   )
-  if tune_mode:
-    p.add_argument(
-      "--budget-steps",
-      type=int,
-      required=True,
-      help="training steps of every candidate (config.num_steps)",
-    )
-    p.add_argument(
-      "--validation-size",
-      type=int,
-      default=5000,
-      help="train images held out for selection (default 5000)",
-    )
-    p.add_argument(
-      "--test-seeds",
-      default="0,1,2,3,4",
-      help="seeds in the printed command for the winner",
-    )
-  else:
-    p.add_argument(
-      "--dry-run",
-      action="store_true",
-      help="print the runs and their commands, run nothing",
-    )
-  return p
+  _define_tune_flags(fv)
+  flags.mark_flags_as_required(["config", "workdir"], flag_values=fv)
+  cli.hyphen_aliases(fv)
+
+
+def _define_tune_flags(fv) -> None:
+  flags.DEFINE_integer(
+    "budget_steps",
+    None,
+    "tune (required): training steps of every candidate (config.num_steps).",
+    flag_values=fv,
+  )
+  flags.DEFINE_integer(
+    "validation_size",
+    5000,
+    "tune: train images held out for selection.",
+    flag_values=fv,
+  )
+  flags.DEFINE_string(
+    "test_seeds",
+    "0,1,2,3,4",
+    "tune: seeds in the printed command for the winner.",
+    flag_values=fv,
+  )
+
+
+def _tune_mode(args: Sequence[str], fv) -> bool:
+  """True for `tune`; refuses other arguments and the other mode's flags."""
+  tune_mode = bool(args) and args[0] == "tune"
+  rest = args[1:] if tune_mode else args
+  if rest:
+    raise SweepError(f"unexpected arguments: {' '.join(rest)}")
+  for name in _SWEEP_ONLY if tune_mode else _TUNE_ONLY:
+    if fv[name].present:
+      raise SweepError(
+        f"--{name.replace('_', '-')}: only"
+        + (" without tune" if tune_mode else " with tune")
+      )
+  if tune_mode and fv.budget_steps is None:
+    raise SweepError("--budget-steps: tune needs the step budget")
+  return tune_mode
+
+
+def _trainer(text: str | None) -> list[str] | None:
+  trainer = shlex.split(text) if text else None
+  if text is not None and not trainer:
+    raise SweepError("--trainer: empty command")
+  return trainer
 
 
 def _raise_terminated(signum, frame):
@@ -1306,7 +1430,7 @@ def _raise_terminated(signum, frame):
 
 
 def main(argv: Sequence[str]) -> int:
-  """Command line; returns the exit status.
+  """Command line (argv without the program); returns the exit status.
 
   0 every run complete, 1 a run failed, 2 bad input, 130 interrupted
   (SIGINT), 143 terminated (SIGTERM); after 130/143 the same command resumes.
@@ -1322,55 +1446,57 @@ def main(argv: Sequence[str]) -> int:
 
 
 def _main(argv: list) -> int:
-  tune_mode = bool(argv) and argv[0] == "tune"
-  if tune_mode:
-    argv = argv[1:]
+  fv, args = cli.parse_command(
+    argv,
+    _define_flags,
+    prog=PROG,
+    doc=__doc__,
+    config_help=_CONFIG_HELP,
+    takes_args=True,
+  )
   try:
-    common, rest = parse_overrides(argv)
-    args = _parser(tune_mode).parse_args(rest)
-    sweeps = [parse_sweep(s) for s in args.sweep]
-    trainer = shlex.split(args.trainer) if args.trainer else None
-    if args.trainer is not None and not trainer:
-      raise SweepError("--trainer: empty command")
-    parallel = parse_parallel(args.parallel)
+    tune_mode = _tune_mode(args, fv)
+    # The overrides as typed: each trainer gets them verbatim.
+    common, _ = parse_overrides(argv)
+    options = dict(
+      common=common,
+      trainer=_trainer(fv.trainer),
+      echo=not fv.quiet,
+      parallel=parse_parallel(fv.parallel),
+    )
+    sweeps = [parse_sweep(s) for s in fv.sweep]
     if tune_mode:
       report = tune(
-        args.config,
-        args.workdir,
+        fv["config"].config_filename,
+        fv.workdir,
         sweeps,
-        budget_steps=args.budget_steps,
-        validation_size=args.validation_size,
-        common=common,
-        trainer=trainer,
-        test_seeds=args.test_seeds,
-        echo=not args.quiet,
-        parallel=parallel,
+        budget_steps=fv.budget_steps,
+        validation_size=fv.validation_size,
+        test_seeds=fv.test_seeds,
+        **options,
       )
-      return 0 if report["winner"] is not None else 1
+      return cli.EXIT_OK if report["winner"] is not None else cli.EXIT_FAILED
     results = run_sweep(
-      args.config,
-      args.workdir,
+      fv["config"].config_filename,
+      fv.workdir,
       sweeps,
-      common=common,
-      trainer=trainer,
-      echo=not args.quiet,
-      dry_run=args.dry_run,
-      parallel=parallel,
+      dry_run=fv.dry_run,
+      **options,
     )
   except (SweepError, lock.LockError) as e:
-    sys.stderr.write(f"superconv.sweep: error: {e}\n")
-    return EXIT_BAD_INPUT
+    return cli.error(e, prog=PROG)
   except (KeyboardInterrupt, Terminated) as e:
-    sys.stderr.write(
-      "superconv.sweep: stopped; run the same command to resume\n"
+    sys.stderr.write(f"{PROG}: stopped; run the same command to resume\n")
+    return (
+      cli.EXIT_SIGINT if isinstance(e, KeyboardInterrupt) else cli.EXIT_SIGTERM
     )
-    return 130 if isinstance(e, KeyboardInterrupt) else 143
-  if not args.dry_run:
-    print()
-    print(summary_table(results))
-    if throughput_line(results):
-      print(throughput_line(results))
-  return 0 if all(_ok(r) for r in results) or args.dry_run else 1
+  if fv.dry_run:
+    return cli.EXIT_OK
+  print()
+  print(summary_table(results))
+  if throughput_line(results):
+    print(throughput_line(results))
+  return cli.EXIT_OK if all(_ok(r) for r in results) else cli.EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -178,10 +178,17 @@ def _init_fn(config, model, image_shape, tx):
     variables = model.init(
       init_key, jnp.zeros((1,) + tuple(image_shape), jnp.float32), train=False
     )
+    # Flax starts BatchNorm statistics in float32 whatever the parameters'
+    # dtype, and the step updates them in that dtype: start float64 ones
+    # (x64 tests) as float64, so the state's dtypes never change.
+    dtype = jax.tree.leaves(variables["params"])[0].dtype
     state = TrainState.create(
       apply_fn=model.apply,
       params=variables["params"],
-      batch_stats=variables["batch_stats"],
+      batch_stats=jax.tree.map(
+        lambda s: s.astype(jnp.promote_types(s.dtype, dtype)),
+        variables["batch_stats"],
+      ),
       tx=tx,
     )
     # A strongly typed step, like a restored one: fresh and resumed runs
@@ -213,11 +220,12 @@ def abstract_train_state(config, model, image_shape, tx) -> TrainState:
 
 
 def cross_entropy(logits, labels, num_classes: int, label_smoothing: float):
-  """Mean softmax cross-entropy, in float32."""
-  targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+  """Mean softmax cross-entropy, in float32 (float64 for float64 logits)."""
+  dtype = jnp.promote_types(logits.dtype, jnp.float32)
+  targets = jax.nn.one_hot(labels, num_classes, dtype=dtype)
   if label_smoothing > 0:
     targets = optax.smooth_labels(targets, label_smoothing)
-  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+  return optax.softmax_cross_entropy(logits.astype(dtype), targets)
 
 
 def _keep_if_nonfinite(finite, new: TrainState, old: TrainState):
@@ -358,7 +366,7 @@ def eval_step(
       totals[2] + jnp.sum(m),
     ), None
 
-  zero = jnp.zeros((), jnp.float32)
+  zero = jnp.zeros((), jnp.promote_types(dtype, jnp.float32))
   totals, _ = jax.lax.scan(
     one_batch, (zero, zero, zero), (images, labels, mask)
   )

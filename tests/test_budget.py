@@ -8,7 +8,6 @@ computation, the MDD against a Monte Carlo of the t-test it describes.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 import os
@@ -23,7 +22,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from superconv import budget, report
+from superconv import budget, cli, report
 
 STEPS_PER_EPOCH = 10
 BASELINES = ("piecewise", "linear")
@@ -403,12 +402,7 @@ SCRIPT = "results/budget_study/reproduce.sh"
 
 
 def study_config(arm):
-  spec = importlib.util.spec_from_file_location(
-    "_budget_study", REPO / "configs" / "budget_study.py"
-  )
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arm)
+  return cli.load_config_file(f"{REPO / 'configs' / 'budget_study.py'}:{arm}")
 
 
 def test_arms_share_everything_but_the_schedule():

@@ -66,7 +66,7 @@ def _cases(tmp):
     ),
     "lr_range_test_empty_workdir": (
       ["superconv.lr_range_test", "--config", QUICK, "--workdir", " "],
-      ["superconv: error: --workdir: empty"],
+      ["superconv.lr_range_test: error: --workdir: empty"],
     ),
     "evaluate_empty_workdir": (
       ["superconv.evaluate", "--workdir="],
@@ -156,7 +156,31 @@ def _cases(tmp):
     "main_unknown_key_lists_keys": (
       ["superconv.main", "--config", QUICK, "--workdir", "w",
        "--config.zzz=1"],
-      ["config.zzz: unknown key; valid keys of config: batch_size,"],
+      ["config.zzz: unknown key; valid keys of config: ", " batch_size,"],
+    ),
+    "schedules_unknown_flag": (
+      ["superconv.schedules", "--config", QUICK, "--bogus=1"],
+      ["superconv.schedules: error: Unknown command line flag 'bogus'"],
+    ),
+    "schedules_name_error": (
+      ["superconv.schedules_main", "--config", bad["name.py"]],
+      [f"--config {bad['name.py']}:3: NameError"],
+    ),
+    "report_no_out": (
+      ["superconv.report", "runs"],
+      ["superconv.report: error: --out: required"],
+    ),
+    "report_bad_budget_analysis": (
+      ["superconv.report", "runs", "--out", "r", "--budget-analysis=maybe"],
+      ["superconv.report: error:", "--budget_analysis", "maybe"],
+    ),
+    "bench_batch_not_a_list_of_ints": (
+      ["superconv.bench", "--batch", "64,x"],
+      ["superconv.bench: error:", "--batch", "'64,x'"],
+    ),
+    "evaluate_unexpected_argument": (
+      ["superconv.evaluate", "--workdir", "w", "extra"],
+      ["superconv.evaluate: error: unexpected arguments: extra"],
     ),
   }  # fmt: skip
 
@@ -204,7 +228,11 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(refusals, name):
     assert part in lines[0]
   assert lines[0].split(": error: ")[0] in (
     "superconv",
+    "superconv.bench",
     "superconv.evaluate",
+    "superconv.lr_range_test",
+    "superconv.report",
+    "superconv.schedules",
     "superconv.sweep",
   )
   assert out == ""  # A dry run prints no run before refusing.

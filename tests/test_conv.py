@@ -67,6 +67,16 @@ def test_auto_is_chunked_on_cpu_only(impl, backend, expected):
   assert (fn is lax.conv_general_dilated) == (expected == "xla")
 
 
+def _vjp(fn, x, w, g):
+  """(input gradient, weight gradient) of `fn(x, w)` for the cotangent g."""
+  return jax.jit(lambda x, w, g: jax.vjp(fn, x, w)[1](g))(x, w, g)
+
+
+def _assert_within(got, want, bound, name):
+  excess = np.abs(np.float64(got) - np.float64(want)) - bound
+  assert np.all(excess <= 0), (name, float(excess.max()))
+
+
 @pytest.mark.parametrize(
   "strides,padding,dn,shapes",
   [
@@ -82,60 +92,93 @@ def test_auto_is_chunked_on_cpu_only(impl, backend, expected):
   ],
 )
 def test_value_and_gradients_equal_xla(strides, padding, dn, shapes):
-  # A chunk of 2-3 images: several uneven chunks for every case above.
+  # In float64. Each gradient element is a sum of at most n products
+  # (n = g.size for the weight gradient, w.size for the input gradient), in
+  # whatever order a CPU, a thread count or the chunks choose; each order is
+  # within n * 2^-53 * sum(|products|) of the exact sum, so the two results
+  # differ by at most twice that, elementwise. sum(|products|) is the same
+  # gradient of |x|, |w| and |g|. A dropped, doubled or misplaced chunk
+  # misses that bound by 10 orders of magnitude.
   x_shape, w_shape = shapes
-  per_image = int(np.prod(x_shape[1:])) * 4
-  conv = conv_lib.make_conv(chunk_bytes=per_image * 5 // 2)
-  kx, kw, kg = jax.random.split(jax.random.key(0), 3)
-  x = jax.random.normal(kx, x_shape)
-  w = jax.random.normal(kw, w_shape)
+  with jax.enable_x64(True):
+    # A chunk of 2-3 images: several uneven chunks for every case above.
+    per_image = int(np.prod(x_shape[1:])) * 8
+    conv = conv_lib.make_conv(chunk_bytes=per_image * 5 // 2)
+    kx, kw, kg = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, x_shape, jnp.float64)
+    w = jax.random.normal(kw, w_shape, jnp.float64)
 
-  def apply(fn, x, w):
-    return fn(x, w, strides, padding, dimension_numbers=dn)
+    def apply(fn):
+      return lambda x, w: fn(x, w, strides, padding, dimension_numbers=dn)
 
-  want = apply(lax.conv_general_dilated, x, w)
-  got = jax.jit(lambda x, w: apply(conv, x, w))(x, w)
-  np.testing.assert_array_equal(got, want)  # The forward is XLA's own.
-  g = jax.random.normal(kg, want.shape)
-  _, vjp_want = jax.vjp(
-    lambda x, w: apply(lax.conv_general_dilated, x, w), x, w
-  )
-  _, vjp_got = jax.vjp(lambda x, w: apply(conv, x, w), x, w)
-  gx_want, gw_want = vjp_want(g)
-  gx_got, gw_got = jax.jit(vjp_got)(g)
-  np.testing.assert_allclose(gx_got, gx_want, rtol=1e-6, atol=1e-6)
-  # Summed in another order: equal up to float32 rounding.
-  np.testing.assert_allclose(
-    gw_got, gw_want, rtol=1e-5, atol=1e-5 * np.abs(gw_want).max()
-  )
-  assert not np.array_equal(gw_got, jnp.zeros_like(gw_got))
+    want = apply(lax.conv_general_dilated)(x, w)
+    got = jax.jit(apply(conv))(x, w)
+    np.testing.assert_array_equal(got, want)  # The forward is XLA's own.
+    g = jax.random.normal(kg, want.shape, jnp.float64)
+    gx_want, gw_want = _vjp(apply(lax.conv_general_dilated), x, w, g)
+    gx_got, gw_got = _vjp(apply(conv), x, w, g)
+    gx_abs, gw_abs = _vjp(apply(lax.conv_general_dilated), *map(abs, (x, w, g)))
+    # Host arrays: the bounds below stay float64 outside this block.
+    gx_want, gw_want, gx_got, gw_got, gx_abs, gw_abs = jax.device_get(
+      (gx_want, gw_want, gx_got, gw_got, gx_abs, gw_abs)
+    )
+  u = np.finfo(np.float64).eps / 2
+  _assert_within(gx_got, gx_want, 2 * w.size * u * gx_abs, "input gradient")
+  _assert_within(gw_got, gw_want, 2 * g.size * u * gw_abs, "weight gradient")
+  assert gw_got.dtype == np.float64
+  assert np.any(gw_got != 0)
 
 
 def test_bfloat16_gradients_equal_xla():
-  conv = conv_lib.make_conv(chunk_bytes=2 * 6 * 6 * 4 * 2)  # 2 images a chunk.
+  shape = (7, 6, 6, 4)
+  chunk_bytes = 2 * 6 * 6 * 4 * 2  # 2 images a chunk: 4 chunks.
+  conv = conv_lib.make_conv(chunk_bytes=chunk_bytes)
   kx, kw, kg = jax.random.split(jax.random.key(3), 3)
-  x = jax.random.normal(kx, (7, 6, 6, 4), jnp.bfloat16)
+  x = jax.random.normal(kx, shape, jnp.bfloat16)
   w = jax.random.normal(kw, (3, 3, 4, 5), jnp.bfloat16)
   g = jax.random.normal(kg, (7, 6, 6, 5), jnp.bfloat16)
 
-  def grads(fn):
-    f = lambda x, w: fn(
+  def same(fn):
+    return lambda x, w: fn(
       x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
     )
-    return jax.jit(lambda x, w, g: jax.vjp(f, x, w)[1](g))(x, w, g)
 
-  (gx_want, gw_want), (gx_got, gw_got) = (
-    grads(lax.conv_general_dilated),
-    grads(conv),
-  )
+  gx_want, gw_want = _vjp(same(lax.conv_general_dilated), x, w, g)
+  gx_got, gw_got = _vjp(same(conv), x, w, g)
   assert gx_got.dtype == gw_got.dtype == jnp.bfloat16
-  np.testing.assert_array_equal(gx_got, gx_want)
-  np.testing.assert_allclose(
-    np.float32(gw_got),
-    np.float32(gw_want),
-    rtol=2e-2,
-    atol=2e-2 * float(np.abs(np.float32(gw_want)).max()),
+  # Bounds: XLA:CPU convolves bfloat16 in float32 and rounds the result
+  # once (relative error u = 2^-8); a float32 sum of at most n products is
+  # within n * 2^-24 * sum(|products|) of the exact one (n = w.size for the
+  # input gradient, g.size for the weight gradient), and sum(|products|) is
+  # the same gradient of |x|, |w| and |g|. Input gradient: both results are
+  # one rounding of a float32 sum, within 2u + 3 n 2^-24 of sum(|products|).
+  # Weight gradient: XLA's result is within u * |want| of its float32 sum;
+  # the chunked one rounds each chunk's partial p_k, then each of the K - 1
+  # running sums s_j, |s_j| <= S = sum_k |p_k|: within K * u * S.
+  u, u32 = 2.0**-8, 2.0**-24
+  x32, w32, g32 = (np.float32(a) for a in (x, w, g))
+  conv32 = same(lax.conv_general_dilated)
+  gx_abs, gw_abs = (
+    np.float64(a) for a in _vjp(conv32, *map(abs, (x32, w32, g32)))
   )
+  gx_bound = (2 * u + 3 * w.size * u32) * gx_abs
+  _assert_within(gx_got, gx_want, gx_bound, "input gradient")
+  per_image = int(np.prod(shape[1:])) * 2
+  bounds = conv_lib.chunk_bounds(shape[0], per_image, chunk_bytes)
+  assert len(bounds) == 4
+  partials = [
+    np.float64(_vjp(conv32, x32[a:b], w32, g32[a:b])[1]) for a, b in bounds
+  ]
+  s = sum(np.abs(p) for p in partials)
+  gw_bound = (
+    len(bounds) * u * s
+    + u * np.abs(np.float64(gw_want))
+    + 2 * g.size * u32 * gw_abs
+  )
+  _assert_within(gw_got, gw_want, gw_bound, "weight gradient")
+  # Each chunk's contribution exceeds the bound somewhere: losing or
+  # doubling any chunk fails.
+  assert all(np.any(np.abs(p) > gw_bound) for p in partials)
 
 
 def test_weight_gradient_inputs_are_stored_once_not_folded_away():
@@ -160,42 +203,46 @@ def test_weight_gradient_inputs_are_stored_once_not_folded_away():
 
 
 def test_resnet_gradients_are_the_same_with_either_convolution(monkeypatch):
-  # 100 kB chunks: 1, 3 and 6 images at 32x32x16, 16x16x32 and 8x8x64.
-  monkeypatch.setattr(conv_lib, "DEFAULT_CHUNK_BYTES", 100_000)
-  x = jax.random.normal(jax.random.key(1), (8, 32, 32, 3))
-  y = jnp.arange(8) % 10
+  # In float64, where the two convolutions differ only in how the weight
+  # gradients' sums are split and ordered: float64 rounding (1e-16), grown
+  # through 20 layers and their BatchNorms to about 1e-14 relative to a
+  # leaf's norm (measured on 1 and 2 threads). Float32 would give 1e-6 and
+  # a dropped or doubled chunk 1e-1, so 1e-10 keeps margins of 1e3 or more.
+  tolerance = 1e-10
+  # 200 kB chunks: 1, 3 and 6 float64 images at 32x32x16, 16x16x32, 8x8x64.
+  monkeypatch.setattr(conv_lib, "DEFAULT_CHUNK_BYTES", 200_000)
+  with jax.enable_x64(True):
+    x = jax.random.normal(jax.random.key(1), (8, 32, 32, 3), jnp.float64)
+    y = jnp.arange(8) % 10
 
-  def grads(impl):
-    model = models.create_model("resnet20", conv_impl=impl)
-    variables = model.init(jax.random.key(0), x, train=False)
+    def grads(impl):
+      model = models.create_model("resnet20", dtype=jnp.float64, conv_impl=impl)
+      variables = model.init(jax.random.key(0), x, train=False)
 
-    def loss(params):
-      logits, _ = model.apply(
-        {"params": params, "batch_stats": variables["batch_stats"]},
-        x,
-        train=True,
-        mutable=["batch_stats"],
-      )
-      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+      def loss(params):
+        logits, _ = model.apply(
+          {"params": params, "batch_stats": variables["batch_stats"]},
+          x,
+          train=True,
+          mutable=["batch_stats"],
+        )
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-    return variables, jax.jit(jax.value_and_grad(loss))(variables["params"])
+      return variables, jax.jit(jax.value_and_grad(loss))(variables["params"])
 
-  v_xla, (loss_xla, g_xla) = grads("xla")
-  v_chunked, (loss_chunked, g_chunked) = grads("chunked")
+    v_xla, (loss_xla, g_xla) = grads("xla")
+    v_chunked, (loss_chunked, g_chunked) = grads("chunked")
   # Same parameters (names, shapes, values): checkpoints are interchangeable.
   jax.tree.map(np.testing.assert_array_equal, v_xla, v_chunked)
-  assert loss_chunked == loss_xla
+  # The same forward, in two programs that may fuse its sums differently.
+  assert float(loss_chunked) == pytest.approx(float(loss_xla), rel=tolerance)
   flat_xla = jax.tree_util.tree_leaves_with_path(g_xla)
   flat_chunked = jax.tree.leaves(g_chunked)
   assert len(flat_xla) == len(flat_chunked) == 59
   for (path, a), b in zip(flat_xla, flat_chunked):
-    np.testing.assert_allclose(
-      b,
-      a,
-      rtol=1e-4,
-      atol=1e-5 * float(np.abs(a).max()),
-      err_msg=jax.tree_util.keystr(path),
-    )
+    assert a.dtype == b.dtype == np.float64
+    diff = np.linalg.norm(b - a) / np.linalg.norm(a)
+    assert diff <= tolerance, (jax.tree_util.keystr(path), diff)
 
 
 def test_config_validates_conv_impl():

@@ -1,7 +1,6 @@
 """LR range test: LR sequences, smoothing and stopping, suggestions on known
 curves, a tiny real run (CLI and library) and apply_to_config."""
 
-import importlib.util
 import json
 import math
 import os
@@ -12,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from superconv import cli
 from superconv import config as config_lib
 from superconv import data as data_lib
 from superconv import lr_range_test as lrt
@@ -20,12 +20,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def range_config(arg=None, **range_overrides):
-  spec = importlib.util.spec_from_file_location(
-    "_rt_config", os.path.join(REPO, "configs", "lr_range_test.py")
-  )
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config(arg)
+  path = os.path.join(REPO, "configs", "lr_range_test.py")
+  c = cli.load_config_file(path if arg is None else f"{path}:{arg}")
   c.dataset = "synthetic"
   c.batch_size = 16
   c.synthetic_train_size = 64
@@ -352,6 +348,14 @@ def test_cli_run_writes_the_three_files_and_no_checkpoint(tmp_path):
   assert summary["config"]["model"] == "resnet20"
   with open(workdir / "lr_range_test.png", "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  with open(workdir / "lr_range_test.jsonl") as f:
+    rows = [json.loads(line) for line in f]
+  fig = lrt.plot(rows, summary, str(workdir / "again.png"))
+  legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+  assert legend[0] == (
+    f"recommended range: {rec['min_lr']:.3g} to {rec['max_lr']:.3g}"
+  )
+  assert f"Smith max_lr: {rec['max_lr']:.3g} *" in legend
 
 
 class ScriptedSteps:

@@ -9,7 +9,6 @@ gradient agree to float64 rounding and the tolerances can be tight.
 """
 
 import functools
-import importlib.util
 import json
 import math
 import os
@@ -23,7 +22,7 @@ import numpy as np
 import optax
 import pytest
 
-from superconv import checkpoint, input_pipeline, schedules, train
+from superconv import checkpoint, cli, input_pipeline, schedules, train
 from superconv import config as config_lib
 from superconv import data as data_lib
 
@@ -36,21 +35,6 @@ AXIS = train.AXIS
 def x64():
   with jax.enable_x64(True):
     yield
-
-
-def cross_entropy_in_float64(logits, labels, num_classes, label_smoothing):
-  """train.cross_entropy without its cast to float32."""
-  del label_smoothing
-  targets = jax.nn.one_hot(labels, num_classes, dtype=logits.dtype)
-  return optax.softmax_cross_entropy(logits, targets)
-
-
-@pytest.fixture
-def float64_loss(x64, monkeypatch):
-  """float64 throughout: the train step's loss (float32 in training) too,
-  so that the gradient that the train step computes and the one a test
-  computes on its own agree to float64 rounding."""
-  monkeypatch.setattr(train, "cross_entropy", cross_entropy_in_float64)
 
 
 def adamw_config(**overrides):
@@ -166,7 +150,7 @@ def max_relative_error(actual, expected) -> float:
 
 
 def test_first_adamw_train_step_equals_optax_adamw_on_the_same_batch(
-  float64_loss,
+  x64,
 ):
   config = adamw_config()
   lr_fn, momentum_fn = schedule_fns(config)
@@ -217,7 +201,7 @@ def pytorch_adamw(p, g, m, v, t, *, lr, b1, b2, eps, wd):
 
 
 def test_adamw_steps_follow_pytorch_adamw_with_scheduled_lr_and_beta1(
-  float64_loss,
+  x64,
 ):
   # Four train steps on one batch; the reference recomputes each gradient
   # at its own parameters and applies PyTorch's AdamW with this step's LR
@@ -471,11 +455,7 @@ def test_optimizer_fields_change_the_trajectory_on_resume():
 
 
 def load_config_file(name):
-  path = os.path.join(REPO, "configs", name)
-  spec = importlib.util.spec_from_file_location(name[:-3], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return cli.load_config_file(os.path.join(REPO, "configs", name))
 
 
 def test_onecycle_adamw_config_trains_on_synthetic_data():

@@ -10,6 +10,7 @@ never from the code under test.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -512,3 +513,65 @@ def test_cli_writes_the_report(runs, tmp_path, capsys):
   assert "Baseline: **one_cycle**" in capsys.readouterr().out
   speedup = read_csv(str(out / "speedup.csv"))
   assert float(speedup[0]["speedup_steps"]) == pytest.approx(0.5)
+
+
+def test_accuracy_plot_says_what_it_shows(runs):
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  fig = report.figure(build(runs), "accuracy_vs_steps.png")
+  ax = fig.axes[0]
+  assert len(fig.axes) == 1  # No zoom panel.
+  assert ax.get_ylabel() == "evaluation accuracy (%)"
+  assert ax.get_title() == "Evaluation accuracy (%) vs steps"
+  assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+    "base: mean of 3 seeds",
+    "fast: mean of 3 seeds",
+    "five: mean of 5 seeds",
+    "target 90.00%",
+    "target 92.00%",
+    "shaded: min to max over seeds",
+  ]
+  base = ax.get_lines()[0]
+  assert list(base.get_xdata()) == list(range(100, 700, 100))
+  # In %: the mean of BASE_ACC at each evaluation.
+  expected = 100 * np.mean(list(BASE_ACC.values()), axis=0)
+  np.testing.assert_allclose(base.get_ydata(), expected, rtol=1e-12)
+  band = ax.collections[0].get_paths()[0].vertices[:, 1]
+  assert band.min() == pytest.approx(30.0) and band.max() == pytest.approx(92.0)
+  targets = [l.get_ydata()[0] for l in ax.get_lines()[3:]]
+  assert targets == [pytest.approx(90.0), pytest.approx(92.0)]
+  plt.close(fig)
+
+
+def test_loss_plot_has_plain_log_tick_labels(runs):
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  fig = report.figure(build(runs), "train_loss.png")
+  ax = fig.axes[0]
+  fig.canvas.draw()
+  assert ax.get_yscale() == "log"
+  low, high = ax.get_ylim()
+  shown = [
+    t.get_text()
+    for t in ax.get_yticklabels()
+    if t.get_text() and low <= t.get_position()[1] <= high
+  ]
+  # train_loss = 2 - accuracy spans 1.05..1.7: labels 1.25, 1.5.
+  assert shown == ["1.25", "1.5"]
+  assert not [t for t in ax.get_yticklabels(minor=True) if t.get_text()]
+  plt.close(fig)
+
+
+def test_wallclock_plot_only_on_request(runs, tmp_path):
+  r = build(runs)
+  report.write(r, str(tmp_path / "default"))
+  md = (tmp_path / "default" / "report.md").read_text()
+  assert not (tmp_path / "default" / report.WALLCLOCK_PLOT).exists()
+  assert "No accuracy-versus-wall-clock plot" in md
+  assert report.WALLCLOCK_PLOT not in md
+  drawn = dataclasses.replace(r, wallclock_plot=True)
+  report.write(drawn, str(tmp_path / "drawn"))
+  md = (tmp_path / "drawn" / "report.md").read_text()
+  png = tmp_path / "drawn" / report.WALLCLOCK_PLOT
+  assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert f"]({report.WALLCLOCK_PLOT})" in md

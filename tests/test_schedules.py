@@ -10,7 +10,6 @@ algorithm.
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import math
 import os
@@ -25,7 +24,7 @@ import numpy as np
 import optax
 import pytest
 
-from superconv import schedules
+from superconv import cli, schedules, schedules_main
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RTOL = 1e-5  # The bound on relative error (float32 schedules).
@@ -38,11 +37,7 @@ def values(fn, steps):
 
 
 def load_config(name: str, *args):
-  path = REPO / "configs" / name
-  spec = importlib.util.spec_from_file_location(f"_cfg_{path.stem}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(*args)
+  return cli.load_config_file(":".join([str(REPO / "configs" / name), *args]))
 
 
 # ---------------------------------------------------------------------------
@@ -1116,7 +1111,7 @@ def _table_rows(text: str) -> dict[int, tuple[str, float, float, float]]:
 
 def test_run_prints_key_points_and_plots(tmp_path):
   out = tmp_path / "schedule.png"
-  text = schedules.run(
+  text = schedules_main.run(
     load_config("onecycle_resnet56.py"), out=str(out), title="test"
   )
   rows = _table_rows(text)
@@ -1128,7 +1123,7 @@ def test_run_prints_key_points_and_plots(tmp_path):
 
 
 def test_run_prints_a_linear_schedule():
-  text = schedules.run(load_config("study_cpu.py", "linear"), out=None)
+  text = schedules_main.run(load_config("study_cpu.py", "linear"), out=None)
   assert "linear max_lr 0.4, warm-up 0.1 fraction from 0.1x" in text
   assert "constant momentum 0.9" in text
   rows = _table_rows(text)

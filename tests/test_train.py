@@ -61,35 +61,44 @@ def batch_loss(state, x, y):
 
 
 def test_one_step_changes_parameters_and_lowers_the_loss():
+  # In float64: the step's loss (pmapped, batch selected inside) and
+  # batch_loss (vmapped) are two programs for one computation, equal up to
+  # float64 rounding grown through ResNet-20 (1e-15 measured): 1e-10.
   # Data set = one batch, no augmentation: every step sees the same images.
-  config = tiny_config(
-    synthetic_train_size=16, crop_padding=0, random_flip=False, num_steps=1
-  )
-  dataset = load(config)
-  run = train.setup(config, dataset)
-  state = train.create_train_state(config, run.model, (32, 32, 3), run.tx)
-  x = input_pipeline.normalize(
-    jnp.asarray(dataset.train_images), run.aug.mean, run.aug.std, jnp.float32
-  )
-  y = jnp.asarray(dataset.train_labels)
-  before = batch_loss(state, x, y)
+  with jax.enable_x64(True):
+    config = tiny_config(
+      synthetic_train_size=16,
+      crop_padding=0,
+      random_flip=False,
+      num_steps=1,
+      dtype="float64",
+    )
+    dataset = load(config)
+    run = train.setup(config, dataset)
+    state = train.create_train_state(config, run.model, (32, 32, 3), run.tx)
+    x = input_pipeline.normalize(
+      jnp.asarray(dataset.train_images), run.aug.mean, run.aug.std, jnp.float64
+    )
+    y = jnp.asarray(dataset.train_labels)
+    before = batch_loss(state, x, y)
 
-  step = train.make_train_step(config, dataset, run.aug)
-  new_state, metrics = step(
-    input_pipeline.replicate_tree(state),
-    input_pipeline.replicate(dataset.train_images),
-    input_pipeline.replicate(dataset.train_labels),
-  )
-  new_state = train.unreplicate(new_state)
-  after = batch_loss(new_state, x, y)
+    step = train.make_train_step(config, dataset, run.aug)
+    new_state, metrics = step(
+      input_pipeline.replicate_tree(state),
+      input_pipeline.replicate(dataset.train_images),
+      input_pipeline.replicate(dataset.train_labels),
+    )
+    new_state = train.unreplicate(new_state)
+    after = batch_loss(new_state, x, y)
+    changed = jax.tree.map(
+      lambda a, b: bool(jnp.any(a != b)), state.params, new_state.params
+    )
 
   assert int(new_state.step) == 1
-  assert float(metrics["train_loss"][0]) == pytest.approx(before, rel=1e-5)
+  assert new_state.params["head"]["kernel"].dtype == np.float64
+  assert float(metrics["train_loss"][0]) == pytest.approx(before, rel=1e-10)
   assert float(metrics["learning_rate"][0]) == pytest.approx(0.1)
   assert float(metrics["momentum"][0]) == pytest.approx(0.9)
-  changed = jax.tree.map(
-    lambda a, b: bool(jnp.any(a != b)), state.params, new_state.params
-  )
   assert all(jax.tree.leaves(changed))
   assert after < before - 0.05, (before, after)
 
@@ -124,30 +133,44 @@ def test_weight_decay_mask_excludes_batchnorm_and_bias_when_asked():
 
 def test_eval_counts_every_test_image_once():
   # 40 test images, global eval batch 16: 3 batches, the last half padding.
-  config = tiny_config()
-  dataset = load(config)
-  run = train.setup(config, dataset)
-  state = train.create_train_state(config, run.model, (32, 32, 3), run.tx)
-  result = train.Evaluator(config, dataset, run.aug)(
-    input_pipeline.replicate_tree(state)
-  )
+  # In float64: the Evaluator (batches of 16, masked sums) and one direct
+  # forward of the 40 images agree up to float64 rounding (1e-16 measured):
+  # 1e-10. An image lost, counted twice or a padding image counted moves the
+  # mean loss by about 1e-2.
+  with jax.enable_x64(True):
+    config = tiny_config(dtype="float64")
+    dataset = load(config)
+    run = train.setup(config, dataset)
+    state = train.create_train_state(config, run.model, (32, 32, 3), run.tx)
+    result = train.Evaluator(config, dataset, run.aug)(
+      input_pipeline.replicate_tree(state)
+    )
+    logits = state.apply_fn(
+      {"params": state.params, "batch_stats": state.batch_stats},
+      input_pipeline.normalize(
+        jnp.asarray(dataset.test_images), run.aug.mean, run.aug.std, jnp.float64
+      ),
+      train=False,
+    )
+    labels = jnp.asarray(dataset.test_labels)
+    correct = int(jnp.sum(jnp.argmax(logits, -1) == labels))
+    loss = float(train.cross_entropy(logits, labels, 10, 0.0).mean())
+  assert logits.dtype == np.float64
   assert result["eval_examples"] == 40
-
-  logits = state.apply_fn(
-    {"params": state.params, "batch_stats": state.batch_stats},
-    input_pipeline.normalize(
-      jnp.asarray(dataset.test_images), run.aug.mean, run.aug.std, jnp.float32
-    ),
-    train=False,
-  )
-  labels = jnp.asarray(dataset.test_labels)
-  accuracy = float(jnp.mean(jnp.argmax(logits, -1) == labels))
-  loss = float(train.cross_entropy(logits, labels, 10, 0.0).mean())
-  assert result["eval_accuracy"] == pytest.approx(accuracy, abs=1e-6)
-  assert result["eval_loss"] == pytest.approx(loss, rel=1e-5)
+  assert result["eval_accuracy"] == pytest.approx(correct / 40, abs=1e-12)
+  assert result["eval_loss"] == pytest.approx(loss, rel=1e-10)
 
 
 # --- Devices: 8 simulated CPU devices vs 1 --------------------------------
+
+# In float64 (JAX_ENABLE_X64=1, config dtype float64: parameters, batch
+# statistics and compute). 8 devices change only how the batch's sums are
+# split and ordered (convolutions, BatchNorm statistics, the pmean), which
+# float64 rounds at 1e-16; over 3 steps that grows to about 1e-13 relative
+# to a leaf's norm (measured on 1 and 2 threads). Float32 noise would be
+# 1e-5 and a wrong shard, BatchNorm axis or missing pmean 1e-1, so 1e-10
+# separates the algorithm from rounding with margins of 1e3 on either side.
+_DEVICES_TOLERANCE = 1e-10
 
 _DEVICE_SCRIPT = textwrap.dedent("""
     import sys
@@ -155,7 +178,7 @@ _DEVICE_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from test_train import tiny_config, load
     from superconv import input_pipeline, train
-    config = tiny_config()
+    config = tiny_config(dtype="float64")
     dataset = load(config)
     run = train.setup(config, dataset)
     state = train.create_train_state(config, run.model, (32, 32, 3), run.tx)
@@ -178,6 +201,7 @@ def _train_on(devices: int, tmp_path) -> dict:
     os.environ,
     XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
     JAX_PLATFORMS="cpu",
+    JAX_ENABLE_X64="1",
   )
   script = _DEVICE_SCRIPT.format(tests=os.path.join(REPO, "tests"), out=out)
   subprocess.run(
@@ -193,8 +217,9 @@ def test_eight_devices_match_one_device_after_three_steps(tmp_path):
   assert one.keys() == eight.keys()
   for key in one:
     ref = one[key]
-    diff = np.linalg.norm(eight[key] - ref) / max(np.linalg.norm(ref), 1e-12)
-    assert diff <= 1e-5, (key, diff)
+    assert ref.dtype == eight[key].dtype == np.float64, key
+    diff = np.linalg.norm(eight[key] - ref) / max(np.linalg.norm(ref), 1e-300)
+    assert diff <= _DEVICES_TOLERANCE, (key, diff)
   # The head bias starts at zero: it moved, so the comparison means something.
   assert np.abs(one["params/head/bias"]).max() > 1e-3
 
@@ -218,37 +243,68 @@ def run_main(args, *, devices=1, timeout=600):
   )
 
 
-@pytest.mark.parametrize(
-  "override,key",
-  [
-    ("--config.no_such_key=1", "no_such_key"),
-    ("--config.schedule.no_such_key=1", "schedule.no_such_key"),
-    ("--config.batch_size=abc", "batch_size"),
-    ("--config.batch_size=12", "batch_size"),  # 8 devices
-    ("--config.num_epochs=-1", "num_epochs"),
-    ("--config.model=resnet7", "model"),
-    ("--config.dataset=imagenet", "dataset"),
-    ("--config.dtype=float16", "dtype"),
-    ("--config.conv_impl=fast", "conv_impl"),
-  ],
-)
-def test_bad_override_exits_nonzero_naming_the_key(override, key, tmp_path):
-  workdir = tmp_path / "run"
-  result = run_main(
-    [
-      "--config",
-      "configs/quick.py",
-      "--workdir",
-      str(workdir),
-      "--config.dataset=synthetic",
-      override,
-    ],
-    devices=8,
-    timeout=120,
+_BAD_OVERRIDES = [
+  ("--config.no_such_key=1", "no_such_key"),
+  ("--config.schedule.no_such_key=1", "schedule.no_such_key"),
+  ("--config.batch_size=abc", "batch_size"),
+  ("--config.batch_size=12", "batch_size"),  # 8 devices
+  ("--config.num_epochs=-1", "num_epochs"),
+  ("--config.model=resnet7", "model"),
+  ("--config.dataset=imagenet", "dataset"),
+  ("--config.dtype=float16", "dtype"),
+  ("--config.dtype=float64", "dtype"),  # Without JAX_ENABLE_X64=1.
+  ("--config.conv_impl=fast", "conv_impl"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_override_runs(tmp_path_factory):
+  """{override: (exit status, stderr, workdir)}, every run started at once:
+  each only starts up, reads its flags and exits."""
+  root = tmp_path_factory.mktemp("bad_overrides")
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    JAX_ENABLE_X64="0",
+    XLA_FLAGS="--xla_force_host_platform_device_count=8",
   )
-  assert result.returncode == 2, result.stderr
-  lines = result.stderr.strip().splitlines()
-  assert len(lines) == 1, result.stderr
+  procs = {}
+  for i, (override, _) in enumerate(_BAD_OVERRIDES):
+    workdir = root / f"run{i}"
+    args = ["--config", "configs/quick.py", "--workdir", str(workdir)]
+    procs[override] = (
+      workdir,
+      subprocess.Popen(
+        [sys.executable, "-m", "superconv.main", *args]
+        + ["--config.dataset=synthetic", override],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+      ),
+    )
+  runs = {}
+  try:
+    for override, (workdir, proc) in procs.items():
+      _, stderr = proc.communicate(timeout=300)
+      runs[override] = proc.returncode, stderr, workdir
+  finally:
+    for _, proc in procs.values():
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+  return runs
+
+
+@pytest.mark.parametrize("override,key", _BAD_OVERRIDES)
+def test_bad_override_exits_nonzero_naming_the_key(
+  override, key, bad_override_runs
+):
+  returncode, stderr, workdir = bad_override_runs[override]
+  assert returncode == 2, stderr
+  lines = stderr.strip().splitlines()
+  assert len(lines) == 1, stderr
   assert key in lines[0]
   assert not workdir.exists()
 
@@ -354,66 +410,64 @@ def _train_steps(config, dataset, run, steps: int):
 
 
 def test_parallel_seeds_equal_separate_runs():
-  # One-cycle moves LR and momentum every step; 2 steps of 16 of the 32
-  # images. The first step's loss depends only on the seed's initialization
-  # and its batch (data order, augmentation): it must match exactly as the
-  # separate run's. After that, the vmapped convolutions sum in another
-  # order, and on 16 random-noise images the gradient is hypersensitive
-  # (measured: a 1e-7 relative perturbation of the initial parameters moves
-  # grad_norm by 2e-4 at once and by 1% two steps later), so the comparison
-  # stops at 2 steps and uses whole-state norms. A wrong seed, batch or
-  # augmentation changes everything by ~1e-1.
+  # One-cycle moves LR and momentum every step; 3 steps of 16 of the 32
+  # images. In float32 the vmapped convolutions sum in another order and, on
+  # 16 random-noise images, the gradient is hypersensitive (a 1e-7 relative
+  # perturbation of the initial parameters moves grad_norm by 2e-4 at once
+  # and by 1% two steps later), so the check runs in float64: the same
+  # amplification of float64 rounding (1e-16) stays near 1e-13 (measured),
+  # while a wrong seed, batch or augmentation changes everything by ~1e-1.
+  # 1e-10 relative (to a value, or to a whole state part's norm) keeps
+  # margins of 1e3 on either side.
+  tolerance = 1e-10
   schedule = {
     "name": "one_cycle",
     "max_lr": 0.02,
     "pct_start": 0.75,
     "cycle_momentum": True,
   }
-  sizes = {"synthetic_train_size": 32, "num_steps": 2}
-  config = tiny_config(num_parallel_seeds=3, seed=5, **sizes)
-  config.schedule.update(schedule)
-  dataset = load(config)
-  run = train.setup(config, dataset)
-  stacked, metrics = _train_steps(config, dataset, run, 2)
-  assert train.replica_seeds(config) == [5, 6, 7]
-  assert np.shape(stacked.step) == (3,) and list(stacked.step) == [2, 2, 2]
-  assert np.shape(metrics[0]["train_loss"]) == (3,)
+  sizes = {"synthetic_train_size": 32, "num_steps": 3, "dtype": "float64"}
+  with jax.enable_x64(True):
+    config = tiny_config(num_parallel_seeds=3, seed=5, **sizes)
+    config.schedule.update(schedule)
+    dataset = load(config)
+    run = train.setup(config, dataset)
+    stacked, metrics = _train_steps(config, dataset, run, 3)
+    assert train.replica_seeds(config) == [5, 6, 7]
+    assert np.shape(stacked.step) == (3,) and list(stacked.step) == [3, 3, 3]
+    assert np.shape(metrics[0]["train_loss"]) == (3,)
+    assert stacked.params["head"]["kernel"].dtype == np.float64
 
-  def flat(tree):
-    return np.concatenate(
-      [np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(tree)]
-    )
+    def flat(tree):
+      return np.concatenate(
+        [np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(tree)]
+      )
 
-  finals = []
-  for k, seed in enumerate((5, 6, 7)):
-    one = tiny_config(seed=seed, **sizes)
-    one.schedule.update(schedule)
-    single, single_metrics = _train_steps(one, dataset, run, 2)
-    finals.append(single)
-    assert float(metrics[0]["train_loss"][k]) == pytest.approx(
-      float(single_metrics[0]["train_loss"]), rel=1e-6
-    )
-    for i, m in enumerate(single_metrics):
-      for key, rel in (
-        ("train_loss", 1e-6),
-        ("train_accuracy", 1e-6),
-        ("grad_norm", 1e-4),
-        ("learning_rate", 1e-6),
-        ("momentum", 1e-6),
-      ):
-        assert float(metrics[i][key][k]) == pytest.approx(
-          float(m[key]), rel=rel, abs=1e-7
-        ), (seed, i, key)
-    replica = jax.tree.map(lambda x, k=k: x[k], stacked)
-    # Momentum traces are sums of those gradients: seed 6 differs by 1.3e-3.
-    for part, rel in (
-      ("params", 1e-5),
-      ("batch_stats", 1e-5),
-      ("opt_state", 5e-3),
-    ):
-      a, b = flat(getattr(replica, part)), flat(getattr(single, part))
-      assert a.shape == b.shape
-      assert np.linalg.norm(a - b) / np.linalg.norm(b) <= rel, (seed, part)
+    finals = []
+    for k, seed in enumerate((5, 6, 7)):
+      one = tiny_config(seed=seed, **sizes)
+      one.schedule.update(schedule)
+      single, single_metrics = _train_steps(one, dataset, run, 3)
+      finals.append(single)
+      for i, m in enumerate(single_metrics):
+        for key in (
+          "train_loss",
+          "train_accuracy",
+          "grad_norm",
+          "learning_rate",
+          "momentum",
+        ):
+          assert float(metrics[i][key][k]) == pytest.approx(
+            float(m[key]), rel=tolerance
+          ), (seed, i, key)
+      replica = jax.tree.map(lambda x, k=k: x[k], stacked)
+      for part in ("params", "batch_stats", "opt_state"):
+        a, b = flat(getattr(replica, part)), flat(getattr(single, part))
+        assert a.shape == b.shape
+        assert np.linalg.norm(a - b) <= tolerance * np.linalg.norm(b), (
+          seed,
+          part,
+        )
   # The replicas are really different runs (own init and data).
   a, b = (np.ravel(f.params["head"]["kernel"]) for f in finals[:2])
   assert np.max(np.abs(a - b)) > 1e-2
@@ -472,5 +526,7 @@ def test_main_with_parallel_seeds_logs_each_replica_as_a_run(tmp_path):
   assert ev.returncode == 0, ev.stderr[-3000:]
   replicas = json.loads(ev.stdout.strip().splitlines()[-1])["replicas"]
   assert [r["seed"] for r in replicas] == [1, 2]
+  # A count of 40 images, on 1 device instead of 2: equal unless an image's
+  # top two logits are within float32 rounding (1e-6) of each other.
   for r, accuracy in zip(replicas, accuracies):
     assert r["eval_accuracy"] == pytest.approx(accuracy, abs=1e-6)
