@@ -1201,14 +1201,16 @@ def main(argv) -> None:
     workdir = check_workdir(flags.FLAGS.workdir)
     validate(config)
     view = training_view(config)
-    config_lib.validate_static(view, num_devices=jax.device_count())
+    train.validate(view, num_devices=jax.device_count())
     # One writer per workdir (lock.py): exit 2 naming the holder otherwise.
     train.lock_workdir(workdir, "superconv.lr_range_test")
     # As training: with config.validation_size > 0 the held-out images come
     # from a validation split of the train images, not from the test set.
     dataset = train.load_dataset(view)
-    config_lib.validate_with_data(
-      view, num_train_examples=dataset.train_images.shape[0]
+    train.validate(
+      view,
+      num_devices=jax.device_count(),
+      num_train_examples=dataset.train_images.shape[0],
     )
     _check(
       num_steps(config, dataset.train_images.shape[0]) >= 2,

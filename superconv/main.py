@@ -91,7 +91,7 @@ def main(argv):
 
   config = FLAGS.config
   try:
-    config_lib.validate_static(config, num_devices=jax.device_count())
+    train.validate(config, num_devices=jax.device_count())
     # One writer per workdir (lock.py): exit 2 naming the holder otherwise.
     train.lock_workdir(workdir, "superconv.main")
     if config.schedule.lr_from_range_test:
@@ -107,8 +107,10 @@ def main(argv):
         ", ".join(f"{k} = {v:.4g}" for k, v in provenance["set"].items()),
       )
     dataset = train.load_dataset(config)
-    config_lib.validate_with_data(
-      config, num_train_examples=dataset.train_images.shape[0]
+    train.validate(
+      config,
+      num_devices=jax.device_count(),
+      num_train_examples=dataset.train_images.shape[0],
     )
   except (config_lib.ConfigError, data_lib.DataError, ValueError) as e:
     fail(str(e))

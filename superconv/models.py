@@ -15,6 +15,8 @@ Two families are provided:
 A single table (`_ARCHS`) describes every architecture; it drives both the
 Flax modules built by `create_model` and the analytic multiply-accumulate
 count of `forward_macs` (each block class knows its own MAC formula).
+`validate_config` checks a config's model keys (model, shortcut, dtype,
+BatchNorm, conv_impl), naming the key at fault.
 
 All models take float NHWC images, compute in `dtype` (e.g. bfloat16) with
 float32 parameters and batch statistics, and return float32 logits.  Padding
@@ -30,6 +32,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from superconv import config as config_lib
 from superconv import conv as conv_lib
 
 ModuleDef = Callable[..., nn.Module]
@@ -381,6 +384,41 @@ def _lookup(name: str, shortcut: str) -> tuple[_Arch, str]:
     )
   arch = _ARCHS[name]
   return arch, arch.shortcut or shortcut
+
+
+def _check(condition: bool, key: str, message: str) -> None:
+  if not condition:
+    raise config_lib.ConfigError(f"{key}: {message}")
+
+
+def validate_config(config) -> None:
+  """Checks the model keys of a config; raises config.ConfigError."""
+  _check(
+    config.model in MODEL_NAMES,
+    "model",
+    f"unknown {config.model!r}; valid: {', '.join(MODEL_NAMES)}",
+  )
+  _check(
+    config.shortcut in SHORTCUTS,
+    "shortcut",
+    f"must be 'A' or 'B', got {config.shortcut!r}",
+  )
+  _check(
+    config.dtype in ("bfloat16", "float32"),
+    "dtype",
+    f"must be 'bfloat16' or 'float32', got {config.dtype!r}",
+  )
+  _check(
+    0.0 <= config.bn_momentum < 1.0,
+    "bn_momentum",
+    f"must be in [0, 1), got {config.bn_momentum}",
+  )
+  _check(config.bn_epsilon > 0, "bn_epsilon", "must be > 0")
+  _check(
+    config.conv_impl in conv_lib.CONV_IMPLS,
+    "conv_impl",
+    f"unknown {config.conv_impl!r}; valid: {', '.join(conv_lib.CONV_IMPLS)}",
+  )
 
 
 def create_model(

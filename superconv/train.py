@@ -52,10 +52,49 @@ import optax
 from superconv import checkpoint as checkpoint_lib
 from superconv import config as config_lib
 from superconv import data as data_lib
-from superconv import input_pipeline, lock, metric_writer, schedules, storage
+from superconv import (
+  input_pipeline,
+  lock,
+  metric_writer,
+  models,
+  schedules,
+  storage,
+)
 
 log = logging.getLogger("superconv")
 AXIS = input_pipeline.AXIS
+
+
+def validate(
+  config, *, num_devices: int, num_train_examples: int | None = None
+) -> None:
+  """Checks a config before anything is compiled or written.
+
+  The data set spec (data.check_spec), the model keys
+  (models.validate_config), the config's own fields (config.check) and, given the
+  number of training examples, the run's length and its schedule
+  (config.check_durations, schedules.validate). Raises config.ConfigError
+  with one line naming the key.
+  """
+  try:
+    data_lib.check_spec(config.dataset, data_dir=config.data_dir or None)
+  except data_lib.DataError as e:
+    raise config_lib.ConfigError(str(e)) from None
+  models.validate_config(config)
+  config_lib.check(config, num_devices=num_devices)
+  if num_train_examples is None:
+    return
+  config_lib.check_durations(config, num_train_examples=num_train_examples)
+  try:
+    schedules.validate(
+      config.schedule,
+      steps_per_epoch=config_lib.steps_per_epoch(
+        num_train_examples, config.batch_size
+      ),
+      total_steps=config_lib.total_steps(config, num_train_examples),
+    )
+  except schedules.ScheduleError as e:
+    raise config_lib.ConfigError(str(e)) from None
 
 
 def load_dataset(config) -> data_lib.Dataset:
