@@ -71,8 +71,8 @@ def validate(
   """Checks a config before anything is compiled or written.
 
   The data set spec (data.check_spec), the model keys
-  (models.validate_config), the config's own fields (config.check) and, given the
-  number of training examples, the run's length and its schedule
+  (models.validate_config), the config's own fields (config.check) and,
+  given the number of training examples, the run's length and its schedule
   (config.check_durations, schedules.validate). Raises config.ConfigError
   with one line naming the key.
   """
