@@ -15,8 +15,9 @@ Two families are provided:
 A single table (`_ARCHS`) describes every architecture; it drives both the
 Flax modules built by `create_model` and the analytic multiply-accumulate
 count of `forward_macs` (each block class knows its own MAC formula).
-`validate_config` checks a config's model keys (model, shortcut, dtype,
-BatchNorm, conv_impl), naming the key at fault.
+`from_config` builds the module a config describes; `validate_config`
+checks its model keys (model, shortcut, dtype, BatchNorm, conv_impl),
+naming the key at fault.
 
 All models take float NHWC images, compute in `dtype` (e.g. bfloat16) with
 float32 parameters and batch statistics, and return float32 logits.  Padding
@@ -471,6 +472,24 @@ def create_model(
     shortcut=shortcut,
     axis_name=axis_name,
     conv_impl=conv_impl,
+  )
+
+
+def from_config(config, num_classes: int, axis_name: str | None = None):
+  """The Flax module a config describes (`create_model` with its keys).
+
+  `axis_name`: the pmap axis of synchronized BatchNorm (training); None for
+  a module called directly (evaluation in a notebook).
+  """
+  return create_model(
+    config.model,
+    num_classes=num_classes,
+    dtype=jnp.dtype(config.dtype),
+    bn_momentum=config.bn_momentum,
+    bn_epsilon=config.bn_epsilon,
+    shortcut=config.shortcut,
+    axis_name=axis_name,
+    conv_impl=config.get("conv_impl", "auto"),
   )
 
 

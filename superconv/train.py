@@ -163,10 +163,6 @@ def hyperparams(opt_state) -> dict:
   raise ValueError("optimizer state has no injected hyperparameters")
 
 
-def create_model(config, num_classes: int):
-  return checkpoint_lib.create_model(config, num_classes, axis_name=AXIS)
-
-
 def replica_seeds(config) -> list[int]:
   """Seeds of the replicas a run trains: seed .. seed + num_parallel_seeds-1."""
   return [
@@ -671,7 +667,7 @@ def setup(config, dataset: data_lib.Dataset) -> Run:
     lr_fn=lr_fn,
     momentum_fn=momentum_fn,
     aug=aug,
-    model=create_model(config, dataset.num_classes),
+    model=models.from_config(config, dataset.num_classes, axis_name=AXIS),
     tx=make_optimizer(config, lr_fn, momentum_fn),
   )
 
