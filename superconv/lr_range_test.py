@@ -1206,7 +1206,7 @@ def main(argv) -> None:
     train.lock_workdir(workdir, "superconv.lr_range_test")
     # As training: with config.validation_size > 0 the held-out images come
     # from a validation split of the train images, not from the test set.
-    dataset = train.load_dataset(view)
+    dataset = data_lib.from_config(view)
     train.validate(
       view,
       num_devices=jax.device_count(),

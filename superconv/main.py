@@ -106,7 +106,7 @@ def main(argv):
         provenance["rule"],
         ", ".join(f"{k} = {v:.4g}" for k, v in provenance["set"].items()),
       )
-    dataset = train.load_dataset(config)
+    dataset = data_lib.from_config(config)
     train.validate(
       config,
       num_devices=jax.device_count(),

@@ -97,26 +97,6 @@ def validate(
     raise config_lib.ConfigError(str(e)) from None
 
 
-def load_dataset(config) -> data_lib.Dataset:
-  """The data set a config trains and evaluates on.
-
-  With config.validation_size > 0, that many train images (a fixed split,
-  data.split_validation) are held out and replace the test set, so tuning
-  never looks at test images.
-  """
-  dataset = data_lib.load(
-    config.dataset,
-    data_dir=config.data_dir or None,
-    cache_dir=config.cache_dir or None,
-    synthetic_train_size=config.synthetic_train_size,
-    synthetic_test_size=config.synthetic_test_size,
-    download=config.tfds_download,
-  )
-  if config.get("validation_size", 0):
-    dataset = data_lib.split_validation(dataset, config.validation_size)
-  return dataset
-
-
 # ============================================================================
 # Train state and optimizer
 # ============================================================================
