@@ -39,6 +39,7 @@ Only saving, restoring and verifying live here; `superconv.load_checkpoint`
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import re
 import sys
@@ -485,15 +486,26 @@ def config_changes(
   *,
   saved_total_steps: int | None = None,
   current_total_steps: int | None = None,
+  defaults: dict | None = None,
 ) -> list[str]:
   """Trajectory-changing differences between two config dicts.
 
   Returns "key (old -> new)" strings, sorted by key; empty when resuming
   is safe. Keys in RESUME_SAFE_KEYS are ignored; num_steps and num_epochs
   are compared through the resolved total steps when both are given
-  (otherwise directly). A key present on one side only is a difference.
+  (otherwise directly). A key present on one side only is a difference,
+  except a key absent from the saved config (a field added after the
+  checkpoint was written) whose current value is its default in `defaults`
+  (a config dict as JSON reads it; None = `superconv.config.base_config()`):
+  new fields default to the behaviour from before they existed.
   """
+  if defaults is None:
+    # Imported here: superconv.config imports the model and data modules.
+    from superconv import config as config_lib  # pylint: disable=g-import-not-at-top
+
+    defaults = json.loads(config_lib.base_config().to_json_best_effort())
   old, new = _flatten(saved), _flatten(current)
+  default = _flatten(defaults)
   compare_totals = (
     saved_total_steps is not None and current_total_steps is not None
   )
@@ -502,6 +514,8 @@ def config_changes(
     if key in RESUME_SAFE_KEYS or (compare_totals and key in _DURATION_KEYS):
       continue
     a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+    if key not in old and key in default and b == default[key]:
+      continue
     if a != b:
       changes.append(f"{key} ({a!r} -> {b!r})")
   if compare_totals and saved_total_steps != current_total_steps:

@@ -75,12 +75,25 @@ def base_config() -> ml_collections.ConfigDict:
   # Global evaluation batch (the last batch is padded and masked).
   c.eval_batch_size = 1000
 
-  # --- Optimizer: SGD with momentum ----------------------------------------
-  c.momentum = 0.9  # Momentum when the schedule does not cycle it.
-  c.nesterov = False  # Nesterov momentum.
-  c.weight_decay = 1e-4  # L2 added to the gradient (Caffe / PyTorch SGD style).
-  # Whether BatchNorm scales/offsets and biases decay too.
+  # --- Optimizer ------------------------------------------------------------
+  # sgd: SGD with momentum, L2 weight decay added to the gradient (Caffe,
+  # PyTorch SGD). adamw: optax.adamw (PyTorch AdamW), decoupled decay.
+  c.optimizer = "sgd"
+  # Momentum when the schedule does not cycle it; for adamw this is beta1
+  # (PyTorch Adam's betas[0], 0.9; a cycling schedule cycles it between
+  # schedule.max_momentum and base_momentum, as OneCycleLR does for Adam).
+  c.momentum = 0.9
+  c.nesterov = False  # Nesterov momentum (sgd only).
+  # sgd: L2 added to the gradient. adamw: decoupled and scaled by the LR,
+  # p -= lr * weight_decay * p (PyTorch AdamW; fastai's default is 1e-2).
+  c.weight_decay = 1e-4
+  # Whether BatchNorm scales/offsets and biases decay too (PyTorch: yes;
+  # fastai: wd_bn_bias=False).
   c.decay_bn_and_bias = True
+  # adamw only: beta2 and eps (added outside the square root), PyTorch's
+  # defaults. fastai's Adam uses sqr_mom 0.99 and eps 1e-5.
+  c.adam_b2 = 0.999
+  c.adam_eps = 1e-8
   c.label_smoothing = 0.0  # Label smoothing of the cross-entropy targets.
   # NaN/Inf loss or gradients: "stop" (exit non-zero, keep the last good
   # checkpoint) or "skip" (leave the state unchanged, count the step).
@@ -170,6 +183,7 @@ def default_schedule_config() -> ml_collections.ConfigDict:
 
 
 DURATION_KEYS = ("num_epochs", "num_steps")
+OPTIMIZERS = ("sgd", "adamw")  # Values of config.optimizer.
 
 
 def steps_per_epoch(num_train_examples: int, batch_size: int) -> int:
@@ -266,6 +280,24 @@ def _check_training(config) -> None:
     "momentum",
     f"must be in [0, 1), got {config.momentum}",
   )
+  _check(
+    config.optimizer in OPTIMIZERS,
+    "optimizer",
+    f"unknown {config.optimizer!r}; valid: {', '.join(OPTIMIZERS)}",
+  )
+  if config.optimizer == "adamw":
+    _check(
+      not config.nesterov,
+      "nesterov",
+      "is for optimizer='sgd' only; AdamW here has no Nesterov variant,"
+      " set nesterov=False",
+    )
+  _check(
+    0.0 <= config.adam_b2 < 1.0,
+    "adam_b2",
+    f"must be in [0, 1), got {config.adam_b2}",
+  )
+  _check(config.adam_eps > 0, "adam_eps", f"must be > 0, got {config.adam_eps}")
   _check(
     config.nonfinite_policy in ("stop", "skip"),
     "nonfinite_policy",

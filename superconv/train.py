@@ -119,12 +119,37 @@ def decay_mask(params):
 
 
 def make_optimizer(config, lr_fn, momentum_fn) -> optax.GradientTransformation:
-  """L2 on the gradient, then SGD whose lr and momentum are scheduled.
+  """The optimizer of config.optimizer, its lr and momentum scheduled.
 
-  `inject_hyperparams` keeps the learning rate and momentum of the current
-  step in the optimizer state, where the train step reads them for logging.
+  "sgd": L2 on the gradient (`weight_decay` x params added before the
+  momentum, as Caffe and PyTorch's SGD), then SGD with momentum
+  `momentum_fn` (Nesterov if config.nesterov).
+
+  "adamw": `optax.adamw` (Loshchilov & Hutter) with beta1 = `momentum_fn`,
+  so a schedule that cycles momentum cycles beta1 the same way, as
+  PyTorch's OneCycleLR and fastai's `fit_one_cycle` do for Adam's first
+  beta; otherwise beta1 = config.momentum. beta2 = config.adam_b2, eps =
+  config.adam_eps (outside the square root, as PyTorch). Weight decay is
+  decoupled: `weight_decay` x params goes past Adam's normalization and is
+  scaled by the learning rate, p -= lr * (adam_update + weight_decay * p),
+  exactly as PyTorch's AdamW and fastai (`decouple_wd=True`). Bias
+  corrections use the current beta1 (1 - beta1_t ** t), as PyTorch's Adam
+  under a momentum-cycling scheduler.
+
+  Both decay only `decay_mask` when config.decay_bn_and_bias is False.
+  `inject_hyperparams` keeps the hyperparameters of the current step in the
+  optimizer state, where the train step reads them for logging.
   """
   mask = None if config.decay_bn_and_bias else decay_mask
+  if config.get("optimizer", "sgd") == "adamw":
+    return optax.inject_hyperparams(optax.adamw, static_args=("mask",))(
+      learning_rate=lr_fn,
+      b1=momentum_fn,
+      b2=config.adam_b2,
+      eps=config.adam_eps,
+      weight_decay=config.weight_decay,
+      mask=mask,
+    )
   return optax.chain(
     optax.add_decayed_weights(config.weight_decay, mask=mask),
     optax.inject_hyperparams(optax.sgd, static_args=("nesterov",))(
@@ -134,12 +159,17 @@ def make_optimizer(config, lr_fn, momentum_fn) -> optax.GradientTransformation:
 
 
 def hyperparams(opt_state) -> dict:
-  """The injected hyperparameters (learning_rate, momentum) of a state."""
+  """The injected hyperparameters of a state: learning_rate and momentum
+  (for AdamW, "momentum" is beta1, also under its own name "b1"), and
+  AdamW's others (b2, eps, eps_root, weight_decay)."""
   for s in jax.tree.leaves(
     opt_state, is_leaf=lambda x: hasattr(x, "hyperparams")
   ):
     if hasattr(s, "hyperparams"):
-      return s.hyperparams
+      hp = dict(s.hyperparams)
+      if "momentum" not in hp and "b1" in hp:
+        hp["momentum"] = hp["b1"]
+      return hp
   raise ValueError("optimizer state has no injected hyperparameters")
 
 
