@@ -50,6 +50,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from superconv import config as config_lib
 from superconv import storage
 
 log = logging.getLogger("superconv")
@@ -500,9 +501,6 @@ def config_changes(
   new fields default to the behaviour from before they existed.
   """
   if defaults is None:
-    # Imported here: superconv.config imports the model and data modules.
-    from superconv import config as config_lib  # pylint: disable=g-import-not-at-top
-
     defaults = json.loads(config_lib.base_config().to_json_best_effort())
   old, new = _flatten(saved), _flatten(current)
   default = _flatten(defaults)
