@@ -38,11 +38,10 @@ CPU cores):
     (min_loss_div_10, / 25); valley 0.099, steepest 0.00034.
 """
 
-import importlib.util
 import os
 
+from superconv import cli, lr_range_test
 from superconv import config as config_lib
-from superconv import lr_range_test
 
 
 def _training_config(name: str):
@@ -53,10 +52,7 @@ def _training_config(name: str):
       f"--config: no training config {path} (the argument"
       " after ':' is mode[,training config name])"
     )
-  spec = importlib.util.spec_from_file_location(f"_configs_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return cli.load_config_file(path)
 
 
 def get_config(arg: str | None = None):
