@@ -43,7 +43,9 @@ import json
 import logging
 import math
 import os
+import sys
 import time
+import types
 from typing import Any
 
 import ml_collections
@@ -639,6 +641,52 @@ def _jsonable(value):
   return value
 
 
+def prepare(config, workdir: str, program: str):
+  """The checks, lock and data of a range test, before anything is written.
+
+  As a training run's (`api.prepare`), on the training view of the config:
+  the range-test keys (`validate`), the training keys, the workdir's lock
+  for `program`, the data set (with config.validation_size > 0 the
+  held-out images come from a validation split of the train images, not
+  from the test set) and the test's length. Returns (dataset, the held
+  lock or None). Raises ValueError subclasses with one line naming the
+  key, flag or path (the lock is released then).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from superconv import data as data_lib  # pylint: disable=g-import-not-at-top
+  from superconv import train  # pylint: disable=g-import-not-at-top
+
+  if storage.is_remote(workdir):
+    raise ValueError(
+      f"--workdir: {workdir}: the range test writes to a"
+      " local directory (it runs for minutes and keeps no checkpoint);"
+      " copy its three files to the bucket afterwards"
+    )
+  validate(config)
+  view = training_view(config)
+  train.validate(view, num_devices=jax.device_count())
+  # One writer per workdir (lock.py): naming the holder otherwise.
+  held = train.lock_workdir(workdir, program)
+  try:
+    dataset = data_lib.from_config(view)
+    train.validate(
+      view,
+      num_devices=jax.device_count(),
+      num_train_examples=dataset.train_images.shape[0],
+    )
+    _check(
+      num_steps(config, dataset.train_images.shape[0]) >= 2,
+      "range_test.num_steps",
+      "the test needs at least 2 steps",
+    )
+  except BaseException:
+    if held is not None:
+      held.release()
+    raise
+  return dataset, held
+
+
 def run(config, workdir: str, dataset) -> dict:
   """Runs the range test; writes the three outputs; returns the summary
   (the content of lr_range_test.json)."""
@@ -901,13 +949,19 @@ _LABELS = {
 
 
 def plot(rows: list[dict], summary: dict, out: str, title: str = "") -> None:
+  """Writes `figure(rows, summary, title)` to the image file `out`."""
+  figure(rows, summary, title).savefig(out)
+
+
+def figure(rows: list[dict], summary: dict, title: str = ""):
   """Loss (raw and smoothed) against LR with the suggestions as labelled
   vertical lines and the recommended range shaded; a second panel with the
-  held-out test accuracy (and loss) when measured."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  held-out test accuracy (and loss) when measured.
 
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  A `matplotlib.figure.Figure` outside pyplot's state (nothing to close;
+  a notebook shows it as the value of a cell).
+  """
+  from matplotlib import figure as mpl_figure  # pylint: disable=g-import-not-at-top
 
   mode = summary["mode"]
   lrs = np.array([row["lr"] for row in rows], np.float64)
@@ -915,9 +969,8 @@ def plot(rows: list[dict], summary: dict, out: str, title: str = "") -> None:
   smoothed = np.array([float(row["smoothed_loss"]) for row in rows], np.float64)
   ev = [row for row in rows if "eval_accuracy" in row]
   panels = 2 if ev else 1
-  fig, axes = plt.subplots(
-    panels, 1, figsize=(10, 4.6 * panels), dpi=110, sharex=True, squeeze=False
-  )
+  fig = mpl_figure.Figure(figsize=(10, 4.6 * panels), dpi=110)
+  axes = fig.subplots(panels, 1, sharex=True, squeeze=False)
   axes = axes[:, 0]
   ax = axes[0]
   curve = smoothed
@@ -1070,8 +1123,7 @@ def plot(rows: list[dict], summary: dict, out: str, title: str = "") -> None:
     fontsize=11,
   )
   fig.tight_layout()
-  fig.savefig(out)
-  plt.close(fig)
+  return fig
 
 
 # ============================================================================
@@ -1186,43 +1238,36 @@ def main(argv) -> None:
     distributed.maybe_initialize()
   except ValueError as e:
     fail(str(e))
-  from superconv import config as config_lib  # pylint: disable=g-import-not-at-top
-  from superconv import data as data_lib  # pylint: disable=g-import-not-at-top
-  from superconv import train  # pylint: disable=g-import-not-at-top
-
   config = flags.FLAGS.config
   try:
-    if storage.is_remote(flags.FLAGS.workdir):
-      raise ValueError(
-        f"--workdir: {flags.FLAGS.workdir}: the range test writes to a"
-        " local directory (it runs for minutes and keeps no checkpoint);"
-        " copy its three files to the bucket afterwards"
-      )
-    workdir = check_workdir(flags.FLAGS.workdir)
-    validate(config)
-    view = training_view(config)
-    train.validate(view, num_devices=jax.device_count())
-    # One writer per workdir (lock.py): exit 2 naming the holder otherwise.
-    train.lock_workdir(workdir, "superconv.lr_range_test")
-    # As training: with config.validation_size > 0 the held-out images come
-    # from a validation split of the train images, not from the test set.
-    dataset = data_lib.from_config(view)
-    train.validate(
-      view,
-      num_devices=jax.device_count(),
-      num_train_examples=dataset.train_images.shape[0],
-    )
-    _check(
-      num_steps(config, dataset.train_images.shape[0]) >= 2,
-      "range_test.num_steps",
-      "the test needs at least 2 steps",
-    )
-  except (config_lib.ConfigError, data_lib.DataError, ValueError) as e:
+    workdir = flags.FLAGS.workdir
+    if not storage.is_remote(workdir):  # prepare refuses a URL, unprobed.
+      workdir = check_workdir(workdir)
+    dataset, _ = prepare(config, workdir, "superconv.lr_range_test")
+  except ValueError as e:  # ConfigError, DataError, LockError, ...
     fail(str(e))
   summary = run(config, workdir, dataset)
   if jax.process_index() == 0:
     print(format_summary(summary))
     print(f"wrote {os.path.join(workdir, JSON_NAME)}, {JSONL_NAME}, {PNG_NAME}")
+
+
+class _CallableModule(types.ModuleType):
+  """This module, callable as the API's `superconv.lr_range_test(...)`.
+
+  Importing `superconv.lr_range_test` sets the package's attribute of that
+  name to this module, over the API function of the same name; calling the
+  module calls the function, so `superconv.lr_range_test(config)` means one
+  thing whatever was imported before.
+  """
+
+  def __call__(self, config, workdir=None, **kwargs):
+    from superconv import api  # pylint: disable=g-import-not-at-top
+
+    return api.lr_range_test(config, workdir, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 
 if __name__ == "__main__":
