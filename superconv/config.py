@@ -214,6 +214,14 @@ def steps(
   raise ValueError(f"unit must be steps, epochs or fraction, not {unit!r}")
 
 
+def eval_every_steps(config, steps_per_epoch_: int) -> int:
+  """Steps between evaluations (config.eval_every_epochs, at least 1)."""
+  return max(
+    1,
+    steps(config.eval_every_epochs, "epochs", steps_per_epoch=steps_per_epoch_),
+  )
+
+
 def total_steps(config, num_train_examples: int) -> int:
   """Number of training steps of a run."""
   if config.num_steps > 0:

@@ -156,7 +156,8 @@ def _cases(tmp):
     "main_unknown_key_lists_keys": (
       ["superconv.main", "--config", QUICK, "--workdir", "w",
        "--config.zzz=1"],
-      ["config.zzz: unknown key; valid keys of config: batch_size,"],
+      ["config.zzz: unknown key; valid keys of config: adam_b2, adam_eps,"
+       " batch_size,"],
     ),
   }  # fmt: skip
 
