@@ -17,8 +17,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import tempfile
-from typing import Any
 
 import ml_collections
 import numpy as np
@@ -155,64 +153,9 @@ def _history(config, workdir: str) -> list[dict]:
   ]
 
 
-@dataclasses.dataclass(frozen=True)
-class RangeTestResult:
-  """A learning-rate range test's outcome.
-
-  Attributes:
-    suggestions: {rule: suggestion or None} for every rule of
-      `lr_range_test.SUGGESTIONS` (steepest, min_loss_div_10, valley,
-      smith), as lr_range_test.json records them.
-    recommendation: {"max_lr", "min_lr", "rule", ...} for a schedule, or
-      None when no rule gave one (`summary["notes"]` says why).
-    summary: the whole of lr_range_test.json.
-    rows: the per-step rows of lr_range_test.jsonl.
-    figure: the plot (a `matplotlib.figure.Figure`).
-    workdir: where the three files were written; None when the test ran
-      in a temporary directory that is gone.
-  """
-
-  suggestions: dict
-  recommendation: dict | None
-  summary: dict
-  rows: list[dict]
-  figure: Any
-  workdir: str | None
-
-
-def lr_range_test(
-  config: ml_collections.ConfigDict,
-  workdir: str | None = None,
-  *,
-  program: str = "superconv.lr_range_test",
-) -> RangeTestResult:
-  """Runs a range test (`configs/lr_range_test.py`-style config).
-
-  As `python -m superconv.lr_range_test`: the same checks, lock and files.
-  `workdir` None: a temporary directory, removed before returning (nothing
-  is left behind; the result holds the figure and the rows).
-  """
-  if workdir is None:
-    with tempfile.TemporaryDirectory(prefix="superconv_range_test_") as tmp:
-      result = lr_range_test(config, tmp, program=program)
-    return dataclasses.replace(result, workdir=None)
-  workdir = os.fspath(workdir)
-  dataset, held = range_test_lib.prepare(config, workdir, program)
-  try:
-    summary = range_test_lib.run(config, workdir, dataset)
-  finally:
-    release(held)
-  rows = metric_writer.read_jsonl(
-    os.path.join(workdir, range_test_lib.JSONL_NAME)
-  )
-  return RangeTestResult(
-    suggestions=summary["suggestions"],
-    recommendation=summary["recommendation"],
-    summary=summary,
-    rows=rows,
-    figure=range_test_lib.figure(rows, summary),
-    workdir=workdir,
-  )
+# In lr_range_test.py, whose module is callable as this function too.
+RangeTestResult = range_test_lib.RangeTestResult
+lr_range_test = range_test_lib.range_test
 
 
 def load_checkpoint(workdir: str, step: int | None = None):

@@ -44,6 +44,7 @@ import logging
 import math
 import os
 import sys
+import tempfile
 import time
 import types
 from typing import Any
@@ -1252,6 +1253,68 @@ def main(argv) -> None:
     print(f"wrote {os.path.join(workdir, JSON_NAME)}, {JSONL_NAME}, {PNG_NAME}")
 
 
+@dataclasses.dataclass(frozen=True)
+class RangeTestResult:
+  """A learning-rate range test's outcome.
+
+  Attributes:
+    suggestions: {rule: suggestion or None} for every rule of
+      `lr_range_test.SUGGESTIONS` (steepest, min_loss_div_10, valley,
+      smith), as lr_range_test.json records them.
+    recommendation: {"max_lr", "min_lr", "rule", ...} for a schedule, or
+      None when no rule gave one (`summary["notes"]` says why).
+    summary: the whole of lr_range_test.json.
+    rows: the per-step rows of lr_range_test.jsonl.
+    figure: the plot (a `matplotlib.figure.Figure`).
+    workdir: where the three files were written; None when the test ran
+      in a temporary directory that is gone.
+  """
+
+  suggestions: dict
+  recommendation: dict | None
+  summary: dict
+  rows: list[dict]
+  figure: Any
+  workdir: str | None
+
+
+def range_test(
+  config: ml_collections.ConfigDict,
+  workdir: str | None = None,
+  *,
+  program: str = "superconv.lr_range_test",
+) -> RangeTestResult:
+  """`superconv.lr_range_test`: a range test, as the command line runs it.
+
+  `config`: a `configs/lr_range_test.py`-style config.
+
+  As `python -m superconv.lr_range_test`: the same checks, lock and files.
+  `workdir` None: a temporary directory, removed before returning (nothing
+  is left behind; the result holds the figure and the rows).
+  """
+  if workdir is None:
+    with tempfile.TemporaryDirectory(prefix="superconv_range_test_") as tmp:
+      result = range_test(config, tmp, program=program)
+    return dataclasses.replace(result, workdir=None)
+  workdir = os.fspath(workdir)
+  dataset, held = prepare(config, workdir, program)
+  try:
+    summary = run(config, workdir, dataset)
+  finally:
+    if held is not None:
+      held.release()
+  with open(os.path.join(workdir, JSONL_NAME)) as f:
+    rows = [json.loads(line) for line in f]
+  return RangeTestResult(
+    suggestions=summary["suggestions"],
+    recommendation=summary["recommendation"],
+    summary=summary,
+    rows=rows,
+    figure=figure(rows, summary),
+    workdir=workdir,
+  )
+
+
 class _CallableModule(types.ModuleType):
   """This module, callable as the API's `superconv.lr_range_test(...)`.
 
@@ -1262,9 +1325,7 @@ class _CallableModule(types.ModuleType):
   """
 
   def __call__(self, config, workdir=None, **kwargs):
-    from superconv import api  # pylint: disable=g-import-not-at-top
-
-    return api.lr_range_test(config, workdir, **kwargs)
+    return range_test(config, workdir, **kwargs)
 
 
 sys.modules[__name__].__class__ = _CallableModule
