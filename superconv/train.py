@@ -859,7 +859,7 @@ class ReplicaLogs:
     self.config, self.seeds = config, replica_seeds(config)
     self.spe = run.steps_per_epoch
     if len(self.seeds) == 1:
-      dirs, labels = [workdir], [None]
+      dirs, labels = [workdir], [""]
     else:
       dirs = [replica_workdir(workdir, s) for s in self.seeds]
       labels = [f"seed {s}" for s in self.seeds]
