@@ -382,7 +382,7 @@ def bench_config(
   c.eval_every_epochs = 1e9
   c.checkpoint_every_steps = loop_steps + 1
   c.keep_checkpoints = 1
-  config_lib.validate_static(c, num_devices=jax.device_count())
+  train.validate(c, num_devices=jax.device_count())
   return c
 
 
@@ -551,8 +551,10 @@ class JaxCase:
     self.images_per_step = batch * parallel_seeds
     if dataset is None or len(dataset.train_images) < batch:
       dataset = _synthetic(self.config)
-    config_lib.validate_with_data(
-      self.config, num_train_examples=dataset.train_images.shape[0]
+    train.validate(
+      self.config,
+      num_devices=jax.device_count(),
+      num_train_examples=dataset.train_images.shape[0],
     )
     self.dataset = dataset
     self.run = train.setup(self.config, dataset)

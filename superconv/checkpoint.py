@@ -32,7 +32,8 @@ Reliability rules enforced here:
 - Resuming with a config that changes the training trajectory is refused:
   only the fields in `RESUME_SAFE_KEYS` may differ (see `config_changes`).
 
-`load(workdir)` gives (model, variables, config) for notebooks.
+Only saving, restoring and verifying live here; `superconv.load_checkpoint`
+(api.py) builds the model beside the restored variables for notebooks.
 """
 
 from __future__ import annotations
@@ -46,12 +47,11 @@ import traceback
 import zlib
 
 import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from superconv import models, storage
+from superconv import config as config_lib
+from superconv import storage
 
 log = logging.getLogger("superconv")
 
@@ -502,9 +502,6 @@ def config_changes(
   new fields default to the behaviour from before they existed.
   """
   if defaults is None:
-    # Imported here: superconv.config imports the model and data modules.
-    from superconv import config as config_lib  # pylint: disable=g-import-not-at-top
-
     defaults = json.loads(config_lib.base_config().to_json_best_effort())
   old, new = _flatten(saved), _flatten(current)
   default = _flatten(defaults)
@@ -541,46 +538,3 @@ def restore(workdir: str, step: int | None = None, target=None) -> Restored:
       f"--workdir: no complete checkpoint in {checkpoint_dir(workdir)}"
     )
   return restored
-
-
-def create_model(config, num_classes: int, axis_name: str | None = None):
-  """The Flax module a config describes."""
-  return models.create_model(
-    config.model,
-    num_classes=num_classes,
-    dtype=jnp.dtype(config.dtype),
-    bn_momentum=config.bn_momentum,
-    bn_epsilon=config.bn_epsilon,
-    shortcut=config.shortcut,
-    axis_name=axis_name,
-    conv_impl=config.get("conv_impl", "auto"),
-    bn_impl=config.get("bn_impl", "auto"),
-  )
-
-
-def load(workdir: str, step: int | None = None):
-  """(model, variables, config) of a checkpoint, for notebooks and tools.
-
-  Args:
-    workdir: a run's directory.
-    step: the checkpoint step (default: the latest complete one).
-
-  Returns:
-    model: the Flax module (no pmap axis: call it directly, e.g.
-      `model.apply(variables, x, train=False)` on images normalized with
-      the train split's mean/std, which the checkpoint's meta records).
-    variables: {'params', 'batch_stats'} as numpy arrays.
-    config: the run's resolved config (an ml_collections.ConfigDict).
-
-  Raises:
-    CheckpointError: no complete checkpoint (the message names the path).
-  """
-  restored = restore(workdir, step)
-  state = restored.state
-  config = ml_collections.ConfigDict(restored.config)
-  num_classes = restored.meta.get("num_classes")
-  if num_classes is None:  # Checkpoints without meta: the head's width.
-    num_classes = np.asarray(state["params"]["head"]["bias"]).shape[-1]
-  model = create_model(config, int(num_classes))
-  variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
-  return model, variables, config

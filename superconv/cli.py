@@ -307,6 +307,7 @@ def check_overrides(spec: str, overrides: dict) -> str | None:
   from ml_collections import config_flags
 
   from superconv import config as config_lib
+  from superconv import train
   # pylint: enable=g-import-not-at-top
 
   config = load_config_file(spec)
@@ -325,7 +326,7 @@ def check_overrides(spec: str, overrides: dict) -> str | None:
   if message is not None:
     return message
   try:
-    config_lib.validate_static(flag_values.config, num_devices=1)
+    train.validate(flag_values.config, num_devices=1)
   except config_lib.ConfigError as e:
     return str(e)
   return None

@@ -23,8 +23,9 @@ A data set is named by a spec string (the `dataset` config key):
   tfds:cifar100      imported only for these specs.
 
 `check_spec` validates a spec cheaply before anything is loaded; `load` returns
-a `Dataset`. Every user-facing failure is a one-line `DataError` that names the
-config key or path at fault and what would be valid.
+a `Dataset`; `from_config` loads the one a config's data keys describe.
+Every user-facing failure is a one-line `DataError` that names the config
+key or path at fault and what would be valid.
 """
 
 from __future__ import annotations
@@ -1342,3 +1343,23 @@ def split_validation(dataset: Dataset, size: int, seed: int = 0) -> Dataset:
     test_images=dataset.train_images[held_out],
     test_labels=dataset.train_labels[held_out],
   )
+
+
+def from_config(config) -> Dataset:
+  """The data set a config trains and evaluates on (its data keys).
+
+  With config.validation_size > 0, that many train images (a fixed split,
+  `split_validation`) are held out and replace the test set, so tuning
+  never looks at test images.
+  """
+  dataset = load(
+    config.dataset,
+    data_dir=config.data_dir or None,
+    cache_dir=config.cache_dir or None,
+    synthetic_train_size=config.synthetic_train_size,
+    synthetic_test_size=config.synthetic_test_size,
+    download=config.tfds_download,
+  )
+  if config.get("validation_size", 0):
+    dataset = split_validation(dataset, config.validation_size)
+  return dataset

@@ -101,6 +101,7 @@ def evaluate(
   import ml_collections
 
   from superconv import checkpoint as checkpoint_lib
+  from superconv import data as data_lib
   from superconv import input_pipeline, train
   # pylint: enable=g-import-not-at-top
 
@@ -110,7 +111,7 @@ def evaluate(
     config.dataset = dataset
   if data_dir:
     config.data_dir = data_dir
-  ds = train.load_dataset(config)
+  ds = data_lib.from_config(config)
   run = train.setup(config, ds)
   aug = _saved_normalization(run.aug, restored.meta, config.dataset)
   num_devices = jax.device_count()

@@ -43,7 +43,10 @@ import json
 import logging
 import math
 import os
+import sys
+import tempfile
 import time
+import types
 from typing import Any
 
 import ml_collections
@@ -638,6 +641,52 @@ def _jsonable(value):
   return value
 
 
+def prepare(config, workdir: str, program: str):
+  """The checks, lock and data of a range test, before anything is written.
+
+  As a training run's (`api.prepare`), on the training view of the config:
+  the range-test keys (`validate`), the training keys, the workdir's lock
+  for `program`, the data set (with config.validation_size > 0 the
+  held-out images come from a validation split of the train images, not
+  from the test set) and the test's length. Returns (dataset, the held
+  lock or None). Raises ValueError subclasses with one line naming the
+  key, flag or path (the lock is released then).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from superconv import data as data_lib  # pylint: disable=g-import-not-at-top
+  from superconv import train  # pylint: disable=g-import-not-at-top
+
+  if storage.is_remote(workdir):
+    raise ValueError(
+      f"--workdir: {workdir}: the range test writes to a"
+      " local directory (it runs for minutes and keeps no checkpoint);"
+      " copy its three files to the bucket afterwards"
+    )
+  validate(config)
+  view = training_view(config)
+  train.validate(view, num_devices=jax.device_count())
+  # One writer per workdir (lock.py): naming the holder otherwise.
+  held = train.lock_workdir(workdir, program)
+  try:
+    dataset = data_lib.from_config(view)
+    train.validate(
+      view,
+      num_devices=jax.device_count(),
+      num_train_examples=dataset.train_images.shape[0],
+    )
+    _check(
+      num_steps(config, dataset.train_images.shape[0]) >= 2,
+      "range_test.num_steps",
+      "the test needs at least 2 steps",
+    )
+  except BaseException:
+    if held is not None:
+      held.release()
+    raise
+  return dataset, held
+
+
 def run(config, workdir: str, dataset) -> dict:
   """Runs the range test; writes the three outputs; returns the summary
   (the content of lr_range_test.json)."""
@@ -900,14 +949,22 @@ _LABELS = {
 
 
 def plot(rows: list[dict], summary: dict, out: str, title: str = ""):
-  """Loss (raw and smoothed) against LR with the suggestions as labelled
-  vertical lines and the recommended range shaded (both in the legend); a
-  second panel with the held-out test accuracy (and loss) when measured.
-  Saves the PNG at `out`; returns the (closed) figure."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  """Writes `figure(rows, summary, title)` to the image file `out`; returns
+  the figure."""
+  fig = figure(rows, summary, title)
+  fig.savefig(out)
+  return fig
 
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+def figure(rows: list[dict], summary: dict, title: str = ""):
+  """Loss (raw and smoothed) against LR with the suggestions as labelled
+  vertical lines and the recommended range shaded; a second panel with the
+  held-out test accuracy (and loss) when measured.
+
+  A `matplotlib.figure.Figure` outside pyplot's state (nothing to close;
+  a notebook shows it as the value of a cell).
+  """
+  from matplotlib import figure as mpl_figure  # pylint: disable=g-import-not-at-top
 
   mode = summary["mode"]
   lrs = np.array([row["lr"] for row in rows], np.float64)
@@ -915,9 +972,8 @@ def plot(rows: list[dict], summary: dict, out: str, title: str = ""):
   smoothed = np.array([float(row["smoothed_loss"]) for row in rows], np.float64)
   ev = [row for row in rows if "eval_accuracy" in row]
   panels = 2 if ev else 1
-  fig, axes = plt.subplots(
-    panels, 1, figsize=(10, 4.6 * panels), dpi=110, sharex=True, squeeze=False
-  )
+  fig = mpl_figure.Figure(figsize=(10, 4.6 * panels), dpi=110)
+  axes = fig.subplots(panels, 1, sharex=True, squeeze=False)
   axes = axes[:, 0]
   ax = axes[0]
   curve = smoothed
@@ -1076,8 +1132,6 @@ def plot(rows: list[dict], summary: dict, out: str, title: str = ""):
     fontsize=11,
   )
   fig.tight_layout()
-  fig.savefig(out)
-  plt.close(fig)
   return fig
 
 
@@ -1178,6 +1232,84 @@ def format_summary(summary: dict) -> str:
     )
   lines += [f"note: {n}" for n in summary["notes"]]
   return "\n".join(lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class RangeTestResult:
+  """A learning-rate range test's outcome.
+
+  Attributes:
+    suggestions: {rule: suggestion or None} for every rule of
+      `lr_range_test.SUGGESTIONS` (steepest, min_loss_div_10, valley,
+      smith), as lr_range_test.json records them.
+    recommendation: {"max_lr", "min_lr", "rule", ...} for a schedule, or
+      None when no rule gave one (`summary["notes"]` says why).
+    summary: the whole of lr_range_test.json.
+    rows: the per-step rows of lr_range_test.jsonl.
+    figure: the plot (a `matplotlib.figure.Figure`).
+    workdir: where the three files were written; None when the test ran
+      in a temporary directory that is gone.
+  """
+
+  suggestions: dict
+  recommendation: dict | None
+  summary: dict
+  rows: list[dict]
+  figure: Any
+  workdir: str | None
+
+
+def range_test(
+  config: ml_collections.ConfigDict,
+  workdir: str | None = None,
+  *,
+  program: str = "superconv.lr_range_test",
+) -> RangeTestResult:
+  """`superconv.lr_range_test`: a range test, as the command line runs it.
+
+  `config`: a `configs/lr_range_test.py`-style config.
+
+  As `python -m superconv.lr_range_test`: the same checks, lock and files.
+  `workdir` None: a temporary directory, removed before returning (nothing
+  is left behind; the result holds the figure and the rows).
+  """
+  if workdir is None:
+    with tempfile.TemporaryDirectory(prefix="superconv_range_test_") as tmp:
+      result = range_test(config, tmp, program=program)
+    return dataclasses.replace(result, workdir=None)
+  workdir = os.fspath(workdir)
+  dataset, held = prepare(config, workdir, program)
+  try:
+    summary = run(config, workdir, dataset)
+  finally:
+    if held is not None:
+      held.release()
+  with open(os.path.join(workdir, JSONL_NAME)) as f:
+    rows = [json.loads(line) for line in f]
+  return RangeTestResult(
+    suggestions=summary["suggestions"],
+    recommendation=summary["recommendation"],
+    summary=summary,
+    rows=rows,
+    figure=figure(rows, summary),
+    workdir=workdir,
+  )
+
+
+class _CallableModule(types.ModuleType):
+  """This module, callable as the API's `superconv.lr_range_test(...)`.
+
+  Importing `superconv.lr_range_test` sets the package's attribute of that
+  name to this module, over the API function of the same name; calling the
+  module calls the function, so `superconv.lr_range_test(config)` means one
+  thing whatever was imported before.
+  """
+
+  def __call__(self, config, workdir=None, **kwargs):
+    return range_test(config, workdir, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 
 if __name__ == "__main__":

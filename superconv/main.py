@@ -99,37 +99,19 @@ def main(argv):
     distributed.maybe_initialize()
   except ValueError as e:
     fail(str(e))
-  from superconv import config as config_lib  # pylint: disable=g-import-not-at-top
-  from superconv import data as data_lib  # pylint: disable=g-import-not-at-top
-  from superconv import train  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from superconv import api, train
+  from superconv import config as config_lib
+  # pylint: enable=g-import-not-at-top
 
-  config = FLAGS.config
-  try:
-    config_lib.validate_static(config, num_devices=jax.device_count())
-    # One writer per workdir (lock.py): exit 2 naming the holder otherwise.
-    train.lock_workdir(workdir, "superconv.main")
-    if config.schedule.lr_from_range_test:
-      from superconv import lr_range_test  # pylint: disable=g-import-not-at-top
-
-      provenance = lr_range_test.apply_to_config(
-        config, config.schedule.lr_from_range_test
-      )
-      logging.getLogger("superconv").info(
-        "Learning rates from the range test %s (rule %s): %s.",
-        provenance["source"],
-        provenance["rule"],
-        ", ".join(f"{k} = {v:.4g}" for k, v in provenance["set"].items()),
-      )
-    dataset = train.load_dataset(config)
-    config_lib.validate_with_data(
-      config, num_train_examples=dataset.train_images.shape[0]
-    )
-  except (config_lib.ConfigError, data_lib.DataError, ValueError) as e:
+  # The steps of superconv.train_and_evaluate, each with its exit status.
+  try:  # Bad input, before anything is compiled or written.
+    dataset, _ = api.prepare(FLAGS.config, workdir, "superconv.main")
+  except ValueError as e:  # ConfigError, DataError, LockError, ...
     fail(str(e))
-
   try:
     # Writes the workdir only after refusing a trajectory-changing resume.
-    result = train.train_and_evaluate(config, workdir, dataset)
+    result = train.train_and_evaluate(FLAGS.config, workdir, dataset)
   except config_lib.ConfigError as e:
     fail(str(e))
   except train.NonFiniteError as e:

@@ -15,6 +15,9 @@ Two families are provided:
 A single table (`_ARCHS`) describes every architecture; it drives both the
 Flax modules built by `create_model` and the analytic multiply-accumulate
 count of `forward_macs` (each block class knows its own MAC formula).
+`from_config` builds the module a config describes; `validate_config`
+checks its model keys (model, shortcut, dtype, BatchNorm, conv_impl),
+naming the key at fault.
 
 All models take float NHWC images, compute in `dtype` (e.g. bfloat16) with
 float32 parameters and batch statistics, and return float32 logits (all
@@ -30,9 +33,11 @@ import functools
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from superconv import batchnorm as bn_lib
+from superconv import config as config_lib
 from superconv import conv as conv_lib
 
 ModuleDef = Callable[..., nn.Module]
@@ -414,6 +419,52 @@ def _lookup(name: str, shortcut: str) -> tuple[_Arch, str]:
   return arch, arch.shortcut or shortcut
 
 
+def _check(condition: bool, key: str, message: str) -> None:
+  if not condition:
+    raise config_lib.ConfigError(f"{key}: {message}")
+
+
+def validate_config(config) -> None:
+  """Checks the model keys of a config; raises config.ConfigError."""
+  _check(
+    config.model in MODEL_NAMES,
+    "model",
+    f"unknown {config.model!r}; valid: {', '.join(MODEL_NAMES)}",
+  )
+  _check(
+    config.shortcut in SHORTCUTS,
+    "shortcut",
+    f"must be 'A' or 'B', got {config.shortcut!r}",
+  )
+  _check(
+    config.dtype in ("bfloat16", "float32", "float64"),
+    "dtype",
+    f"must be 'bfloat16' or 'float32' (or 'float64' with"
+    f" JAX_ENABLE_X64=1), got {config.dtype!r}",
+  )
+  _check(
+    config.dtype != "float64" or jax.config.jax_enable_x64,
+    "dtype",
+    "float64 needs JAX_ENABLE_X64=1",
+  )
+  _check(
+    0.0 <= config.bn_momentum < 1.0,
+    "bn_momentum",
+    f"must be in [0, 1), got {config.bn_momentum}",
+  )
+  _check(config.bn_epsilon > 0, "bn_epsilon", "must be > 0")
+  _check(
+    config.conv_impl in conv_lib.CONV_IMPLS,
+    "conv_impl",
+    f"unknown {config.conv_impl!r}; valid: {', '.join(conv_lib.CONV_IMPLS)}",
+  )
+  _check(
+    config.bn_impl in bn_lib.BN_IMPLS,
+    "bn_impl",
+    f"unknown {config.bn_impl!r}; valid: {', '.join(bn_lib.BN_IMPLS)}",
+  )
+
+
 def create_model(
   name: str,
   *,
@@ -474,6 +525,25 @@ def create_model(
     axis_name=axis_name,
     conv_impl=conv_impl,
     bn_impl=bn_impl,
+  )
+
+
+def from_config(config, num_classes: int, axis_name: str | None = None):
+  """The Flax module a config describes (`create_model` with its keys).
+
+  `axis_name`: the pmap axis of synchronized BatchNorm (training); None for
+  a module called directly (evaluation in a notebook).
+  """
+  return create_model(
+    config.model,
+    num_classes=num_classes,
+    dtype=jnp.dtype(config.dtype),
+    bn_momentum=config.bn_momentum,
+    bn_epsilon=config.bn_epsilon,
+    shortcut=config.shortcut,
+    axis_name=axis_name,
+    conv_impl=config.get("conv_impl", "auto"),
+    bn_impl=config.get("bn_impl", "auto"),
   )
 
 

@@ -36,46 +36,6 @@ def _define_flags(fv) -> None:
   flags.mark_flags_as_required(["config", "workdir"], flag_values=fv)
 
 
-def _local_workdir(workdir: str) -> str:
-  """The checked workdir; a bucket is refused (ValueError)."""
-  if storage.is_remote(workdir):
-    raise ValueError(
-      f"--workdir: {workdir}: the range test writes to a local directory"
-      " (it runs for minutes and keeps no checkpoint); copy its three files"
-      " to the bucket afterwards"
-    )
-  return cli.check_workdir(workdir)
-
-
-def _prepare(config, workdir_flag: str):
-  """Checks everything before the test: (workdir, dataset); raises
-  ValueError (ConfigError, DataError, RangeTestError) on bad input."""
-  # pylint: disable=g-import-not-at-top
-  import jax
-
-  from superconv import config as config_lib
-  from superconv import train
-  # pylint: enable=g-import-not-at-top
-
-  workdir = _local_workdir(workdir_flag)
-  rt.validate(config)
-  view = rt.training_view(config)
-  config_lib.validate_static(view, num_devices=jax.device_count())
-  # One writer per workdir (lock.py): exit 2 naming the holder otherwise.
-  train.lock_workdir(workdir, PROG)
-  # As training: with config.validation_size > 0 the held-out images come
-  # from a validation split of the train images, not from the test set.
-  dataset = train.load_dataset(view)
-  config_lib.validate_with_data(
-    view, num_train_examples=dataset.train_images.shape[0]
-  )
-  if rt.num_steps(config, dataset.train_images.shape[0]) < 2:
-    raise rt.RangeTestError(
-      "range_test.num_steps: the test needs at least 2 steps"
-    )
-  return workdir, dataset
-
-
 def main(argv: Sequence[str]) -> int:
   """Command line (argv without the program); returns the exit status."""
   fv, _ = cli.parse_command(
@@ -95,7 +55,10 @@ def main(argv: Sequence[str]) -> int:
 
   try:
     distributed.maybe_initialize()
-    workdir, dataset = _prepare(fv.config, fv.workdir)
+    workdir = fv.workdir
+    if not storage.is_remote(workdir):  # prepare refuses a URL, unprobed.
+      workdir = cli.check_workdir(workdir)
+    dataset, _ = rt.prepare(fv.config, workdir, PROG)
   except ValueError as e:
     return cli.error(e, prog=PROG)
   summary = rt.run(fv.config, workdir, dataset)

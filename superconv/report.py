@@ -41,6 +41,7 @@ from absl import flags
 
 from superconv import budget as budget_lib
 from superconv import cli, metric_writer, stats
+from superconv import config as config_lib
 
 DEFAULT_TARGETS = (0.90, 0.91, 0.92)
 CONFIDENCE = 0.95
@@ -157,8 +158,8 @@ def _one_per_step(rows: list) -> list:
 def _total_steps(config: dict, rows: list) -> int | None:
   """config num_steps, else round(num_epochs * steps per epoch).
 
-  Steps per epoch come from any logged row (epoch = step / steps_per_epoch),
-  the same rounding as superconv.config.steps().
+  Steps per epoch come from any logged row (epoch = step / steps_per_epoch);
+  the epochs become steps through superconv.config.steps().
   """
   num_steps = int(_float(config.get("num_steps", 0)) or 0)
   if num_steps > 0:
@@ -167,7 +168,8 @@ def _total_steps(config: dict, rows: list) -> int | None:
     epoch, step = _float(row.get("epoch")), _float(row.get("step"))
     if epoch > 0 and step > 0:
       spe = int(round(step / epoch))
-      return int(round(_float(config.get("num_epochs", 0)) * spe))
+      epochs = _float(config.get("num_epochs", 0))
+      return config_lib.steps(epochs, "epochs", steps_per_epoch=spe)
   return None
 
 

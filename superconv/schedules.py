@@ -32,8 +32,9 @@ T` near t = T, as in optax.linear_schedule) loses the tiny final learning
 rates; ours keep every value within float32 rounding of the float64 formula
 (relative error < 1e-6 up to 80k steps).
 
-`default_schedule_config()` is the `config.schedule` sub-config; `validate()`
-and `create()` turn it into `(lr_fn, momentum_fn)`. Durations in the config
+`config.default_schedule_config()` is the `config.schedule` sub-config (plain
+data in the schema); `validate()` checks it and `create()` turns it into
+`(lr_fn, momentum_fn)`. Durations in the config
 (`step_size`, `warmup`, `boundaries`) are in `schedule.unit` and become steps
 through `superconv.config.steps`, the project's one conversion helper.
 
@@ -49,9 +50,10 @@ from collections.abc import Sequence
 import math
 
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
+
+from superconv import config as config_lib
 
 SCHEDULE_NAMES = (
   "one_cycle",
@@ -704,75 +706,8 @@ def inverse_momentum(
 
 
 # ---------------------------------------------------------------------------
-# The config.schedule sub-config.
+# The config.schedule sub-config (its fields: config.default_schedule_config).
 # ---------------------------------------------------------------------------
-
-
-def default_schedule_config() -> ml_collections.ConfigDict:
-  """The `config.schedule` sub-config (every field commented)."""
-  s = ml_collections.ConfigDict()
-  # one_cycle | cyclical | piecewise | cosine | constant | linear | rex.
-  # piecewise, cosine, constant, linear and rex start with an optional linear
-  # warm-up (`warmup` > 0); linear (Li et al. 2020) and rex (Chen et al.
-  # 2021) are the budget literature's baselines, decaying to
-  # final_lr_factor x max_lr at the end of the run.
-  s.name = "cyclical"
-  # Unit of every duration below (step_size, warmup, boundaries):
-  # steps | epochs | fraction (of the run), converted by config.steps().
-  s.unit = "steps"
-  # Peak learning rate: the top of the cycle (one_cycle, cyclical) or the LR
-  # after warm-up (piecewise, cosine, constant, linear, rex).
-  s.max_lr = 3.0
-
-  # --- cyclical (Smith 2015 CLR) ---
-  s.base_lr = 0.1  # Lower bound of the cycle.
-  s.step_size = 5000.0  # Half-cycle length, in `unit`.
-  # triangular | triangular2 (halve each cycle) | exp_range.
-  s.mode = "triangular"
-  s.gamma = 1.0  # exp_range: amplitude scaled by gamma**step.
-
-  # --- one_cycle (PyTorch OneCycleLR; same names and defaults) ---
-  s.pct_start = 0.3  # Fraction of the run spent rising to max_lr.
-  s.anneal_strategy = "cos"  # cos | linear.
-  s.div_factor = 25.0  # initial lr = max_lr / div_factor.
-  s.final_div_factor = 1e4  # final lr = initial lr / final_div_factor.
-  # up, symmetric down to the initial lr, then annihilate.
-  s.three_phase = False
-  # OneCycleLR's epochs + steps_per_epoch form of total_steps, for code
-  # ported from PyTorch: the cycle always spans the run (num_steps, or
-  # num_epochs x steps per epoch), so epochs x steps_per_epoch must equal
-  # the run's steps (a one-line error otherwise). 0 = not given.
-  s.epochs = 0
-  s.steps_per_epoch = 0  # 0 = the data's, floor(train examples / batch).
-
-  # --- warm-up (piecewise, cosine, constant, linear, rex) ---
-  s.warmup = 0.0  # Linear warm-up length, in `unit` (0 = none).
-  s.warmup_start_factor = 0.1  # Warm-up starts at this fraction of max_lr.
-  # --- piecewise ---
-  s.boundaries = ()  # Steps (in `unit`, absolute) where the LR is multiplied...
-  s.decay_factors = ()  # ...by these factors, one per boundary (e.g. 0.1).
-  # --- cosine, linear, rex ---
-  s.final_lr_factor = 0.0  # LR at the end of the run, as a fraction of max_lr.
-
-  # --- momentum ---
-  # False: constant config.momentum. True: cycled inversely to the LR between
-  # max_momentum (LR lowest) and base_momentum (LR at its peak); one_cycle
-  # follows OneCycleLR, cyclical follows CyclicLR, the others map the LR
-  # linearly between its lowest value and max_lr. None (the default): each
-  # schedule's usual default, True for one_cycle (as OneCycleLR and fastai's
-  # fit_one_cycle: 0.95 -> 0.85 -> 0.95), False for the others (the paper's
-  # CLR runs and the baselines keep config.momentum).
-  s.cycle_momentum = ml_collections.FieldReference(None, field_type=bool)
-  s.base_momentum = 0.85  # Momentum at the LR peak (OneCycleLR default).
-  s.max_momentum = 0.95  # Momentum where the LR is lowest (OneCycleLR default).
-
-  # --- from an LR range test (python -m superconv.lr_range_test) ---
-  # Its workdir or lr_range_test.json: sets max_lr to the test's
-  # recommendation and the first LR to its min_lr (one_cycle: div_factor;
-  # cyclical: base_lr; with a warm-up: warmup_start_factor), and is rewritten
-  # to the json's absolute path. "" = use the values above.
-  s.lr_from_range_test = ""
-  return s
 
 
 def _durations(s, *, steps_per_epoch: int, total_steps: int) -> dict:
@@ -782,7 +717,6 @@ def _durations(s, *, steps_per_epoch: int, total_steps: int) -> dict:
     "schedule.unit",
     f"unknown {s.unit!r}; valid: {', '.join(UNITS)}",
   )
-  from superconv import config as config_lib  # config imports this module.
 
   def to_steps(value):
     return config_lib.steps(

@@ -52,30 +52,49 @@ import optax
 from superconv import checkpoint as checkpoint_lib
 from superconv import config as config_lib
 from superconv import data as data_lib
-from superconv import input_pipeline, lock, metric_writer, schedules, storage
+from superconv import (
+  input_pipeline,
+  lock,
+  metric_writer,
+  models,
+  schedules,
+  storage,
+)
 
 log = logging.getLogger("superconv")
 AXIS = input_pipeline.AXIS
 
 
-def load_dataset(config) -> data_lib.Dataset:
-  """The data set a config trains and evaluates on.
+def validate(
+  config, *, num_devices: int, num_train_examples: int | None = None
+) -> None:
+  """Checks a config before anything is compiled or written.
 
-  With config.validation_size > 0, that many train images (a fixed split,
-  data.split_validation) are held out and replace the test set, so tuning
-  never looks at test images.
+  The data set spec (data.check_spec), the model keys
+  (models.validate_config), the config's own fields (config.check) and,
+  given the number of training examples, the run's length and its schedule
+  (config.check_durations, schedules.validate). Raises config.ConfigError
+  with one line naming the key.
   """
-  dataset = data_lib.load(
-    config.dataset,
-    data_dir=config.data_dir or None,
-    cache_dir=config.cache_dir or None,
-    synthetic_train_size=config.synthetic_train_size,
-    synthetic_test_size=config.synthetic_test_size,
-    download=config.tfds_download,
-  )
-  if config.get("validation_size", 0):
-    dataset = data_lib.split_validation(dataset, config.validation_size)
-  return dataset
+  try:
+    data_lib.check_spec(config.dataset, data_dir=config.data_dir or None)
+  except data_lib.DataError as e:
+    raise config_lib.ConfigError(str(e)) from None
+  models.validate_config(config)
+  config_lib.check(config, num_devices=num_devices)
+  if num_train_examples is None:
+    return
+  config_lib.check_durations(config, num_train_examples=num_train_examples)
+  try:
+    schedules.validate(
+      config.schedule,
+      steps_per_epoch=config_lib.steps_per_epoch(
+        num_train_examples, config.batch_size
+      ),
+      total_steps=config_lib.total_steps(config, num_train_examples),
+    )
+  except schedules.ScheduleError as e:
+    raise config_lib.ConfigError(str(e)) from None
 
 
 # ============================================================================
@@ -152,10 +171,6 @@ def hyperparams(opt_state) -> dict:
         hp["momentum"] = hp["b1"]
       return hp
   raise ValueError("optimizer state has no injected hyperparameters")
-
-
-def create_model(config, num_classes: int):
-  return checkpoint_lib.create_model(config, num_classes, axis_name=AXIS)
 
 
 def replica_seeds(config) -> list[int]:
@@ -670,7 +685,7 @@ def setup(config, dataset: data_lib.Dataset) -> Run:
     lr_fn=lr_fn,
     momentum_fn=momentum_fn,
     aug=aug,
-    model=create_model(config, dataset.num_classes),
+    model=models.from_config(config, dataset.num_classes, axis_name=AXIS),
     tx=make_optimizer(config, lr_fn, momentum_fn),
   )
 
@@ -785,43 +800,269 @@ def _resume_check(config_dict: dict, total_steps: int, workdir: str):
   return check
 
 
-def train_and_evaluate(
-  config, workdir: str, dataset: data_lib.Dataset
-) -> list[dict]:
-  """Trains (resuming from the latest checkpoint), evaluates, logs.
+# ============================================================================
+# The loop's pieces: when to act, the replicas' logs, the checkpoints
+# ============================================================================
 
-  Returns the last evaluation's metrics, one dict per replica (one for a
-  single-seed run), each with its "seed". Raises config.ConfigError (before
-  anything is compiled or written) when resuming with a config that changes
-  the trajectory, NonFiniteError on NaN/Inf (policy "stop"), and
-  Interrupted after SIGTERM/SIGINT, once the checkpoint is saved. A signal
-  that arrives while starting up (restoring, compiling) takes effect after
-  the first step. With several processes, a signal that any one of them
-  receives stops all of them together, at the next logging, evaluation or
-  checkpoint step (every config.log_every_steps at the latest).
+
+@dataclasses.dataclass(frozen=True)
+class Cadence:
+  """Which steps log, evaluate, save and sync (a pure rule of the step).
+
+  Every period is in steps (0 = never); the last step always evaluates,
+  saves and logs; a step that stops on a signal saves and logs. The steps
+  that sync the host anyway (log, eval, checkpoint, last) are where
+  several processes agree on a stop.
   """
-  with _StopSignals() as stop_signal:
-    return _train_and_evaluate(config, workdir, dataset, stop_signal)
+
+  total: int
+  log_every: int
+  eval_every: int
+  checkpoint_every: int
+
+  @classmethod
+  def from_config(cls, config, run: Run) -> Cadence:
+    return cls(
+      total=run.total_steps,
+      log_every=config.log_every_steps,
+      eval_every=config_lib.eval_every_steps(config, run.steps_per_epoch),
+      checkpoint_every=config.checkpoint_every_steps,
+    )
+
+  def is_last(self, step: int) -> bool:
+    return step == self.total
+
+  def syncs(self, step: int) -> bool:
+    return (
+      _every(step, self.log_every)
+      or self.is_last(step)
+      or _every(step, self.checkpoint_every)
+      or _every(step, self.eval_every)
+    )
+
+  def evaluates(self, step: int) -> bool:
+    return _every(step, self.eval_every) or self.is_last(step)
+
+  def saves(self, step: int, stopping: bool) -> bool:
+    return _every(step, self.checkpoint_every) or self.is_last(step) or stopping
+
+  def logs(self, step: int, stopping: bool) -> bool:
+    return (
+      _every(step, self.log_every)
+      or self.saves(step, stopping)
+      or self.evaluates(step)
+    )
 
 
-def _train_and_evaluate(
-  config, workdir: str, dataset: data_lib.Dataset, stop_signal: _StopSignals
-) -> list[dict]:
-  is_chief = jax.process_index() == 0
-  run = setup(config, dataset)
-  aug, total = run.aug, run.total_steps
-  spe = run.steps_per_epoch
-  eval_every = max(1, int(round(config.eval_every_epochs * spe)))
-  debug_step, debug_signal = _debug_signal()
+class ReplicaLogs:
+  """The metrics streams of a run's replicas, and the steps not yet logged.
 
-  # --- State: restored or fresh (nothing compiled or written before) -------
+  One stream per replica: the workdir itself for a single seed,
+  workdir/seed=<s>/ (with the config.json of a run with that seed) each.
+  Device metrics wait in `pending` (no host sync) until `flush`.
+  """
+
+  def __init__(self, config, workdir: str, start_step: int, run: Run):
+    is_chief = jax.process_index() == 0
+    self.config, self.seeds = config, replica_seeds(config)
+    self.spe = run.steps_per_epoch
+    if len(self.seeds) == 1:
+      dirs, labels = [workdir], [""]
+    else:
+      dirs = [replica_workdir(workdir, s) for s in self.seeds]
+      labels = [f"seed {s}" for s in self.seeds]
+      for seed, replica_dir in zip(self.seeds, dirs):
+        storage.makedirs(replica_dir)
+        write_config(replica_config(config, seed), replica_dir)
+    self.writers = [
+      metric_writer.MetricWriter(
+        d, enabled=is_chief, resume_from_step=start_step
+      )
+      for d in dirs
+    ]
+    self.consoles = [
+      metric_writer.Console(run.total_steps, enabled=is_chief, label=label)
+      for label in labels
+    ]
+    previous = self.writers[0].previous_rows
+    self.wall_offset = float(previous[-1]["wall_time"]) if previous else 0.0
+    self.pending: list[dict] = []
+    self.start_clock()
+
+  def start_clock(self) -> None:
+    """Wall time and steps/s count from now (the loop's start)."""
+    self.start = time.time()
+    self.restart_clock()
+
+  def wall(self) -> float:
+    return self.wall_offset + time.time() - self.start
+
+  def restart_clock(self) -> None:
+    """Steps from now on count toward the next row's steps/s."""
+    self.interval_start, self.interval_steps = time.time(), 0
+
+  def add(self, metrics) -> None:
+    self.pending.append(metrics)
+    self.interval_steps += 1
+
+  def first_step_done(self, metrics) -> None:
+    """After the first step: compile time is not training speed."""
+    jax.block_until_ready(metrics)
+    log.info(
+      "Compiled and ran the first step in %.1fs.",
+      time.time() - self.interval_start,
+    )
+    self.restart_clock()
+
+  def _fetch(self) -> list[list[dict]]:
+    """The pending metrics as [step][replica] -> dict of scalars."""
+    fetched = jax.device_get([unreplicate(m) for m in self.pending])
+    if len(self.seeds) == 1:
+      return [[m] for m in fetched]
+    return [
+      [{k: v[r] for k, v in m.items()} for r in range(len(self.seeds))]
+      for m in fetched
+    ]
+
+  def _check_finite(self, fetched, step: int, kept: str) -> None:
+    if self.config.nonfinite_policy != "stop":
+      return
+    first_step = step - len(fetched) + 1
+    for offset, per_replica in enumerate(fetched):
+      for seed, m in zip(self.seeds, per_replica):
+        if m["nonfinite"]:
+          what = nonfinite_quantity(m)
+          which = f" of seed {seed}" if len(self.seeds) > 1 else ""
+          raise NonFiniteError(
+            f"non-finite {what}{which} at step {first_step + offset}"
+            f" (learning_rate={float(m['learning_rate']):.6g},"
+            f" momentum={float(m['momentum']):.4g}); stopped"
+            f" (nonfinite_policy='stop'), {kept}"
+          )
+
+  def flush(self, step: int, kept: str) -> None:
+    """Fetches pending metrics; one row for `step`; stops on NaN/Inf.
+
+    `kept`: what the NonFiniteError says of the checkpoints kept.
+    """
+    if not self.pending:
+      return
+    fetched = self._fetch()
+    self._check_finite(fetched, step, kept)
+    rate = self.interval_steps / max(time.time() - self.interval_start, 1e-9)
+    self.pending.clear()
+    self.restart_clock()
+    for r, (writer, console) in enumerate(zip(self.writers, self.consoles)):
+      row = _train_row(
+        [per_replica[r] for per_replica in fetched],
+        step=step,
+        epoch=step / self.spe,
+        rate=rate,
+        batch_size=self.config.batch_size,
+        wall_time=self.wall(),
+      )
+      writer.write(row)
+      console.train(row)
+
+  def evaluate(self, step: int, evaluator: Evaluator, state) -> list[dict]:
+    """Evaluates every replica of `state`, logs and returns the metrics."""
+    t0 = time.time()
+    results = evaluator.replicas(state)
+    seconds = time.time() - t0
+    for result, writer, console in zip(results, self.writers, self.consoles):
+      eval_row = {
+        "step": step,
+        "epoch": step / self.spe,
+        "examples_seen": step * self.config.batch_size,
+        "eval_seconds": seconds,
+        **result,
+        "wall_time": self.wall(),
+      }
+      writer.write(eval_row)
+      console.eval(eval_row)
+    self.interval_start = time.time()  # Eval time is not training speed.
+    return results
+
+  def sync(self) -> None:
+    for writer in self.writers:
+      writer.sync()
+
+  def close(self) -> None:
+    for writer in self.writers:
+      writer.close()
+
+
+class Checkpoints:
+  """Saves a run's checkpoints (asynchronously) and knows the last one."""
+
+  def __init__(self, config, workdir: str, meta: dict, last_saved):
+    self.config_dict, self.meta = config_to_dict(config), meta
+    self.last_saved = last_saved
+    self.mngr = checkpoint_lib.manager(workdir, keep=config.keep_checkpoints)
+
+  def kept(self) -> str:
+    if self.last_saved is None:
+      return "no checkpoint was saved"
+    return f"checkpoint {self.last_saved} is the last one kept"
+
+  def save(self, step: int, state, logs: ReplicaLogs) -> None:
+    """Checkpoint of `step`; never of a non-finite state."""
+    logs.sync()  # Rows up to `step` on disk before its checkpoint.
+    try:
+      checkpoint_lib.save(
+        self.mngr, step, unreplicate(state), self.config_dict, self.meta
+      )
+    except checkpoint_lib.NonFiniteStateError as e:
+      raise NonFiniteError(f"{e}; {self.kept()}") from None
+    self.last_saved = step
+
+  def close(self) -> None:
+    """Waits for every asynchronous save to complete."""
+    self.mngr.wait_until_finished()
+    self.mngr.close()
+
+
+def agreed_stop(stop_signal: _StopSignals, sync_point: bool) -> int | None:
+  """The signal to stop with now, the same on every process, or None.
+
+  One process acts on its own signal at the next step. Several processes
+  must stop at the same step (each saves its part of the checkpoint, and
+  one that trains on alone waits forever in a collective), so they agree
+  at the steps where the loop syncs anyway (logging, evaluation,
+  checkpoints): every process contributes the signal it received (0 for
+  none) and all stop if any did.
+  """
+  local = stop_signal.signum
+  if jax.process_count() == 1:
+    return local
+  if not sync_point:
+    return None
+  signals = multihost_utils.process_allgather(np.int32(local or 0))
+  return int(np.max(signals)) or None
+
+
+def _stop(stop_signal: _StopSignals, signum: int, step: int):
+  log.warning(
+    "%s %s: saved checkpoint %d; stopping.",
+    "Received" if stop_signal.signum else "Another process received",
+    signal.Signals(signum).name,
+    step,
+  )
+  raise Interrupted(signum, step)
+
+
+def restore_or_init(config, workdir: str, run: Run, dataset):
+  """The run's state (replicated) and start step, and the restored step.
+
+  Restores the latest complete checkpoint (refusing one whose config would
+  change the trajectory: nothing is written before), or initializes; then
+  writes config.json and sets incomplete checkpoints aside.
+  """
   image_shape = dataset.train_images.shape[1:]
-  config_dict = config_to_dict(config)
-  meta = run_meta(run, dataset, config)
   restored, incomplete = checkpoint_lib.restore_latest(
     workdir,
     abstract_train_state(config, run.model, image_shape, run.tx),
-    check=_resume_check(config_dict, total, workdir),
+    check=_resume_check(config_to_dict(config), run.total_steps, workdir),
   )
   storage.makedirs(workdir)
   write_config(config, workdir)
@@ -839,192 +1080,73 @@ def _train_and_evaluate(
       np.int32(start_step), "processes restored different checkpoints"
     )
   last_saved = start_step if restored is not None else None
-  state = input_pipeline.replicate_tree(state)
-  mngr = checkpoint_lib.manager(workdir, keep=config.keep_checkpoints)
+  return input_pipeline.replicate_tree(state), start_step, last_saved
 
-  # One metrics stream per replica: the workdir itself for a single seed,
-  # workdir/seed=<s>/ (with the config.json of a run with that seed) each.
-  seeds = replica_seeds(config)
-  if len(seeds) == 1:
-    writers = [
-      metric_writer.MetricWriter(
-        workdir, enabled=is_chief, resume_from_step=start_step
-      )
-    ]
-    consoles = [metric_writer.Console(total, enabled=is_chief)]
-  else:
-    writers, consoles = [], []
-    for seed in seeds:
-      replica_dir = replica_workdir(workdir, seed)
-      storage.makedirs(replica_dir)
-      write_config(replica_config(config, seed), replica_dir)
-      writers.append(
-        metric_writer.MetricWriter(
-          replica_dir, enabled=is_chief, resume_from_step=start_step
-        )
-      )
-      consoles.append(
-        metric_writer.Console(total, enabled=is_chief, label=f"seed {seed}")
-      )
-  previous = writers[0].previous_rows
-  wall_offset = float(previous[-1]["wall_time"]) if previous else 0.0
 
-  # --- Data on device, compiled steps ---------------------------------------
-  images = input_pipeline.replicate(dataset.train_images)
-  labels = input_pipeline.replicate(dataset.train_labels.astype(np.int32))
-  p_train_step = make_train_step(config, dataset, aug)
-  evaluate = Evaluator(config, dataset, aug)
+# ============================================================================
+# The loop
+# ============================================================================
 
-  # --- Loop ----------------------------------------------------------------
-  start = time.time()
-  interval_start, interval_steps = time.time(), 0
-  pending: list[dict] = []  # Device metrics not yet fetched (no host sync).
-  last_eval: list[dict] = []
 
-  def wall() -> float:
-    return wall_offset + time.time() - start
+def train_and_evaluate(
+  config, workdir: str, dataset: data_lib.Dataset
+) -> list[dict]:
+  """Trains (resuming from the latest checkpoint), evaluates, logs.
 
-  def kept() -> str:
-    return (
-      f"checkpoint {last_saved} is the last one kept"
-      if last_saved is not None
-      else "no checkpoint was saved"
+  Returns the last evaluation's metrics, one dict per replica, each with its
+  "seed". Raises config.ConfigError (before anything is written) when a
+  resume would change the trajectory, NonFiniteError on NaN/Inf (policy
+  "stop"), Interrupted after SIGTERM/SIGINT once the checkpoint is saved
+  (a signal while starting up takes effect after the first step; with
+  several processes, a signal to any stops all together at the next log,
+  eval or checkpoint step).
+  """
+  with _StopSignals() as stop_signal:
+    # --- Setup: state restored or fresh, logs, data on device, steps -----
+    run = setup(config, dataset)
+    cadence = Cadence.from_config(config, run)
+    state, start_step, last_saved = restore_or_init(
+      config, workdir, run, dataset
     )
+    meta = run_meta(run, dataset, config)
+    checkpoints = Checkpoints(config, workdir, meta, last_saved)
+    logs = ReplicaLogs(config, workdir, start_step, run)
+    images = input_pipeline.replicate(dataset.train_images)
+    labels = input_pipeline.replicate(dataset.train_labels.astype(np.int32))
+    p_train_step = make_train_step(config, dataset, run.aug)
+    evaluator = Evaluator(config, dataset, run.aug)
+    debug_step, debug_signal = _debug_signal()
+    last_eval: list[dict] = []
 
-  def flush(step: int) -> None:
-    """Fetches pending metrics; one row for `step`; stops on NaN/Inf."""
-    nonlocal interval_start, interval_steps
-    if not pending:
-      return
-    fetched = jax.device_get([unreplicate(m) for m in pending])
-    # [step][replica] -> dict of scalars.
-    fetched = [
-      [{k: v[r] for k, v in m.items()} for r in range(len(seeds))]
-      if len(seeds) > 1
-      else [m]
-      for m in fetched
-    ]
-    first_step = step - len(fetched) + 1
-    for offset, per_replica in enumerate(fetched):
-      for seed, m in zip(seeds, per_replica):
-        if m["nonfinite"] and config.nonfinite_policy == "stop":
-          what = nonfinite_quantity(m)
-          which = f" of seed {seed}" if len(seeds) > 1 else ""
-          raise NonFiniteError(
-            f"non-finite {what}{which} at step {first_step + offset}"
-            f" (learning_rate={float(m['learning_rate']):.6g},"
-            f" momentum={float(m['momentum']):.4g}); stopped"
-            f" (nonfinite_policy='stop'), {kept()}"
-          )
-    now = time.time()
-    rate = interval_steps / max(now - interval_start, 1e-9)
-    pending.clear()
-    interval_start, interval_steps = now, 0
-    for r, (writer, console) in enumerate(zip(writers, consoles)):
-      row = _train_row(
-        [per_replica[r] for per_replica in fetched],
-        step=step,
-        epoch=step / spe,
-        rate=rate,
-        batch_size=config.batch_size,
-        wall_time=wall(),
-      )
-      writer.write(row)
-      console.train(row)
-
-  def agreed_stop(sync_point: bool) -> int | None:
-    """The signal to stop with now, the same on every process, or None.
-
-    One process acts on its own signal at the next step. Several processes
-    must stop at the same step (each saves its part of the checkpoint, and
-    one that trains on alone waits forever in a collective), so they agree
-    at the steps where the loop syncs anyway (logging, evaluation,
-    checkpoints): every process contributes the signal it received (0 for
-    none) and all stop if any did.
-    """
-    local = stop_signal.signum
-    if jax.process_count() == 1:
-      return local
-    if not sync_point:
-      return None
-    signals = multihost_utils.process_allgather(np.int32(local or 0))
-    return int(np.max(signals)) or None
-
-  def save(step: int) -> None:
-    """Checkpoint of `step` (asynchronous); never of a non-finite state."""
-    nonlocal last_saved
-    for writer in writers:  # Rows up to `step` on disk before its checkpoint.
-      writer.sync()
+    # --- Loop -------------------------------------------------------------
+    logs.start_clock()
     try:
-      checkpoint_lib.save(mngr, step, unreplicate(state), config_dict, meta)
-    except checkpoint_lib.NonFiniteStateError as e:
-      raise NonFiniteError(f"{e}; {kept()}") from None
-    last_saved = step
-
-  try:
-    if start_step >= total:  # Already complete: report, change nothing.
-      last_eval = evaluate.replicas(state)
-    for step in range(start_step + 1, total + 1):
-      state, metrics = p_train_step(state, images, labels)
-      pending.append(metrics)
-      interval_steps += 1
-      if step == start_step + 1:  # Compile time is not training speed.
-        jax.block_until_ready(metrics)
-        log.info(
-          "Compiled and ran the first step in %.1fs.",
-          time.time() - interval_start,
-        )
-        interval_start, interval_steps = time.time(), 0
-      if step == debug_step:
-        os.kill(os.getpid(), debug_signal)
-      is_last = step == total
-      syncs = (
-        _every(step, config.log_every_steps)
-        or is_last
-        or _every(step, config.checkpoint_every_steps)
-        or _every(step, eval_every)
-      )
-      signum = None if is_last else agreed_stop(syncs)
-      stopping = signum is not None
-      save_now = (
-        _every(step, config.checkpoint_every_steps) or is_last or stopping
-      )
-      eval_now = _every(step, eval_every) or is_last
-      if _every(step, config.log_every_steps) or save_now or eval_now:
-        flush(step)
-      if eval_now:
-        t0 = time.time()
-        last_eval = evaluate.replicas(state)
-        seconds = time.time() - t0
-        for result, writer, console in zip(last_eval, writers, consoles):
-          eval_row = {
-            "step": step,
-            "epoch": step / spe,
-            "examples_seen": step * config.batch_size,
-            "eval_seconds": seconds,
-            **result,
-            "wall_time": wall(),
-          }
-          writer.write(eval_row)
-          console.eval(eval_row)
-        interval_start = time.time()  # Eval time is not training speed.
-      if save_now:
-        save(step)
-      if stopping:
-        log.warning(
-          "%s %s: saved checkpoint %d; stopping.",
-          "Received" if stop_signal.signum else "Another process received",
-          signal.Signals(signum).name,
-          step,
-        )
-        raise Interrupted(signum, step)
-  finally:
-    # Every asynchronous save completes before returning or raising.
-    mngr.wait_until_finished()
-    mngr.close()
-    for writer in writers:
-      writer.close()
-  return [{"seed": seed, **result} for seed, result in zip(seeds, last_eval)]
+      if start_step >= run.total_steps:  # Complete: report, change nothing.
+        last_eval = evaluator.replicas(state)
+      for step in range(start_step + 1, run.total_steps + 1):
+        state, metrics = p_train_step(state, images, labels)
+        logs.add(metrics)
+        if step == start_step + 1:
+          logs.first_step_done(metrics)
+        if step == debug_step:
+          os.kill(os.getpid(), debug_signal)
+        signum = None
+        if not cadence.is_last(step):
+          signum = agreed_stop(stop_signal, cadence.syncs(step))
+        stopping = signum is not None
+        if cadence.logs(step, stopping):
+          logs.flush(step, checkpoints.kept())
+        if cadence.evaluates(step):
+          last_eval = logs.evaluate(step, evaluator, state)
+        if cadence.saves(step, stopping):
+          checkpoints.save(step, state, logs)
+        if stopping:
+          _stop(stop_signal, signum, step)
+    finally:
+      # Every asynchronous save completes before returning or raising.
+      checkpoints.close()
+      logs.close()
+  return [{"seed": s, **r} for s, r in zip(replica_seeds(config), last_eval)]
 
 
 def write_config(config, workdir: str) -> None:

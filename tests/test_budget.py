@@ -406,8 +406,7 @@ def study_config(arm):
 
 
 def test_arms_share_everything_but_the_schedule():
-  from superconv import config as config_lib  # pylint: disable=g-import-not-at-top
-  from superconv import schedules  # pylint: disable=g-import-not-at-top
+  from superconv import schedules, train  # pylint: disable=g-import-not-at-top
 
   configs = {
     arm: study_config(arm)
@@ -442,10 +441,10 @@ def test_arms_share_everything_but_the_schedule():
   with pytest.raises(ValueError, match="one of onecycle, onecycle_cm"):
     study_config("cosine")
   for c in configs.values():
-    config_lib.validate_static(c, num_devices=1)
+    train.validate(c, num_devices=1)
     # The linear schedule's own checks come with its implementation.
     if c.schedule.name in schedules.SCHEDULE_NAMES:
-      config_lib.validate_with_data(c, num_train_examples=50_000)
+      train.validate(c, num_devices=1, num_train_examples=50_000)
 
 
 def script(*args, env=None):

@@ -9,7 +9,7 @@ import pytest
 
 from superconv import config as config_lib
 from superconv import conv as conv_lib
-from superconv import models
+from superconv import models, train
 
 
 @pytest.mark.parametrize(
@@ -251,7 +251,7 @@ def test_config_validates_conv_impl():
   c.dataset = "synthetic"
   c.conv_impl = "fast"
   with pytest.raises(config_lib.ConfigError, match="conv_impl"):
-    config_lib.validate_static(c, num_devices=1)
+    train.validate(c, num_devices=1)
 
 
 @pytest.mark.parametrize(

@@ -401,7 +401,7 @@ class ScriptedSteps:
 def test_run_loop_stops_at_the_step_that_stopped_it(
   tmp_path, monkeypatch, losses, reason, recorded
 ):
-  from superconv import train
+  from superconv import models, train
 
   scripted = ScriptedSteps(losses)
   monkeypatch.setattr(train, "create_train_state", scripted.create_train_state)
@@ -433,7 +433,9 @@ def test_run_loop_stops_at_the_step_that_stopped_it(
   # the config's seed, the training model and the data's image shape.
   view, model, image_shape, _ = scripted.state_args
   assert view.seed == config.seed and view.model == config.model
-  assert model == train.create_model(config, dataset.num_classes)
+  assert model == models.from_config(
+    config, dataset.num_classes, axis_name=train.AXIS
+  )
   assert image_shape == (32, 32, 3)
 
 

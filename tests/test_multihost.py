@@ -27,7 +27,7 @@ import jax
 import numpy as np
 import pytest
 
-from superconv import checkpoint, distributed
+from superconv import api, checkpoint, distributed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 600  # A hung collective fails the test instead of CI.
@@ -269,8 +269,8 @@ _PROCESSES_TOLERANCE = 1e-10
 
 def test_two_processes_train_the_same_parameters(runs):
   w1, w2, _ = runs
-  _, v1, _ = checkpoint.load(str(w1))
-  _, v2, _ = checkpoint.load(str(w2))  # One process restores 2 processes'.
+  _, v1, _ = api.load_checkpoint(str(w1))
+  _, v2, _ = api.load_checkpoint(str(w2))  # One process restores 2 processes'.
   leaves1 = jax.tree_util.tree_leaves_with_path(v1)
   leaves2 = jax.tree.leaves(v2)
   assert len(leaves1) == len(leaves2) > 0
@@ -399,8 +399,8 @@ def test_the_stopped_processes_resume_to_the_uninterrupted_result(stopped):
   reference, workdir, _, logs = stopped
   assert "Resumed from checkpoint 4." in (logs / "r0.err").read_text()
   assert checkpoint.scan(str(workdir)) == ([4, 6], [])
-  _, v1, _ = checkpoint.load(str(reference))
-  _, v2, _ = checkpoint.load(str(workdir))
+  _, v1, _ = api.load_checkpoint(str(reference))
+  _, v2, _ = api.load_checkpoint(str(workdir))
   leaves1 = jax.tree_util.tree_leaves_with_path(v1)
   leaves2 = jax.tree.leaves(v2)
   assert len(leaves1) == len(leaves2) > 0

@@ -378,16 +378,14 @@ def test_sgd_is_l2_on_the_gradient_then_momentum_as_before(x64, nesterov):
 def test_bad_optimizer_values_give_one_line_naming_the_key(overrides, message):
   config = adamw_config(**overrides)
   with pytest.raises(config_lib.ConfigError) as e:
-    config_lib.validate_static(config, num_devices=1)
+    config_lib.check(config, num_devices=1)
   assert str(e.value).startswith(message)
   assert "\n" not in str(e.value)
 
 
 def test_sgd_with_nesterov_and_adamw_without_are_valid():
-  config_lib.validate_static(
-    adamw_config(optimizer="sgd", nesterov=True), num_devices=1
-  )
-  config_lib.validate_static(adamw_config(), num_devices=1)
+  config_lib.check(adamw_config(optimizer="sgd", nesterov=True), num_devices=1)
+  config_lib.check(adamw_config(), num_devices=1)
 
 
 def test_main_refuses_an_unknown_optimizer_with_exit_2(tmp_path):
@@ -469,11 +467,11 @@ def test_onecycle_adamw_config_trains_on_synthetic_data():
     batch_size=16,
     num_steps=5,
   )
-  config_lib.validate_static(config, num_devices=1)
+  config_lib.check(config, num_devices=1)
   dataset = data_lib.load(
     "synthetic", synthetic_train_size=32, synthetic_test_size=16
   )
-  config_lib.validate_with_data(config, num_train_examples=32)
+  train.validate(config, num_devices=1, num_train_examples=32)
   run = train.setup(config, dataset)
   state = input_pipeline.replicate_tree(
     train.create_train_state(config, run.model, (32, 32, 3), run.tx)

@@ -41,7 +41,7 @@ import jax
 import numpy as np
 import pytest
 
-from superconv import checkpoint, lock, metric_writer, train
+from superconv import api, checkpoint, lock, metric_writer, train
 from superconv import evaluate as evaluate_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -359,8 +359,8 @@ def _assert_bit_exact(workdir_a, workdir_b):
   for (path, x), (_, y) in zip(leaves_a, leaves_b):
     assert np.array_equal(x, y), jax.tree_util.keystr(path)
   # The same through the notebook API.
-  _, va, ca = checkpoint.load(str(workdir_a))
-  _, vb, _ = checkpoint.load(str(workdir_b))
+  _, va, ca = api.load_checkpoint(str(workdir_a))
+  _, vb, _ = api.load_checkpoint(str(workdir_b))
   assert ca.model == "resnet20"
   for x, y in zip(jax.tree.leaves(va), jax.tree.leaves(vb)):
     assert np.array_equal(x, y)
@@ -587,8 +587,8 @@ def test_retention_keeps_the_last_k_checkpoints(runs):
     assert _listing(wd[name]) == ["4", "6", "8"], name
     assert _complete_steps(wd[name]) == [4, 6, 8]
   # Any kept step loads; a deleted one is named in a one-line error.
-  _, at_6, _ = checkpoint.load(str(wd["R"]), step=6)
-  _, at_8, _ = checkpoint.load(str(wd["R"]))
+  _, at_6, _ = api.load_checkpoint(str(wd["R"]), step=6)
+  _, at_8, _ = api.load_checkpoint(str(wd["R"]))
   assert not np.array_equal(
     at_6["params"]["head"]["kernel"], at_8["params"]["head"]["kernel"]
   )
@@ -596,7 +596,7 @@ def test_retention_keeps_the_last_k_checkpoints(runs):
     checkpoint.CheckpointError,
     match="--step: no complete checkpoint 2 .* 4, 6, 8",
   ):
-    checkpoint.load(str(wd["R"]), step=2)
+    api.load_checkpoint(str(wd["R"]), step=2)
 
 
 # --- One writer per workdir --------------------------------------------------

@@ -25,6 +25,7 @@ import optax
 import pytest
 
 from superconv import cli, schedules, schedules_main
+from superconv import config as config_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RTOL = 1e-5  # The bound on relative error (float32 schedules).
@@ -285,7 +286,7 @@ def test_cyclical_table(kwargs, step, lr, height):
 
 
 def he_config(**schedule):
-  s = schedules.default_schedule_config()
+  s = config_lib.default_schedule_config()
   s.name = "piecewise"
   s.max_lr = 0.1
   s.boundaries = (32_000, 48_000)
@@ -296,7 +297,7 @@ def he_config(**schedule):
 
 
 def cosine_config(**schedule):
-  s = schedules.default_schedule_config()
+  s = config_lib.default_schedule_config()
   s.name = "cosine"
   s.max_lr = 1.0
   s.warmup = 100
@@ -445,7 +446,7 @@ def test_baseline_table(name, s, total, spe, step, lr, momentum):
 
 
 def test_create_one_cycle_and_cyclical_from_config():
-  s = schedules.default_schedule_config()  # The paper's CLR run.
+  s = config_lib.default_schedule_config()  # The paper's CLR run.
   lr_fn, m_fn = schedules.create(
     s, momentum=0.9, steps_per_epoch=50, total_steps=10_000
   )
@@ -460,7 +461,7 @@ def test_create_one_cycle_and_cyclical_from_config():
   )
   np.testing.assert_allclose(values(lr_fn, [5000]), [3.0], rtol=RTOL)
 
-  s = schedules.default_schedule_config()
+  s = config_lib.default_schedule_config()
   s.name = "one_cycle"
   s.max_lr = 1.0
   # cycle_momentum left at its default: one_cycle cycles 0.95 -> 0.85 -> 0.95
@@ -512,7 +513,7 @@ def test_create_one_cycle_and_cyclical_from_config():
   ids=lambda v: v if isinstance(v, str) else None,
 )
 def test_default_momentum(name, overrides, steps, momenta):
-  s = schedules.default_schedule_config()
+  s = config_lib.default_schedule_config()
   s.name = name
   s.max_lr = 1.0
   for k, v in overrides.items():
@@ -547,7 +548,7 @@ def test_one_cycle_epochs_form_equals_total_steps():
   ],
 )
 def test_one_cycle_epochs_form_in_the_config(epochs, spe, total):
-  s = schedules.default_schedule_config()
+  s = config_lib.default_schedule_config()
   s.name = "one_cycle"
   s.max_lr = 1.0
   s.epochs = epochs
@@ -587,7 +588,7 @@ _rex = lambda z: (1 - z) / (0.5 + 0.5 * (1 - z))
 
 
 def budget_config(name, **schedule):
-  s = schedules.default_schedule_config()
+  s = config_lib.default_schedule_config()
   s.name = name
   s.max_lr = 1.0
   for k, v in schedule.items():
@@ -695,7 +696,7 @@ def test_budget_schedules_every_step_match_the_formula(
 def _resume_schedules(name, total):
   if name == "one_cycle":
     return schedules.one_cycle(total, 1.0, pct_start=0.4, three_phase=True)
-  s = schedules.default_schedule_config()
+  s = config_lib.default_schedule_config()
   s.name = name
   s.max_lr = 1.0
   s.warmup = 5
@@ -924,7 +925,7 @@ ERROR_ROWS = [
   ids=[r[2].split(":")[0] + f"-{i}" for i, r in enumerate(ERROR_ROWS)],
 )
 def test_schedule_errors_name_the_key(overrides, total, message):
-  s = schedules.default_schedule_config()
+  s = config_lib.default_schedule_config()
   for k, v in overrides.items():
     setattr(s, k, v)
   with pytest.raises(schedules.ScheduleError) as e:
@@ -951,8 +952,8 @@ def test_builder_errors_name_the_argument():
 
 
 def test_every_default_field_is_commented():
-  source = inspect.getsource(schedules.default_schedule_config).splitlines()
-  fields = list(schedules.default_schedule_config().keys())
+  source = inspect.getsource(config_lib.default_schedule_config).splitlines()
+  fields = list(config_lib.default_schedule_config().keys())
   assert {
     "name",
     "unit",
@@ -1025,8 +1026,6 @@ CONFIG_ROWS = [
   "name,spe,total,rows", CONFIG_ROWS, ids=[r[0] for r in CONFIG_ROWS]
 )
 def test_experiment_config_schedules(name, spe, total, rows):
-  from superconv import config as config_lib
-
   config = load_config(name)
   assert config_lib.steps_per_epoch(50_000, config.batch_size) == spe
   assert config_lib.total_steps(config, 50_000) == total

@@ -883,14 +883,14 @@ def test_ctrl_c_stops_every_parallel_run_once_and_resumes(pinned, tmp_path):
 
 def final_state(run):
   """Metrics rows less timings, and the final parameters and BN stats."""
-  from superconv import checkpoint  # pylint: disable=g-import-not-at-top
+  import superconv  # pylint: disable=g-import-not-at-top
 
   timing = ("wall_time", "steps_per_sec", "eval_seconds")
   rows = [
     {k: v for k, v in json.loads(l).items() if k not in timing}
     for l in open(run / "metrics.jsonl")
   ]
-  _, variables, _ = checkpoint.load(str(run))
+  _, variables, _ = superconv.load_checkpoint(str(run))
   return rows, variables
 
 

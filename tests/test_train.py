@@ -378,7 +378,7 @@ def test_main_trains_logs_and_resumes(tmp_path):
 def test_validation_size_holds_out_train_images_as_the_eval_set():
   config = tiny_config(validation_size=16)
   full = load(config)
-  dataset = train.load_dataset(config)
+  dataset = data_lib.from_config(config)
   assert dataset.train_images.shape[0] == 64 - 16
   assert dataset.test_images.shape[0] == 16
   train_rows = {img.tobytes() for img in full.train_images}
