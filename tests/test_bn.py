@@ -14,7 +14,7 @@ import pytest
 
 from superconv import batchnorm as bn_lib
 from superconv import config as config_lib
-from superconv import models
+from superconv import models, train
 
 RTOL = 1e-12
 
@@ -172,7 +172,7 @@ def test_unknown_impl_is_refused():
   c.dataset = "synthetic"
   c.bn_impl = "fast"
   with pytest.raises(config_lib.ConfigError, match="bn_impl"):
-    config_lib.validate_static(c, num_devices=1)
+    train.validate(c, num_devices=1)
 
 
 @pytest.mark.parametrize("name", models.MODEL_NAMES)

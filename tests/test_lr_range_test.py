@@ -460,7 +460,7 @@ def test_cli_bad_key_is_one_line_naming_it(tmp_path):
   )
   assert p.returncode == 2
   assert p.stderr.strip().splitlines()[-1] == (
-    "superconv: error: range_test.min_lr: must be >= 0, got -1.0"
+    "superconv.lr_range_test: error: range_test.min_lr: must be >= 0, got -1.0"
   )
   assert not os.listdir(tmp_path)
 
@@ -488,8 +488,8 @@ def test_cli_refuses_a_bucket_workdir_before_any_work(tmp_path):
     p.stderr.strip()
     .splitlines()[-1]
     .startswith(
-      "superconv: error: --workdir: gs://bucket/rt: the range test writes to"
-      " a local directory"
+      "superconv.lr_range_test: error: --workdir: gs://bucket/rt: the range"
+      " test writes to a local directory"
     )
   )
   assert not os.listdir(tmp_path)  # No ./gs:/bucket/rt either.
