@@ -702,6 +702,14 @@ def test_reproduce_tunes_extends_edge_grids_tests_and_reports(tmp_path):
     "tuning.json",
     "extensions.txt",
   }
+  # done.json names no path of this machine's checkout.
+  done = json.loads(
+    (results / "runs/test/piecewise/2/seed=1/done.json").read_text()
+  )
+  assert done["returncode"] == 0 and done["overrides"]["seed"] == "1"
+  assert done["command"][0] == os.path.basename(sys.executable)
+  assert "configs/budget_study.py:piecewise" in done["command"]
+  assert not any(str(REPO) in a for a in done["command"])
   text = (results / "report.md").read_text()
   assert "## Accuracy versus training budget" in text
   assert "Baselines: piecewise, linear" in text

@@ -188,6 +188,27 @@ w = json.load(open(sys.argv[1]))["winner"]
 print(w["overrides"]["schedule.max_lr"] if w else "")' "$1"
 }
 
+# portable_done SRC DST: done.json with the machine's paths in its command
+# made relative to the repository root (the interpreter: its name only).
+portable_done() {
+  "$PY" - "$ROOT" "$1" "$2" <<'EOF'
+import json, os, sys
+root, src, dst = sys.argv[1:]
+done = json.load(open(src))
+command = done.get("command") or []
+if command:
+  command[0] = os.path.basename(command[0])
+done["command"] = [
+  os.path.relpath(a, root) if os.path.isabs(a) and a.startswith(root + os.sep)
+  else a
+  for a in command
+]
+with open(dst, "w") as f:
+  json.dump(done, f, indent=2, sort_keys=True)
+  f.write("\n")
+EOF
+}
+
 # Copies every finished run's config.json and metrics.jsonl from RUNS to
 # RESULTS/runs (the same layout) and writes RESULTS/tuning.md.
 export_results() {
@@ -196,7 +217,8 @@ export_results() {
     dir="$(dirname "$marker")"
     rel="${dir#"$RUNS"/}"
     mkdir -p "$RESULTS/runs/$rel"
-    cp "$dir/config.json" "$dir/metrics.jsonl" "$dir/done.json" "$RESULTS/runs/$rel/"
+    cp "$dir/config.json" "$dir/metrics.jsonl" "$RESULTS/runs/$rel/"
+    portable_done "$dir/done.json" "$RESULTS/runs/$rel/done.json"
   done < <(find "$RUNS" -name done.json 2>/dev/null | sort)
   while IFS= read -r marker; do
     rel="${marker#"$RUNS"/}"
