@@ -1,9 +1,73 @@
-"""Fixtures shared by several test modules."""
+"""Fixtures and helpers shared by several test modules.
+
+`tiny_config` and `tiny_config_source` are plain functions (test modules
+import them: `from conftest import tiny_config`), since module-level
+helpers and module-scoped fixtures of those modules build configs too.
+"""
 
 import logging
 import os
 
 import pytest
+
+from superconv import config as config_lib
+
+# The tiny synthetic run the training tests share: ResNet-20 in float32 on
+# 64 synthetic images (4 steps of 16 an epoch) and 40 test images (not a
+# multiple of the eval batch, so evaluation pads), 3 steps at a constant
+# LR 0.1. Every field that matters is set here, so edits to configs/ cannot
+# change these tests.
+TINY = {
+  "dataset": "synthetic",
+  "synthetic_train_size": 64,
+  "synthetic_test_size": 40,
+  "model": "resnet20",
+  "dtype": "float32",
+  "batch_size": 16,
+  "eval_batch_size": 16,
+  "num_steps": 3,
+  "schedule": {"name": "constant", "max_lr": 0.1},
+}
+
+
+def _fields(overrides: dict) -> dict:
+  """TINY with `overrides` (a dict value updates a sub-config)."""
+  fields = {k: dict(v) if isinstance(v, dict) else v for k, v in TINY.items()}
+  for key, value in overrides.items():
+    if isinstance(value, dict) and isinstance(fields.get(key), dict):
+      fields[key].update(value)
+    else:
+      fields[key] = value
+  return fields
+
+
+def tiny_config(**overrides):
+  """The tiny run's ConfigDict; `schedule={...}` updates the schedule."""
+  c = config_lib.base_config()
+  for key, value in _fields(overrides).items():
+    if isinstance(value, dict):
+      c[key].update(value)
+    else:
+      c[key] = value
+  return c
+
+
+def tiny_config_source(**overrides) -> str:
+  """A config file (Python source) of `tiny_config(**overrides)`, for runs
+  in subprocesses."""
+  lines = [
+    "from superconv import config as config_lib",
+    "",
+    "",
+    "def get_config():",
+    "  c = config_lib.base_config()",
+  ]
+  for key, value in _fields(overrides).items():
+    if isinstance(value, dict):
+      lines.append(f"  c.{key}.update({value!r})")
+    else:
+      lines.append(f"  c.{key} = {value!r}")
+  return "\n".join(lines + ["  return c", ""])
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 
+from conftest import tiny_config_source
 import jax
 import numpy as np
 import pytest
@@ -32,29 +33,16 @@ from superconv import api, checkpoint, distributed
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 600  # A hung collective fails the test instead of CI.
 
-_CONFIG = """
-from superconv import config as config_lib
-
-
-def get_config():
-  c = config_lib.base_config()
-  c.dataset = "synthetic"
-  c.synthetic_train_size = 64  # 4 steps per epoch at batch 16.
-  c.synthetic_test_size = 40  # Not a multiple of the eval batch: padding.
-  c.model = "resnet20"
-  c.dtype = "float64"  # JAX_ENABLE_X64=1 (see _start).
-  c.batch_size = 16
-  c.eval_batch_size = 16
-  c.num_steps = 6
-  c.schedule.name = "one_cycle"
-  c.schedule.max_lr = 0.1
-  c.schedule.pct_start = 0.5  # Rises for 3 steps.
-  c.log_every_steps = 1
-  c.eval_every_epochs = 0.5  # Evaluates at steps 2, 4 and 6.
-  c.checkpoint_every_steps = 2  # Checkpoints 2, 4 and 6.
-  c.keep_checkpoints = 5
-  return c
-"""
+_CONFIG = tiny_config_source(
+  dtype="float64",  # JAX_ENABLE_X64=1 (see _start).
+  num_steps=6,
+  # Rises for 3 steps.
+  schedule={"name": "one_cycle", "max_lr": 0.1, "pct_start": 0.5},
+  log_every_steps=1,
+  eval_every_epochs=0.5,  # Evaluates at steps 2, 4 and 6.
+  checkpoint_every_steps=2,  # Checkpoints 2, 4 and 6.
+  keep_checkpoints=5,
+)
 
 _OWN_ENV = (
   distributed.ADDRESS_ENV,

@@ -37,6 +37,7 @@ import subprocess
 import sys
 import time
 
+from conftest import tiny_config_source
 import jax
 import numpy as np
 import pytest
@@ -49,31 +50,20 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Every field that matters is set here, so edits to configs/ cannot break
 # these tests. A one-cycle schedule: a wrong step count after a resume
 # would change the learning rate and so the parameters.
-_CONFIG = """
-from superconv import config as config_lib
-
-
-def get_config():
-  c = config_lib.base_config()
-  c.dataset = "synthetic"
-  c.synthetic_train_size = 64  # 4 steps per epoch at batch 16.
-  c.synthetic_test_size = 40
-  c.model = "resnet20"
-  c.dtype = "float32"
-  c.batch_size = 16
-  c.eval_batch_size = 16
-  c.num_steps = 8  # Two epochs.
-  c.weight_decay = 5e-4
-  c.schedule.name = "one_cycle"
-  c.schedule.max_lr = 0.1
-  c.schedule.pct_start = 0.25
-  c.schedule.cycle_momentum = True
-  c.log_every_steps = 2
-  c.eval_every_epochs = 1.0
-  c.checkpoint_every_steps = 2
-  c.keep_checkpoints = 3
-  return c
-"""
+_CONFIG = tiny_config_source(
+  num_steps=8,  # Two epochs.
+  weight_decay=5e-4,
+  schedule={
+    "name": "one_cycle",
+    "max_lr": 0.1,
+    "pct_start": 0.25,
+    "cycle_momentum": True,
+  },
+  log_every_steps=2,
+  eval_every_epochs=1.0,
+  checkpoint_every_steps=2,
+  keep_checkpoints=3,
+)
 
 
 @dataclasses.dataclass

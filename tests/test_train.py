@@ -6,34 +6,17 @@ import subprocess
 import sys
 import textwrap
 
+from conftest import tiny_config
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from superconv import config as config_lib
 from superconv import data as data_lib
 from superconv import input_pipeline, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_config(**overrides):
-  c = config_lib.base_config()
-  c.dataset = "synthetic"
-  c.model = "resnet20"
-  c.dtype = "float32"
-  c.batch_size = 16
-  c.num_steps = 3
-  c.synthetic_train_size = 64
-  c.synthetic_test_size = 40
-  c.eval_batch_size = 16
-  c.schedule.name = "constant"
-  c.schedule.max_lr = 0.1
-  for k, v in overrides.items():
-    c[k] = v
-  return c
 
 
 def load(config):

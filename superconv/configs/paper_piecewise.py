@@ -17,27 +17,22 @@ iterations (one run, no error bars), against 92.4% for the 10k-step CLR run
 of configs/default.py.
 """
 
-from superconv import config as config_lib
+from superconv.configs import default
 
 
 def get_config():
-  config = config_lib.base_config()
-  config.dataset = "tfds:cifar10"  # The paper's data set.
-  config.model = "resnet56"  # He et al. CIFAR ResNet-56, shortcut option A.
-  config.batch_size = 1000  # Global batch of the paper's runs.
+  # configs/default.py's network, data, batch 1000, constant momentum 0.9
+  # and weight decay 1e-4; the length, BatchNorm and schedule differ.
+  config = default.get_config()
   # Solver max_iter 80,000 (1,600 epochs at batch 1000).
   config.num_steps = 80_000
-  config.momentum = 0.9  # Solver: momentum 0.9 (constant).
-  config.weight_decay = 1e-4  # Solver: weight_decay 1e-4.
   config.bn_momentum = 0.999  # Caffe BatchNorm default moving_average_fraction.
-  config.schedule.name = "piecewise"  # Caffe lr_policy "multistep".
-  config.schedule.max_lr = 0.35  # Solver: base_lr 0.35.
-  config.schedule.unit = "steps"  # Boundaries in iterations, as the solver.
-  config.schedule.boundaries = (
-    50_000,
-    70_000,
-  )  # Solver stepvalue 50k and 70k...
-  config.schedule.decay_factors = (0.1, 0.1)  # ...each multiplies by gamma 0.1.
+  s = config.schedule
+  s.name = "piecewise"  # Caffe lr_policy "multistep".
+  s.max_lr = 0.35  # Solver: base_lr 0.35.
+  s.unit = "steps"  # Boundaries in iterations, as the solver.
+  s.boundaries = (50_000, 70_000)  # Solver stepvalue 50k and 70k...
+  s.decay_factors = (0.1, 0.1)  # ...each multiplies by gamma 0.1.
   config.eval_every_epochs = 40.0  # Test accuracy every 2,000 steps.
   config.checkpoint_every_steps = 5_000  # Long run: fewer checkpoints.
   return config
