@@ -140,6 +140,7 @@ def test_table_has_every_column_and_dashes_for_unknowns():
     "seeds",
     "dev",
     "conv",
+    "bn",
     "setting",
     "compile s",
     "step img/s",
@@ -162,6 +163,7 @@ def test_table_has_every_column_and_dashes_for_unknowns():
     "4",
     "1",
     "xla",
+    "-",  # bn: not given.
     "-",
     "31.2",
     "41,234",
@@ -178,7 +180,7 @@ def test_table_has_every_column_and_dashes_for_unknowns():
   ]
   assert row["flags"] == []  # Consistent figures, small spreads.
   assert lines[3].split()[:5] == ["resnet18", "65536", "float32", "1", "1"]
-  assert lines[3].split().count("-") == 14
+  assert lines[3].split().count("-") == 15
   assert lines[3].endswith("(out of memory)")
   # Fixed width: the numeric columns line up.
   assert len(lines[0]) == len(lines[2])
@@ -204,8 +206,8 @@ def test_table_marks_flagged_figures():
   (line,) = bench.format_table([row], settings=True).splitlines()[2:]
   cells = line.split()
   # The bare and the aug step are in doubt; the loop is not.
-  assert cells[6] == "compile_cl"
-  assert cells[8:14] == ["61!", "40.0%", "713!", "2.0%", "700", "1.0%"]
+  assert cells[7] == "compile_cl"
+  assert cells[9:15] == ["61!", "40.0%", "713!", "2.0%", "700", "1.0%"]
   assert line.endswith("! step_spread step_slower_than_aug  [torch.compile]")
 
 
