@@ -710,6 +710,8 @@ def test_reproduce_tunes_extends_edge_grids_tests_and_reports(tmp_path):
   assert done["command"][0] == os.path.basename(sys.executable)
   assert "configs/budget_study.py:piecewise" in done["command"]
   assert not any(str(REPO) in a for a in done["command"])
+  for path in (results / "runs").rglob("tuning.json"):
+    assert str(REPO) not in path.read_text(), path
   text = (results / "report.md").read_text()
   assert "## Accuracy versus training budget" in text
   assert "Baselines: piecewise, linear" in text

@@ -188,23 +188,29 @@ w = json.load(open(sys.argv[1]))["winner"]
 print(w["overrides"]["schedule.max_lr"] if w else "")' "$1"
 }
 
-# portable_done SRC DST: done.json with the machine's paths in its command
-# made relative to the repository root (the interpreter: its name only).
-portable_done() {
+# portable SRC DST: a JSON file with this checkout's absolute paths made
+# relative to the repository root, and a "command" interpreter named only.
+portable() {
   "$PY" - "$ROOT" "$1" "$2" <<'EOF'
 import json, os, sys
 root, src, dst = sys.argv[1:]
-done = json.load(open(src))
-command = done.get("command") or []
-if command:
-  command[0] = os.path.basename(command[0])
-done["command"] = [
-  os.path.relpath(a, root) if os.path.isabs(a) and a.startswith(root + os.sep)
-  else a
-  for a in command
-]
+
+
+def rel(value):
+  if isinstance(value, dict):
+    return {k: rel(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return [rel(v) for v in value]
+  if isinstance(value, str) and value.startswith(root + os.sep):
+    return os.path.relpath(value, root)
+  return value
+
+
+data = json.load(open(src))
+if data.get("command"):
+  data["command"][0] = os.path.basename(data["command"][0])
 with open(dst, "w") as f:
-  json.dump(done, f, indent=2, sort_keys=True)
+  json.dump(rel(data), f, indent=2, sort_keys=True)
   f.write("\n")
 EOF
 }
@@ -218,12 +224,15 @@ export_results() {
     rel="${dir#"$RUNS"/}"
     mkdir -p "$RESULTS/runs/$rel"
     cp "$dir/config.json" "$dir/metrics.jsonl" "$RESULTS/runs/$rel/"
-    portable_done "$dir/done.json" "$RESULTS/runs/$rel/done.json"
+    portable "$dir/done.json" "$RESULTS/runs/$rel/done.json"
   done < <(find "$RUNS" -name done.json 2>/dev/null | sort)
   while IFS= read -r marker; do
     rel="${marker#"$RUNS"/}"
     mkdir -p "$RESULTS/runs/$(dirname "$rel")"
-    cp "$marker" "$RESULTS/runs/$rel"
+    case "$marker" in
+      *.json) portable "$marker" "$RESULTS/runs/$rel" ;;
+      *) cp "$marker" "$RESULTS/runs/$rel" ;;
+    esac
   done < <(find "$RUNS" \( -name tuning.json -o -name extensions.txt \) 2>/dev/null | sort)
   "$PY" - "$RUNS" "$RESULTS/tuning.md" <<'EOF'
 import glob, json, os, sys
