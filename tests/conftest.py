@@ -7,6 +7,8 @@ helpers and module-scoped fixtures of those modules build configs too.
 
 import logging
 import os
+import shlex
+import subprocess
 
 import pytest
 
@@ -101,3 +103,28 @@ def file_bytes():
   """file_bytes(path): every file under `path` with its bytes (to compare a
   directory byte for byte)."""
   return _file_bytes
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_script(script, *args, env=None, timeout=60):
+  """`bash script args...` from the repository root, output captured."""
+  return subprocess.run(
+    ["bash", script, *args],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    check=False,
+    env={**os.environ, **(env or {})},
+  )
+
+
+def traced_commands(stdout):
+  """argv of every '+ ' line a shell script printed for a command."""
+  return [
+    shlex.split(line[2:])
+    for line in stdout.splitlines()
+    if line.startswith("+ ")
+  ]

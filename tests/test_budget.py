@@ -12,12 +12,11 @@ import json
 import math
 import os
 import pathlib
-import shlex
 import shutil
-import subprocess
 import sys
 import textwrap
 
+from conftest import run_script, traced_commands
 import numpy as np
 import pytest
 from scipy import stats
@@ -448,23 +447,10 @@ def test_arms_share_everything_but_the_schedule():
 
 
 def script(*args, env=None):
-  return subprocess.run(
-    ["bash", SCRIPT, *args],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=300,
-    check=False,
-    env={**os.environ, **(env or {})},
-  )
+  return run_script(SCRIPT, *args, env=env, timeout=300)
 
 
-def commands(stdout):
-  return [
-    shlex.split(line[2:])
-    for line in stdout.splitlines()
-    if line.startswith("+ ")
-  ]
+commands = traced_commands
 
 
 TINY_STUDY = [

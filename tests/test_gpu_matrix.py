@@ -1,10 +1,10 @@
 """benchmarks/gpu_matrix.sh: its commands, input checks and shellcheck."""
 
 import pathlib
-import shlex
 import shutil
 import subprocess
 
+from conftest import run_script, traced_commands
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -12,22 +12,10 @@ SCRIPT = "benchmarks/gpu_matrix.sh"
 
 
 def script(*args):
-  return subprocess.run(
-    ["bash", SCRIPT, *args],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=60,
-    check=False,
-  )
+  return run_script(SCRIPT, *args)
 
 
-def commands(stdout):
-  return [
-    shlex.split(line[2:])
-    for line in stdout.splitlines()
-    if line.startswith("+ ")
-  ]
+commands = traced_commands
 
 
 def test_dry_run_prints_the_two_benchmarks(tmp_path):

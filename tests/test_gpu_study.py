@@ -4,14 +4,13 @@ one real run of it with tiny settings on the CPU, read back by the report."""
 import csv
 import json
 import math
-import os
 import pathlib
-import shlex
 import shutil
 import subprocess
 import sys
 import tarfile
 
+from conftest import run_script, traced_commands
 import pytest
 
 from superconv import bench
@@ -21,23 +20,10 @@ SCRIPT = "benchmarks/gpu_study.sh"
 
 
 def script(*args, env=None, timeout=60):
-  return subprocess.run(
-    ["bash", SCRIPT, *args],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=timeout,
-    check=False,
-    env={**os.environ, **(env or {})},
-  )
+  return run_script(SCRIPT, *args, env=env, timeout=timeout)
 
 
-def commands(stdout):
-  return [
-    shlex.split(line[2:])
-    for line in stdout.splitlines()
-    if line.startswith("+ ")
-  ]
+commands = traced_commands
 
 
 def plan_rows(stdout):
