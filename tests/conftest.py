@@ -8,11 +8,54 @@ helpers and module-scoped fixtures of those modules build configs too.
 import logging
 import os
 import shlex
+import shutil
 import subprocess
+import tempfile
 
 import pytest
 
 from superconv import config as config_lib
+
+# One persistent XLA compilation cache for the whole session, in a fresh
+# temporary directory, for this process and every subprocess it starts
+# (they inherit the environment). Most of the suite's time is compiling the
+# same few tiny programs again in new processes; a cache hit loads the
+# executable the first compilation produced, so results are the same as
+# without it (a cached program is the same program). The cache key covers
+# the HLO, the XLA flags, the devices and the jax version. A test that
+# needs a real compilation (or no cache) removes these variables from its
+# subprocess's environment (`without_compile_cache`).
+COMPILE_CACHE_ENV = (
+  "JAX_COMPILATION_CACHE_DIR",
+  "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+  "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES",
+)
+_SESSION_CACHE = []
+
+
+def pytest_configure(config):
+  del config
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return  # The caller chose a cache (or none: set it to "").
+  cache = tempfile.mkdtemp(prefix="superconv-tests-xla-")
+  _SESSION_CACHE.append(cache)
+  os.environ.update(
+    JAX_COMPILATION_CACHE_DIR=cache,
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+  )
+
+
+def pytest_unconfigure(config):
+  del config
+  for cache in _SESSION_CACHE:
+    shutil.rmtree(cache, ignore_errors=True)
+
+
+def without_compile_cache(env) -> dict:
+  """`env` without the session's compilation cache."""
+  return {k: v for k, v in env.items() if k not in COMPILE_CACHE_ENV}
+
 
 # The tiny synthetic run the training tests share: ResNet-20 in float32 on
 # 64 synthetic images (4 steps of 16 an epoch) and 40 test images (not a

@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 
+from conftest import without_compile_cache
 import numpy as np
 import pytest
 
@@ -326,7 +327,9 @@ def test_second_sigint_during_compilation_stops_at_once(tmp_path):
   proc = subprocess.Popen(
     [sys.executable, "-m", "superconv.main", "--config", QUICK,
      "--workdir", str(workdir), *TINY],
-    env=dict(ENV, JAX_LOG_COMPILES="1"),  # A line before each compilation.
+    # A line before each compilation, and no cache: a cache hit would
+    # skip the compilation this test interrupts.
+    env=dict(without_compile_cache(ENV), JAX_LOG_COMPILES="1"),
     stderr=subprocess.PIPE,
     text=True,
   )  # fmt: skip

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 
-from conftest import tiny_config_source
+from conftest import tiny_config_source, without_compile_cache
 import jax
 import numpy as np
 import pytest
@@ -143,7 +143,11 @@ def _free_port() -> int:
 
 
 def _start(logs, name, config_path, workdir, *, devices, env=None, args=()):
-  full_env = {k: v for k, v in os.environ.items() if k not in _OWN_ENV}
+  full_env = {
+    k: v
+    for k, v in without_compile_cache(os.environ).items()
+    if k not in _OWN_ENV
+  }
   full_env.update(
     JAX_PLATFORMS="cpu",
     JAX_ENABLE_X64="1",
