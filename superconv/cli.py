@@ -6,12 +6,11 @@ ml_collections' "did you mean" hint), a config file that does not load
 (its file, line and error), a missing config file, an empty, broken or
 unusable workdir. `disk_full` names a full disk behind a library's error.
 
-Every driver parses absl flags with `parse_flags`: `main` and
-`lr_range_test` with absl's global `FLAGS` under `app.run`; sweep, report,
-bench and evaluate with a `flags.FlagValues` of their own per call, so that
-their `main(argv)` returns the exit status and can run in-process. A
-flag whose name has an underscore may also be spelled with hyphens
-(`--budget-steps` for `--budget_steps`): `hyphen_aliases`.
+Every driver parses absl flags with `parse_command` (`parse_flags`), in a
+`flags.FlagValues` of its own per call, so that its `main(argv)` returns
+the exit status and can run in-process. A flag whose name has an
+underscore may also be spelled with hyphens (`--budget-steps` for
+`--budget_steps`): `hyphen_aliases`.
 """
 
 from __future__ import annotations

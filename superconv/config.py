@@ -23,17 +23,36 @@ class ConfigError(ValueError):
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """Defaults shared by all experiments (each field commented)."""
-  c = ml_collections.ConfigDict()
+  """Defaults shared by all experiments (each field commented).
 
-  # --- Reproducibility -----------------------------------------------------
+  The fields are flat (`config.batch_size`), but for the `config.schedule`
+  sub-config; each group of them is built by a function of its own below.
+  """
+  c = ml_collections.ConfigDict()
+  c.update(_reproducibility_config())
+  c.update(_data_config())
+  c.update(_model_config())
+  c.update(_duration_config())
+  c.update(_optimizer_config())
+  c.schedule = default_schedule_config()  # Learning-rate and momentum.
+  c.update(_cadence_config())
+  return c
+
+
+def _reproducibility_config() -> ml_collections.ConfigDict:
+  """`base_config()`'s seeds."""
+  c = ml_collections.ConfigDict()
   c.seed = 0  # Seeds the initialization, data order and augmentation.
   # Train K independent replicas in one program, seeds seed .. seed+K-1
   # (each its own init, data order, augmentation; results equal K separate
   # runs). Each replica logs to workdir/seed=<s>/; one checkpoint holds all.
   c.num_parallel_seeds = 1
+  return c
 
-  # --- Data ----------------------------------------------------------------
+
+def _data_config() -> ml_collections.ConfigDict:
+  """`base_config()`'s data set and augmentation."""
+  c = ml_collections.ConfigDict()
   # cifar10 | cifar100 (the original archives, downloaded into cache_dir) |
   # cifar:<their .tar.gz or dir> | tfds:cifar10 | tfds:cifar100 |
   # folder:<dir or .tar[.gz|.xz]> | synthetic (see superconv/data.py)
@@ -51,8 +70,12 @@ def base_config() -> ml_collections.ConfigDict:
   # Zero padding before the random crop (He et al.); 0 = no crop.
   c.crop_padding = 4
   c.random_flip = True  # Random horizontal flip.
+  return c
 
-  # --- Model ---------------------------------------------------------------
+
+def _model_config() -> ml_collections.ConfigDict:
+  """`base_config()`'s model and its kernels."""
+  c = ml_collections.ConfigDict()
   c.model = "resnet56"  # One of superconv.models.MODEL_NAMES.
   # CIFAR ResNets: A = parameter-free zero padding, B = 1x1 projection.
   c.shortcut = "A"
@@ -73,16 +96,24 @@ def base_config() -> ml_collections.ConfigDict:
   # superconv/batchnorm.py); 'auto' = fused on CPU, flax's elsewhere. Same
   # values up to float summation order, so it may change on resume.
   c.bn_impl = "auto"
+  return c
 
-  # --- Duration and batch --------------------------------------------------
+
+def _duration_config() -> ml_collections.ConfigDict:
+  """`base_config()`'s training length and batch sizes."""
+  c = ml_collections.ConfigDict()
   # Global batch over all devices (must divide by the device count).
   c.batch_size = 128
   c.num_epochs = 0.0  # Training length in epochs (used when num_steps == 0).
   c.num_steps = 0  # Training length in steps; overrides num_epochs when > 0.
   # Global evaluation batch (the last batch is padded and masked).
   c.eval_batch_size = 1000
+  return c
 
-  # --- Optimizer ------------------------------------------------------------
+
+def _optimizer_config() -> ml_collections.ConfigDict:
+  """`base_config()`'s optimizer, loss and non-finite handling."""
+  c = ml_collections.ConfigDict()
   # sgd: SGD with momentum, L2 weight decay added to the gradient (Caffe,
   # PyTorch SGD). adamw: optax.adamw (PyTorch AdamW), decoupled decay.
   c.optimizer = "sgd"
@@ -108,11 +139,12 @@ def base_config() -> ml_collections.ConfigDict:
   # Testing hook: multiply the loss of this step (1-based) by NaN, so loss
   # and gradients go non-finite there; -1 = off. Never set in experiments.
   c.debug_nan_at_step = -1
+  return c
 
-  # --- Learning-rate and momentum schedule ---------------------------------
-  c.schedule = default_schedule_config()
 
-  # --- Logging, evaluation, checkpoints -------------------------------------
+def _cadence_config() -> ml_collections.ConfigDict:
+  """`base_config()`'s logging, evaluation and checkpoint cadences."""
+  c = ml_collections.ConfigDict()
   c.log_every_steps = 50  # Train metrics row (and console line) every N steps.
   # Test-set evaluation every N epochs (and at the end).
   c.eval_every_epochs = 1.0

@@ -153,79 +153,107 @@ def validate(config) -> None:
     "missing; start from configs/lr_range_test.py",
   )
   r = config.range_test
-  p = "range_test."
+  # In the order of default_config's keys: the first bad one is named.
+  _check_lrs(r)
+  _check_length(r)
+  _check_evaluation(r)
+  _check_stopping(r)
+  _check_suggestion_keys(r)
+
+
+_P = "range_test."  # The prefix of every key checked below.
+
+
+def _check_lrs(r) -> None:
+  """range_test.mode, max_lr and min_lr (whose bound depends on the mode)."""
   _check(
     r.mode in MODES,
-    p + "mode",
+    _P + "mode",
     f"unknown {r.mode!r}; valid: {', '.join(MODES)}",
   )
   _check(
     math.isfinite(r.max_lr) and r.max_lr > 0,
-    p + "max_lr",
+    _P + "max_lr",
     f"must be > 0, got {r.max_lr}",
   )
   if r.mode == "exponential":
     _check(
       math.isfinite(r.min_lr) and r.min_lr > 0,
-      p + "min_lr",
+      _P + "min_lr",
       f"must be > 0 in exponential mode, got {r.min_lr}",
     )
   else:
     _check(
       math.isfinite(r.min_lr) and r.min_lr >= 0,
-      p + "min_lr",
+      _P + "min_lr",
       f"must be >= 0, got {r.min_lr}",
     )
   _check(
     r.min_lr < r.max_lr,
-    p + "min_lr",
+    _P + "min_lr",
     f"{r.min_lr} must be below range_test.max_lr ({r.max_lr})",
   )
-  _check(r.num_steps >= 0, p + "num_steps", f"must be >= 0, got {r.num_steps}")
+
+
+def _check_length(r) -> None:
+  """range_test.num_steps and num_epochs."""
+  _check(r.num_steps >= 0, _P + "num_steps", f"must be >= 0, got {r.num_steps}")
   _check(
-    r.num_epochs >= 0, p + "num_epochs", f"must be >= 0, got {r.num_epochs}"
+    r.num_epochs >= 0, _P + "num_epochs", f"must be >= 0, got {r.num_epochs}"
   )
   _check(
     r.num_steps > 0 or r.num_epochs > 0,
-    p + "num_steps",
+    _P + "num_steps",
     "set range_test.num_steps > 0 or range_test.num_epochs > 0",
   )
+
+
+def _check_evaluation(r) -> None:
+  """range_test.eval_every, eval_size and eval_subset."""
   _check(
     r.eval_every >= 0,
-    p + "eval_every",
+    _P + "eval_every",
     f"must be >= 0 steps, got {r.eval_every}",
   )
-  _check(r.eval_size >= 0, p + "eval_size", f"must be >= 0, got {r.eval_size}")
+  _check(r.eval_size >= 0, _P + "eval_size", f"must be >= 0, got {r.eval_size}")
   _check(
     r.eval_subset in EVAL_SUBSETS,
-    p + "eval_subset",
+    _P + "eval_subset",
     f"unknown {r.eval_subset!r}; valid: {', '.join(EVAL_SUBSETS)}",
   )
-  _check(0 <= r.beta < 1, p + "beta", f"must be in [0, 1), got {r.beta}")
+
+
+def _check_stopping(r) -> None:
+  """range_test.beta (the smoothing) and diverge_factor (the stop)."""
+  _check(0 <= r.beta < 1, _P + "beta", f"must be in [0, 1), got {r.beta}")
   _check(
     r.diverge_factor == 0 or r.diverge_factor > 1,
-    p + "diverge_factor",
+    _P + "diverge_factor",
     f"must be > 1 (or 0 = never), got {r.diverge_factor}",
   )
+
+
+def _check_suggestion_keys(r) -> None:
+  """The keys of the suggestions and the recommendation."""
   _check(
     0 <= r.skip_start < 1,
-    p + "skip_start",
+    _P + "skip_start",
     f"must be a fraction in [0, 1), got {r.skip_start}",
   )
-  _check(r.skip_end >= 0, p + "skip_end", f"must be >= 0, got {r.skip_end}")
+  _check(r.skip_end >= 0, _P + "skip_end", f"must be >= 0, got {r.skip_end}")
   _check(
     r.plateau_tolerance >= 0,
-    p + "plateau_tolerance",
+    _P + "plateau_tolerance",
     f"must be >= 0, got {r.plateau_tolerance}",
   )
   _check(
     r.recommend in ("",) + SUGGESTIONS,
-    p + "recommend",
+    _P + "recommend",
     f"unknown {r.recommend!r}; valid: '', {', '.join(SUGGESTIONS)}",
   )
   _check(
     r.div_factor == 0 or r.div_factor >= 1,
-    p + "div_factor",
+    _P + "div_factor",
     f"must be >= 1 (or 0 = the mode's), got {r.div_factor}",
   )
 
@@ -691,6 +719,61 @@ def run(config, workdir: str, dataset) -> dict:
   """Runs the range test; writes the three outputs; returns the summary
   (the content of lr_range_test.json)."""
   import jax  # pylint: disable=g-import-not-at-top
+
+  validate(config)
+  r = config.range_test
+  test = _build_test(config, dataset)
+  _log_start(r, test)
+  is_chief = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  jsonl = open(os.path.join(workdir, JSONL_NAME), "w") if is_chief else None
+  recorder = _Recorder(r, test.num_steps, test.view.log_every_steps, jsonl)
+  try:
+    reason = _run_steps(test, recorder, r.eval_every)
+  finally:
+    if jsonl:
+      jsonl.close()
+  seconds = time.time() - recorder.start
+  summary = summarize(
+    config,
+    recorder.rows,
+    reason=reason,
+    num_planned=test.num_steps,
+    notes=_held_out_notes(test, dataset.num_classes),
+    steps_per_epoch=test.setup.steps_per_epoch,
+    num_classes=dataset.num_classes,
+    eval_size=test.held_out.test_images.shape[0] if test.evaluate else 0,
+    seconds=seconds,
+    dataset=dataset.name,
+  )
+  if is_chief:
+    write_json(os.path.join(workdir, JSON_NAME), summary)
+    plot(recorder.rows, summary, os.path.join(workdir, PNG_NAME))
+  return summary
+
+
+@dataclasses.dataclass
+class _Test:
+  """What a range test steps through: the training view of its config, the
+  trainer's setup, state and step, the train arrays on the devices, and the
+  held-out data with its evaluator (None when range_test.eval_every is 0)."""
+
+  view: ml_collections.ConfigDict
+  setup: Any
+  state: Any
+  step: Any
+  images: Any
+  labels: Any
+  held_out: Any
+  evaluate: Any
+
+  @property
+  def num_steps(self) -> int:
+    return self.setup.total_steps
+
+
+def _build_test(config, dataset) -> _Test:
+  """A training run's model, optimizer and step, at the test's LR sequence."""
   import optax  # pylint: disable=g-import-not-at-top
 
   from superconv import (
@@ -698,12 +781,10 @@ def run(config, workdir: str, dataset) -> dict:
     train,  # pylint: disable=g-import-not-at-top
   )
 
-  validate(config)
   r = config.range_test
   view = training_view(config)
   setup = train.setup(view, dataset)
-  n = setup.total_steps
-  lr_fn = lr_schedule(r.mode, r.min_lr, r.max_lr, n)
+  lr_fn = lr_schedule(r.mode, r.min_lr, r.max_lr, setup.total_steps)
   tx = train.make_optimizer(view, lr_fn, optax.constant_schedule(view.momentum))
   state = train.create_train_state(view, setup.model, dataset.image_shape, tx)
   state = input_pipeline.replicate_tree(state)
@@ -716,113 +797,123 @@ def run(config, workdir: str, dataset) -> dict:
   evaluate = (
     train.Evaluator(view, held_out, setup.aug) if r.eval_every > 0 else None
   )
+  return _Test(view, setup, state, p_step, images, labels, held_out, evaluate)
+
+
+def _log_start(r, test: _Test) -> None:
   log.info(
     "LR range test (%s): %d steps of batch %d, lr %g -> %g%s.",
     r.mode,
-    n,
-    view.batch_size,
+    test.num_steps,
+    test.view.batch_size,
     r.min_lr,
     r.max_lr,
-    f", eval on {held_out.test_images.shape[0]} held-out images every"
+    f", eval on {test.held_out.test_images.shape[0]} held-out images every"
     f" {r.eval_every} steps"
-    if evaluate
+    if test.evaluate
     else "",
   )
 
-  is_chief = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
-  jsonl = open(os.path.join(workdir, JSONL_NAME), "w") if is_chief else None
-  monitor = LossMonitor(r.beta, r.diverge_factor)
-  rows: list[dict] = []
-  evals: dict[int, dict] = {}
-  reason = "completed"
-  start = time.time()
 
-  def record(step: int, metrics) -> str | None:
+class _Recorder:
+  """The rows of the test: each step's fetched metrics (with the held-out
+  evaluation of that step, if any) become a row of `rows` and of
+  lr_range_test.jsonl (`jsonl`, None off the chief), a console line every
+  config.log_every_steps steps, and a stop check (`LossMonitor`)."""
+
+  def __init__(self, r, num_steps: int, log_every_steps: int, jsonl):
+    self.monitor = LossMonitor(r.beta, r.diverge_factor)
+    self.num_steps = num_steps
+    self.log_every_steps = log_every_steps
+    self.jsonl = jsonl
+    self.rows: list[dict] = []
+    self.evals: dict[int, dict] = {}  # Step -> its evaluation's metrics.
+    self.start = time.time()
+
+  def record(self, step: int, metrics) -> str | None:
     """Row for `step` (1-based) from its fetched metrics; the stop reason."""
+    import jax  # pylint: disable=g-import-not-at-top
+
+    from superconv import train  # pylint: disable=g-import-not-at-top
+
     m = jax.device_get(train.unreplicate(metrics))
     loss = float(m["train_loss"])
-    stop = monitor.update(loss)
+    stop = self.monitor.update(loss)
     row = {
       "step": step,
       "lr": _float32(m["learning_rate"]),
       "loss": loss,
-      "smoothed_loss": monitor.smoothed,
+      "smoothed_loss": self.monitor.smoothed,
       "train_accuracy": float(m["train_accuracy"]),
       "momentum": _float32(m["momentum"]),
       "grad_norm": float(m["grad_norm"]),
     }
-    row.update(evals.pop(step, {}))
-    rows.append(row)
-    if jsonl:
-      jsonl.write(json.dumps({k: _jsonable(v) for k, v in row.items()}) + "\n")
-      jsonl.flush()
+    row.update(self.evals.pop(step, {}))
+    self.rows.append(row)
+    if self.jsonl:
+      line = json.dumps({k: _jsonable(v) for k, v in row.items()})
+      self.jsonl.write(line + "\n")
+      self.jsonl.flush()
     if (
-      step % max(view.log_every_steps, 1) == 0
+      step % max(self.log_every_steps, 1) == 0
       or "eval_accuracy" in row
       or stop
-      or step == n
+      or step == self.num_steps
     ):
-      text = (
-        f"step {step}/{n} lr {row['lr']:.4g} loss {loss:.4f}"
-        f" smoothed {monitor.smoothed:.4f}"
-      )
-      if "eval_accuracy" in row:
-        text += (
-          f" | test acc {row['eval_accuracy']:.4f} loss {row['eval_loss']:.4f}"
-        )
-      log.info("%s (%.1fs)", text, time.time() - start)
+      self._log(step, row)
     return stop
 
-  # One step in flight: step k is dispatched before step k - 1's loss is
-  # fetched, so the device never waits for the host's stop check. A stop at
-  # k - 1 discards step k (nothing of it is recorded).
-  try:
-    previous = None
-    for step in range(1, n + 1):
-      state, metrics = p_step(state, images, labels)
-      if previous is not None:
-        reason = record(step - 1, previous) or reason
-        if reason != "completed":
-          break
-      if evaluate and (step % r.eval_every == 0 or step == n):
-        evals[step] = {
-          k: v for k, v in evaluate(state).items() if k != "eval_examples"
-        }
-      previous = metrics
-    else:
-      reason = record(n, previous) or reason
-  finally:
-    if jsonl:
-      jsonl.close()
-  seconds = time.time() - start
-
-  notes = []
-  if evaluate:
-    counts = np.bincount(held_out.test_labels, minlength=dataset.num_classes)
-    if counts.min() < 0.5 * counts.mean():
-      notes.append(
-        f"range_test.eval_subset: the {counts.sum()} held-out"
-        f" images cover the classes unevenly ({counts.min()} to"
-        f" {counts.max()} per class); use 'random' or a larger"
-        " eval_size"
+  def _log(self, step: int, row: dict) -> None:
+    text = (
+      f"step {step}/{self.num_steps} lr {row['lr']:.4g} loss"
+      f" {row['loss']:.4f} smoothed {self.monitor.smoothed:.4f}"
+    )
+    if "eval_accuracy" in row:
+      text += (
+        f" | test acc {row['eval_accuracy']:.4f} loss {row['eval_loss']:.4f}"
       )
-  summary = summarize(
-    config,
-    rows,
-    reason=reason,
-    num_planned=n,
-    notes=notes,
-    steps_per_epoch=setup.steps_per_epoch,
-    num_classes=dataset.num_classes,
-    eval_size=held_out.test_images.shape[0] if evaluate else 0,
-    seconds=seconds,
-    dataset=dataset.name,
-  )
-  if is_chief:
-    write_json(os.path.join(workdir, JSON_NAME), summary)
-    plot(rows, summary, os.path.join(workdir, PNG_NAME))
-  return summary
+    log.info("%s (%.1fs)", text, time.time() - self.start)
+
+
+def _run_steps(test: _Test, recorder: _Recorder, eval_every: int) -> str:
+  """Trains until the last step or a stop; returns the stop reason.
+
+  One step in flight: step k is dispatched before step k - 1's loss is
+  fetched, so the device never waits for the host's stop check. A stop at
+  k - 1 discards step k (nothing of it is recorded).
+  """
+  state, n = test.state, test.num_steps
+  reason = "completed"
+  previous = None
+  for step in range(1, n + 1):
+    state, metrics = test.step(state, test.images, test.labels)
+    if previous is not None:
+      reason = recorder.record(step - 1, previous) or reason
+      if reason != "completed":
+        break
+    if test.evaluate and (step % eval_every == 0 or step == n):
+      recorder.evals[step] = {
+        k: v for k, v in test.evaluate(state).items() if k != "eval_examples"
+      }
+    previous = metrics
+  else:
+    reason = recorder.record(n, previous) or reason
+  return reason
+
+
+def _held_out_notes(test: _Test, num_classes: int) -> list[str]:
+  """A note when the held-out images cover the classes unevenly."""
+  if not test.evaluate:
+    return []
+  counts = np.bincount(test.held_out.test_labels, minlength=num_classes)
+  if counts.min() < 0.5 * counts.mean():
+    return [
+      f"range_test.eval_subset: the {counts.sum()} held-out"
+      f" images cover the classes unevenly ({counts.min()} to"
+      f" {counts.max()} per class); use 'random' or a larger"
+      " eval_size"
+    ]
+  return []
 
 
 def summarize(
@@ -860,40 +951,10 @@ def summarize(
   rec = recommend(
     r.mode, suggestions, rule=r.recommend, div_factor=r.div_factor
   )
-  notes = list(notes)
-  finite = smoothed[np.isfinite(smoothed)]
-  if (
-    reason == "completed"
-    and r.mode == "exponential"
-    and len(finite)
-    and (finite[-1] <= 1.5 * finite.min())
-  ):
-    notes.append(
-      "the loss never rose: range_test.max_lr may be too low to"
-      " show where training breaks down"
-    )
-  if (
-    suggestions.get("smith")
-    and suggestions["smith"]["still_rising"]
-    and reason == "completed"
-  ):
-    notes.append(
-      "test accuracy was still rising at the last evaluation:"
-      " raise range_test.max_lr or run longer"
-    )
-  if rows and reason != "completed" and len(rows) < 0.2 * num_planned:
-    notes.append(
-      f"stopped ({reason}) after {len(rows)} of {num_planned}"
-      " steps: lower range_test.max_lr or range_test.min_lr"
-    )
-  if suggestions["valley"] is None:
-    notes.append(
-      "too few finite points for the loss-based suggestions:"
-      " lower range_test.skip_start/skip_end or run longer"
-    )
-  i_min = int(np.nanargmin(smoothed)) if len(finite) else None
-  min_loss = float(smoothed[i_min]) if i_min is not None else None
-  min_loss_lr = float(lrs[i_min]) if i_min is not None else None
+  notes = list(notes) + _summary_notes(
+    r.mode, smoothed, suggestions, reason, len(rows), num_planned
+  )
+  min_loss, min_loss_lr = _smoothed_minimum(lrs, smoothed)
   return {
     "mode": r.mode,
     "settings": json.loads(r.to_json_best_effort()),
@@ -917,6 +978,58 @@ def summarize(
     "notes": notes,
     "config": json.loads(config.to_json_best_effort()),
   }
+
+
+def _summary_notes(
+  mode: str,
+  smoothed: np.ndarray,
+  suggestions: dict,
+  reason: str,
+  steps_run: int,
+  num_planned: int,
+) -> list[str]:
+  """What the test's outcome says to change (empty when nothing)."""
+  notes = []
+  finite = smoothed[np.isfinite(smoothed)]
+  if (
+    reason == "completed"
+    and mode == "exponential"
+    and len(finite)
+    and (finite[-1] <= 1.5 * finite.min())
+  ):
+    notes.append(
+      "the loss never rose: range_test.max_lr may be too low to"
+      " show where training breaks down"
+    )
+  if (
+    suggestions.get("smith")
+    and suggestions["smith"]["still_rising"]
+    and reason == "completed"
+  ):
+    notes.append(
+      "test accuracy was still rising at the last evaluation:"
+      " raise range_test.max_lr or run longer"
+    )
+  if steps_run and reason != "completed" and steps_run < 0.2 * num_planned:
+    notes.append(
+      f"stopped ({reason}) after {steps_run} of {num_planned}"
+      " steps: lower range_test.max_lr or range_test.min_lr"
+    )
+  if suggestions["valley"] is None:
+    notes.append(
+      "too few finite points for the loss-based suggestions:"
+      " lower range_test.skip_start/skip_end or run longer"
+    )
+  return notes
+
+
+def _smoothed_minimum(lrs: np.ndarray, smoothed: np.ndarray):
+  """(The smoothed loss's minimum, its LR), or (None, None) if none is
+  finite."""
+  if not np.isfinite(smoothed).any():
+    return None, None
+  i_min = int(np.nanargmin(smoothed))
+  return float(smoothed[i_min]), float(lrs[i_min])
 
 
 def write_json(path: str, data: dict) -> None:
@@ -967,16 +1080,44 @@ def figure(rows: list[dict], summary: dict, title: str = ""):
   from matplotlib import figure as mpl_figure  # pylint: disable=g-import-not-at-top
 
   mode = summary["mode"]
-  lrs = np.array([row["lr"] for row in rows], np.float64)
-  loss = np.array([float(row["loss"]) for row in rows], np.float64)
-  smoothed = np.array([float(row["smoothed_loss"]) for row in rows], np.float64)
   ev = [row for row in rows if "eval_accuracy" in row]
   panels = 2 if ev else 1
   fig = mpl_figure.Figure(figsize=(10, 4.6 * panels), dpi=110)
   axes = fig.subplots(panels, 1, sharex=True, squeeze=False)
   axes = axes[:, 0]
   ax = axes[0]
-  curve = smoothed
+  loss_lines = _plot_losses(ax, rows, summary["settings"]["beta"])
+  if mode == "exponential":
+    for a in axes:
+      a.set_xscale("log")
+  handles = _shade_recommendation(axes, summary.get("recommendation"))
+  handles += _mark_suggestions(axes, summary)
+  _loss_legends(ax, loss_lines, handles, mode)
+  ax.set_title(_loss_title(summary), fontsize=9)
+  if ev:
+    _plot_accuracy(axes[1], ev, summary)
+  axes[-1].set_xlabel(
+    "learning rate" + (" (log scale)" if mode == "exponential" else "")
+  )
+  fig.suptitle(
+    title
+    or f"LR range test: {summary['model']},"
+    f" {os.path.basename(summary['dataset'].split(':', 1)[-1])},"
+    f" batch {summary['batch_size']}, wd"
+    f" {summary['weight_decay']:g}, momentum"
+    f" {summary['momentum']:g}",
+    fontsize=11,
+  )
+  fig.tight_layout()
+  return fig
+
+
+def _plot_losses(ax, rows: list[dict], beta: float) -> list:
+  """The loss panel's two curves (each step's loss, the smoothed one) and
+  its y range; returns the curves (for their own legend)."""
+  lrs = np.array([row["lr"] for row in rows], np.float64)
+  loss = np.array([float(row["loss"]) for row in rows], np.float64)
+  smoothed = np.array([float(row["smoothed_loss"]) for row in rows], np.float64)
   loss_lines = [
     ax.plot(lrs, loss, color="0.72", lw=0.7, label="training loss (each step)")[
       0
@@ -986,40 +1127,48 @@ def figure(rows: list[dict], summary: dict, title: str = ""):
       smoothed,
       color="tab:blue",
       lw=2,
-      label=f"smoothed: bias-corrected EMA, beta"
-      f" {summary['settings']['beta']:g}",
+      label=f"smoothed: bias-corrected EMA, beta {beta:g}",
     )[0],
   ]
-  finite = np.isfinite(curve)
+  finite = np.isfinite(smoothed)
   if finite.any():
-    lo = float(np.nanmin(curve))
-    i_min = int(np.nanargmin(curve))
+    lo = float(np.nanmin(smoothed))
+    i_min = int(np.nanargmin(smoothed))
     first = int(np.argmax(finite))
-    hi = max(float(np.nanmax(curve[first : i_min + 1])), lo * 1.05)
+    hi = max(float(np.nanmax(smoothed[first : i_min + 1])), lo * 1.05)
     raw = loss[: i_min + 1][np.isfinite(loss[: i_min + 1])]
     if len(raw) > 10:  # Room for most of the per-step noise.
       lo = min(lo, float(np.percentile(raw, 2)))
       hi = max(hi, float(np.percentile(raw, 99)))
     ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.5 * (hi - lo))  # + legends.
-  if mode == "exponential":
-    for a in axes:
-      a.set_xscale("log")
+  return loss_lines
+
+
+def _shade_recommendation(axes, rec: dict | None) -> list:
+  """The recommended (min_lr, max_lr) shaded on every panel; returns the
+  legend handle ([] without a recommendation)."""
+  if not rec:
+    return []
+  for a in axes:
+    band = a.axvspan(
+      rec["min_lr"],
+      rec["max_lr"],
+      color="tab:green",
+      alpha=0.08,
+      lw=0,
+      label=f"recommended range: {rec['min_lr']:.3g} to {rec['max_lr']:.3g}",
+    )
+  return [band]
+
+
+def _mark_suggestions(axes, summary: dict) -> list:
+  """Each suggestion a vertical line on every panel (solid: the
+  recommended one) and, for the loss-based ones, a dot where it was read
+  on the smoothed loss; returns the lines' legend handles."""
   rec = summary.get("recommendation")
   handles = []
-  if rec:
-    for a in axes:
-      band = a.axvspan(
-        rec["min_lr"],
-        rec["max_lr"],
-        color="tab:green",
-        alpha=0.08,
-        lw=0,
-        label=f"recommended range: {rec['min_lr']:.3g} to {rec['max_lr']:.3g}",
-      )
-    handles.append(band)
-  suggestions = summary["suggestions"]
   for name in SUGGESTIONS:
-    s = suggestions.get(name)
+    s = summary["suggestions"].get(name)
     if not s:
       continue
     lr = s["max_lr"] if name == "smith" else s["lr"]
@@ -1034,7 +1183,7 @@ def figure(rows: list[dict], summary: dict, title: str = ""):
       )
     handles.append(line)
     if name != "smith":
-      ax.plot(
+      axes[0].plot(
         [s["at_lr"]],
         [s["smoothed_loss"]],
         "o",
@@ -1042,6 +1191,12 @@ def figure(rows: list[dict], summary: dict, title: str = ""):
         ms=5,
         zorder=5,
       )
+  return handles
+
+
+def _loss_legends(ax, loss_lines: list, handles: list, mode: str) -> None:
+  """The loss panel's axis label, grid and two legends (curves at the
+  right, suggestions at the left)."""
   ax.set_ylabel("training loss")
   ax.grid(alpha=0.3, which="both" if mode == "exponential" else "major")
   first_legend = ax.legend(
@@ -1057,82 +1212,80 @@ def figure(rows: list[dict], summary: dict, title: str = ""):
       title_fontsize=8,
       framealpha=0.85,
     )
-  stop = summary["stop_reason"]
+
+
+def _loss_title(summary: dict) -> str:
+  """One line: the test, its stop and the recommendation."""
+  rec = summary.get("recommendation")
   text = (
-    f"{mode} test, {summary['steps_run']}/{summary['steps_planned']}"
-    f" steps, stop: {stop}"
+    f"{summary['mode']} test, {summary['steps_run']}/"
+    f"{summary['steps_planned']} steps, stop: {summary['stop_reason']}"
   )
   if rec:
     text += (
-      f"\nrecommended: max_lr {rec['max_lr']:.3g},"
+      f"; recommended: max_lr {rec['max_lr']:.3g},"
       f" min_lr {rec['min_lr']:.3g} ({rec['rule']},"
       f" / {rec['div_factor']:g})"
     )
-  ax.set_title(text.replace("\n", "; "), fontsize=9)
-  if ev:
-    a2 = axes[1]
-    elr = np.array([row["lr"] for row in ev])
-    acc = np.array([row["eval_accuracy"] for row in ev])
-    a2.plot(
-      elr,
-      acc,
-      "o-",
+  return text
+
+
+def _plot_accuracy(a2, ev: list[dict], summary: dict) -> None:
+  """The second panel: held-out test accuracy (left axis, with Smith's
+  plateau band) and test loss (right axis) at each evaluation."""
+  elr = np.array([row["lr"] for row in ev])
+  acc = np.array([row["eval_accuracy"] for row in ev])
+  a2.plot(
+    elr,
+    acc,
+    "o-",
+    color="tab:red",
+    lw=1.6,
+    ms=4,
+    label=f"test accuracy ({summary['eval_size']} held-out images)",
+  )
+  sm = summary["suggestions"].get("smith")
+  if sm:
+    a2.axhspan(
+      sm["peak_accuracy"] - sm["tolerance"],
+      sm["peak_accuracy"],
       color="tab:red",
-      lw=1.6,
-      ms=4,
-      label=f"test accuracy ({summary['eval_size']} held-out images)",
+      alpha=0.08,
+      lw=0,
+      label=f"within {sm['tolerance']:.3f} of the peak",
     )
-    sm = suggestions.get("smith")
-    if sm:
-      a2.axhspan(
-        sm["peak_accuracy"] - sm["tolerance"],
-        sm["peak_accuracy"],
-        color="tab:red",
-        alpha=0.08,
-        lw=0,
-        label=f"within {sm['tolerance']:.3f} of the peak",
-      )
-    a2.set_ylabel("test accuracy", color="tab:red")
-    a2.grid(alpha=0.3)
-    a3 = a2.twinx()
-    eval_loss = np.array([float(row["eval_loss"]) for row in ev])
-    a3.plot(
-      elr,
-      eval_loss,
-      "s--",
-      color="0.45",
-      lw=1,
-      ms=3,
-      label="test loss (right axis)",
-    )
-    a3.set_ylabel("test loss", color="0.45")
-    finite_loss = eval_loss[np.isfinite(eval_loss)]
-    if len(finite_loss) > 2:  # Early evaluations (stale BN statistics) can
-      top = 3 * float(np.median(finite_loss))  # be off the chart.
-      if finite_loss.max() > top:
-        a3.set_ylim(0, top)
-    h1, l1 = a2.get_legend_handles_labels()
-    h3, l3 = a3.get_legend_handles_labels()
-    keep = [
-      (h, l)
-      for h, l in zip(h1 + h3, l1 + l3)
-      if l.split(":")[0] not in _LABELS.values()
-    ]
-    a2.legend(*zip(*keep), loc="upper left", fontsize=8, framealpha=0.85)
-  axes[-1].set_xlabel(
-    "learning rate" + (" (log scale)" if mode == "exponential" else "")
+  a2.set_ylabel("test accuracy", color="tab:red")
+  a2.grid(alpha=0.3)
+  a3 = _plot_test_loss(a2.twinx(), elr, ev)
+  h1, l1 = a2.get_legend_handles_labels()
+  h3, l3 = a3.get_legend_handles_labels()
+  keep = [
+    (h, l)
+    for h, l in zip(h1 + h3, l1 + l3)
+    if l.split(":")[0] not in _LABELS.values()
+  ]
+  a2.legend(*zip(*keep), loc="upper left", fontsize=8, framealpha=0.85)
+
+
+def _plot_test_loss(a3, elr: np.ndarray, ev: list[dict]):
+  """The test loss on the accuracy panel's right axis `a3`; returns it."""
+  eval_loss = np.array([float(row["eval_loss"]) for row in ev])
+  a3.plot(
+    elr,
+    eval_loss,
+    "s--",
+    color="0.45",
+    lw=1,
+    ms=3,
+    label="test loss (right axis)",
   )
-  fig.suptitle(
-    title
-    or f"LR range test: {summary['model']},"
-    f" {os.path.basename(summary['dataset'].split(':', 1)[-1])},"
-    f" batch {summary['batch_size']}, wd"
-    f" {summary['weight_decay']:g}, momentum"
-    f" {summary['momentum']:g}",
-    fontsize=11,
-  )
-  fig.tight_layout()
-  return fig
+  a3.set_ylabel("test loss", color="0.45")
+  finite_loss = eval_loss[np.isfinite(eval_loss)]
+  if len(finite_loss) > 2:  # Early evaluations (stale BN statistics) can
+    top = 3 * float(np.median(finite_loss))  # be off the chart.
+    if finite_loss.max() > top:
+      a3.set_ylim(0, top)
+  return a3
 
 
 # ============================================================================

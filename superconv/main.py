@@ -44,88 +44,108 @@ Exit status:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+import faulthandler
 import logging
 import sys
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
 from superconv import cli
-from superconv.cli import check_workdir, fail, setup_logging
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-  "config", None, "Experiment config file (configs/<x>.py).", lock_config=True
-)
-flags.DEFINE_string(
-  "workdir", None, "Directory for checkpoints, metrics and config.json."
-)
-flags.DEFINE_bool(
-  "eigen_conv",
-  False,
-  "XLA:CPU convolutions with Eigen instead of YNNPACK (faster for CIFAR"
-  " ResNets, see BENCHMARKS.md); refused on jaxlib releases not known to"
-  " accept the XLA flag.",
-)
-flags.mark_flags_as_required(["config", "workdir"])
-
-EXIT_BAD_INPUT = cli.EXIT_BAD_INPUT
-EXIT_NONFINITE = 3
-# Stopped by a signal after saving a checkpoint: 128 + the signal number.
-EXIT_SIGTERM = 143
-EXIT_SIGINT = 130
+# The errors' prefix ("superconv: error: ..."), as the run's own lines; the
+# workdir's lock names the program superconv.main.
+PROG = "superconv"
 
 
-def main(argv):
-  del argv
-  setup_logging()
+def _define_flags(fv) -> None:
+  """The command line's flags (after --config), in a `FlagValues` of its own."""
+  flags.DEFINE_string(
+    "workdir",
+    None,
+    "Directory for checkpoints, metrics and config.json.",
+    flag_values=fv,
+  )
+  flags.DEFINE_bool(
+    "eigen_conv",
+    False,
+    "XLA:CPU convolutions with Eigen instead of YNNPACK (faster for CIFAR"
+    " ResNets, see BENCHMARKS.md); refused on jaxlib releases not known to"
+    " accept the XLA flag.",
+    flag_values=fv,
+  )
+  flags.mark_flags_as_required(["config", "workdir"], flag_values=fv)
+
+
+def main(argv: Sequence[str]) -> int:
+  """Command line (argv without the program); returns the exit status."""
+  fv, _ = cli.parse_command(
+    argv,
+    _define_flags,
+    prog=PROG,
+    doc=__doc__,
+    config_help="Experiment config file (configs/<x>.py[:arg]);"
+    " --config.KEY=VALUE overrides after it.",
+  )
+  cli.setup_logging()
   try:
-    workdir = check_workdir(FLAGS.workdir)
+    workdir = cli.check_workdir(fv.workdir)
   except ValueError as e:
-    fail(str(e))
+    return cli.error(e, prog=PROG)
   # Imported here so that `--help`, flag and workdir errors need no JAX.
   import jax  # pylint: disable=g-import-not-at-top
 
   from superconv import distributed  # pylint: disable=g-import-not-at-top
 
-  if FLAGS.eigen_conv:  # Before the first use of a JAX backend too.
+  if fv.eigen_conv:  # Before the first use of a JAX backend too.
     from superconv import conv as conv_lib  # pylint: disable=g-import-not-at-top
 
     if not conv_lib.use_eigen_convolutions():
-      fail(
-        f"--eigen_conv: jaxlib {jax.lib.__version__} is not known to accept it"
+      return cli.error(
+        f"--eigen_conv: jaxlib {jax.lib.__version__} is not known to accept it",
+        prog=PROG,
       )
   try:  # Before the first use of a JAX backend (jax.device_count()).
     distributed.maybe_initialize()
   except ValueError as e:
-    fail(str(e))
+    return cli.error(e, prog=PROG)
+  from superconv import api  # pylint: disable=g-import-not-at-top
+
+  try:  # Bad input, before anything is compiled or written.
+    dataset, _ = api.prepare(fv.config, workdir, "superconv.main")
+  except ValueError as e:  # ConfigError, DataError, LockError, ...
+    return cli.error(e, prog=PROG)
+  return _train(fv.config, workdir, dataset)
+
+
+def _train(config, workdir: str, dataset) -> int:
+  """superconv.train_and_evaluate's training step, each outcome with its
+  exit status; prints the final test metrics."""
+  import jax  # pylint: disable=g-import-not-at-top
+
   # pylint: disable=g-import-not-at-top
-  from superconv import api, train
   from superconv import config as config_lib
+  from superconv import train
   # pylint: enable=g-import-not-at-top
 
-  # The steps of superconv.train_and_evaluate, each with its exit status.
-  try:  # Bad input, before anything is compiled or written.
-    dataset, _ = api.prepare(FLAGS.config, workdir, "superconv.main")
-  except ValueError as e:  # ConfigError, DataError, LockError, ...
-    fail(str(e))
   try:
     # Writes the workdir only after refusing a trajectory-changing resume.
-    result = train.train_and_evaluate(FLAGS.config, workdir, dataset)
+    result = train.train_and_evaluate(config, workdir, dataset)
   except config_lib.ConfigError as e:
-    fail(str(e))
+    return cli.error(e, prog=PROG)
   except train.NonFiniteError as e:
-    fail(str(e), status=EXIT_NONFINITE)
+    cli.error(e, prog=PROG)
+    return cli.EXIT_NONFINITE
   except train.Interrupted as e:
     logging.getLogger("superconv").warning(
       "%s (exit status %d).", e, e.exit_status
     )
-    sys.exit(e.exit_status)
+    return e.exit_status
   except Exception as e:  # pylint: disable=broad-except
     cause = cli.disk_full(e)
     if cause is None:
       raise
-    fail(_disk_full_message(workdir, cause, e))
+    return cli.error(_disk_full_message(workdir, cause, e), prog=PROG)
   if jax.process_index() == 0:
     for replica in result:
       which = f" (seed {replica['seed']})" if len(result) > 1 else ""
@@ -133,6 +153,7 @@ def main(argv):
         f"final{which}: test accuracy {replica['eval_accuracy']:.4f},"
         f" test loss {replica['eval_loss']:.4f}"
       )
+  return cli.EXIT_OK
 
 
 def _disk_full_message(workdir: str, cause: str, error: Exception) -> str:
@@ -157,8 +178,14 @@ def _disk_full_message(workdir: str, cause: str, error: Exception) -> str:
   return f"--workdir {workdir}: {what} ({cause}); {then}"
 
 
-def run():
-  app.run(main, flags_parser=cli.parse_flags)
+def run() -> None:
+  """The command line of this process (`sys.argv`); exits with its status.
+
+  A crash (a fault in XLA, say) prints the Python stacks too, as under
+  absl's `app.run`.
+  """
+  faulthandler.enable()
+  sys.exit(main(sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -53,16 +53,6 @@ LAYERS = {
 
 MAX_LINES = 80
 MAX_LOOP_LINES = 60
-# Functions over MAX_LINES today. This list must shrink to empty: each
-# entry is a function still to be cut into named pieces; a new long
-# function fails the test.
-KNOWN_LONG = {
-  "config.py:base_config",  # The schema: one commented field a line.
-  "lr_range_test.py:figure",
-  "lr_range_test.py:run",
-  "lr_range_test.py:summarize",
-  "lr_range_test.py:validate",
-}
 
 
 def _modules() -> dict[str, str]:
@@ -191,12 +181,9 @@ def _function_lengths() -> dict[str, int]:
   return lengths
 
 
-def test_no_function_is_longer_than_80_lines_but_the_known_ones():
+def test_no_function_is_longer_than_80_lines():
   lengths = _function_lengths()
-  long = {k for k, n in lengths.items() if n > MAX_LINES}
-  assert long - KNOWN_LONG == set(), "new long functions"
-  # An entry that got short (or went) leaves the list.
-  assert KNOWN_LONG - long == set(), "shortened: remove from KNOWN_LONG"
+  assert {k: n for k, n in lengths.items() if n > MAX_LINES} == {}
 
 
 def test_the_training_loop_is_at_most_60_lines():

@@ -271,6 +271,83 @@ def test_eval_subset_first_and_fixed_random():
   assert lrt.eval_subset(dataset, 0, "random", 0) is dataset  # 0 = all.
 
 
+@pytest.mark.parametrize(
+  "mode,key,value,words",
+  [
+    ("linear", "min_lr", -0.5, "must be >= 0, got -0.5"),
+    ("exponential", "min_lr", 0.0, "must be > 0 in exponential mode"),
+    ("linear", "min_lr", 2.0, "2.0 must be below range_test.max_lr (1.5)"),
+    ("linear", "num_epochs", -1.0, "must be >= 0, got -1.0"),
+    ("linear", "eval_subset", "all", "unknown 'all'; valid: first, random"),
+    ("linear", "beta", 1.0, "must be in [0, 1), got 1.0"),
+    ("linear", "skip_end", -1, "must be >= 0, got -1"),
+    ("linear", "recommend", "best", "unknown 'best'; valid: '', steepest"),
+    ("linear", "div_factor", 0.5, "must be >= 1 (or 0 = the mode's)"),
+  ],
+)
+def test_validate_names_the_bad_key(mode, key, value, words):
+  config = range_config(mode)
+  lrt.validate(config)  # The presets pass.
+  config.range_test[key] = value
+  with pytest.raises(lrt.RangeTestError) as e:
+    lrt.validate(config)
+  assert str(e.value).startswith(f"range_test.{key}: {words}")
+
+
+def test_validate_names_the_first_bad_key_in_the_presets_order():
+  config = range_config("linear")
+  config.range_test.div_factor = 0.5  # Last in default_config's order...
+  config.range_test.eval_size = -1  # ...this one earlier.
+  with pytest.raises(lrt.RangeTestError, match=r"^range_test\.eval_size:"):
+    lrt.validate(config)
+
+
+def _scripted_rows(losses, lrs):
+  return [
+    {"step": i + 1, "lr": float(lr), "loss": loss, "smoothed_loss": loss}
+    for i, (lr, loss) in enumerate(zip(lrs, losses))
+  ]
+
+
+def _summary(config, rows, reason, num_planned):
+  return lrt.summarize(
+    config,
+    rows,
+    reason=reason,
+    num_planned=num_planned,
+    steps_per_epoch=4,
+    num_classes=10,
+    eval_size=0,
+    notes=["given first"],
+  )
+
+
+def test_summary_notes_say_what_to_change():
+  config = range_config("exponential", num_steps=50)
+  lrs = np.geomspace(1e-4, 10, 50)
+  # Falls, never rises again: max_lr too low to see the breakdown.
+  falling = list(np.linspace(2.3, 1.0, 50))
+  s = _summary(config, _scripted_rows(falling, lrs), "completed", 50)
+  assert s["notes"][0] == "given first"
+  assert any(n.startswith("the loss never rose") for n in s["notes"])
+  assert s["min_smoothed_loss"] == pytest.approx(1.0)
+  assert s["min_smoothed_loss_lr"] == pytest.approx(10.0)
+  # NaN at step 4 of 50: stopped early, no loss-based suggestion.
+  early = _scripted_rows([2.3, 2.2, 2.1, float("nan")], lrs)
+  s = _summary(config, early, "nonfinite", 50)
+  assert s["notes"][1:] == [
+    "stopped (nonfinite) after 4 of 50 steps: lower range_test.max_lr or"
+    " range_test.min_lr",
+    "too few finite points for the loss-based suggestions: lower"
+    " range_test.skip_start/skip_end or run longer",
+  ]
+  assert s["min_smoothed_loss"] == pytest.approx(2.1)
+  assert s["stop_lr"] == pytest.approx(lrs[3])
+  # Nothing finite: no minimum.
+  s = _summary(config, _scripted_rows([float("nan")], lrs), "nonfinite", 50)
+  assert s["min_smoothed_loss"] is s["min_smoothed_loss_lr"] is None
+
+
 # ---------------------------------------------------------------------------
 # Real runs (ResNet-20, synthetic data)
 # ---------------------------------------------------------------------------
