@@ -204,20 +204,16 @@ def _load_named_config(argv, prog: str):
     fail(str(e), prog=prog)
 
 
-def parse_flags(argv, flag_values=None, *, prog: str = "superconv", doc=""):
-  """absl flag parsing, but bad flags give one line and status 2.
+def parse_flags(argv, flag_values, *, prog: str = "superconv", doc=""):
+  """absl flag parsing into a driver's own `FlagValues`, but bad flags give
+  one line and status 2.
 
   `argv[0]` is the program; returns the arguments that are not flags.
-  `flag_values` None: absl's global `FLAGS` (`app.run`'s flags_parser,
-  which handles --help itself). A driver's own `FlagValues`: --help prints
-  `doc` and its flags, then exits 0. A `--config` file is loaded first,
-  so that a bad one, or an unknown `--config.<key>`, is named in one line.
+  --help prints `doc` and the flags, then exits 0. A `--config` file is
+  loaded first, so that a bad one, or an unknown `--config.<key>`, is named
+  in one line.
   """
-  from absl import flags  # pylint: disable=g-import-not-at-top
-
-  if flag_values is None:
-    flag_values = flags.FLAGS
-  elif _wants_help(argv):
+  if _wants_help(argv):
     sys.stdout.write(help_text(flag_values, doc))
     sys.exit(EXIT_OK)
   config = _load_named_config(argv, prog) if "config" in flag_values else None
