@@ -376,6 +376,13 @@ def _check_data_fields(config) -> None:
     "num_parallel_seeds",
     f"must be an integer >= 1, got {config.num_parallel_seeds!r}",
   )
+  # The steps take the seeds as int32 values.
+  last = config.seed + config.num_parallel_seeds - 1
+  _check(
+    last < 2**31,
+    "seed",
+    f"the last replica's seed {last} must be below 2**31 = {2**31}",
+  )
 
 
 def _check_cadences(config) -> None:

@@ -181,14 +181,16 @@ def replica_seeds(config) -> list[int]:
 
 
 def _init_fn(config, model, image_shape, tx):
-  """A function of no arguments that builds the initial train state.
+  """A function of the replicas' seeds (an int32 vector, `init_seeds`)
+  that builds the initial train state.
 
   With several replicas (config.num_parallel_seeds > 1) every leaf gets a
   leading replica axis; replica k is the state a run with seed
-  config.seed + k starts from.
+  config.seed + k starts from. The seeds are an argument, not constants, so
+  that one program serves every seed.
   """
 
-  def init_one(seed: int):
+  def init_one(seed):
     init_key = jax.random.fold_in(jax.random.key(seed), 0)
     variables = model.init(
       init_key, jnp.zeros((1,) + tuple(image_shape), jnp.float32), train=False
@@ -210,23 +212,41 @@ def _init_fn(config, model, image_shape, tx):
     # then trace (and compile) the same train step.
     return state.replace(step=jnp.zeros((), jnp.int32))
 
-  seeds = replica_seeds(config)
-  if len(seeds) == 1:
-    return lambda: init_one(seeds[0])
-  return lambda: jax.tree.map(
-    lambda *xs: jnp.stack(xs), *[init_one(s) for s in seeds]
-  )
+  if int(config.get("num_parallel_seeds", 1)) == 1:
+    return lambda seeds: init_one(seeds[0])
+  return jax.vmap(init_one)
+
+
+def init_seeds(config):
+  """The replicas' seeds as the int32 vector `_init_fn`'s function takes
+  (the same key bits as the Python ints: config.validate keeps them below
+  2**31)."""
+  return np.asarray(replica_seeds(config), np.int32)
+
+
+# The initialization runs once but its program (the model's forward pass
+# and one random draw per parameter) takes LLVM's -O2 about 9 s to compile
+# on a CPU for ResNet-20; -O1 takes 2 s and gives the same bits (checked for
+# every model and dtype by tests/test_train.py). Only on the CPU, whose
+# compiler reads this option.
+_CPU_INIT_OPTIONS = {"xla_backend_optimization_level": 1}
 
 
 def create_train_state(config, model, image_shape, tx) -> TrainState:
   """Initial state from config.seed (identical on every host and device);
   stacked over replicas when config.num_parallel_seeds > 1."""
-  return jax.jit(_init_fn(config, model, image_shape, tx))()
+  options = _CPU_INIT_OPTIONS if jax.default_backend() == "cpu" else None
+  init = jax.jit(
+    _init_fn(config, model, image_shape, tx), compiler_options=options
+  )
+  return init(init_seeds(config))
 
 
 def abstract_train_state(config, model, image_shape, tx) -> TrainState:
   """Shapes and dtypes of the train state, without computing anything."""
-  return jax.eval_shape(_init_fn(config, model, image_shape, tx))
+  return jax.eval_shape(
+    _init_fn(config, model, image_shape, tx), init_seeds(config)
+  )
 
 
 # ============================================================================
@@ -388,10 +408,14 @@ def eval_step(
   return jax.lax.psum(totals, AXIS)
 
 
-def _pmap(fn, *, donate_state: bool):
-  """The one place that maps a per-device function over the devices."""
+def _pmap(fn, *, donate_state: bool, in_axes=0):
+  """The one place that maps a per-device function over the devices
+  (`in_axes` as jax.pmap's: None for an argument every device shares)."""
   return jax.pmap(
-    fn, axis_name=AXIS, donate_argnums=(0,) if donate_state else ()
+    fn,
+    axis_name=AXIS,
+    in_axes=in_axes,
+    donate_argnums=(0,) if donate_state else (),
   )
 
 
@@ -706,16 +730,18 @@ def make_train_step(config, dataset, aug):
     num_shards=jax.device_count(),
     nan_at_step=int(config.get("debug_nan_at_step", -1)),
   )
-  seeds = replica_seeds(config)
-  if len(seeds) == 1:
-    return _pmap(functools.partial(step, seed=seeds[0]), donate_state=True)
 
-  def replicas_step(state, images, labels):
+  def seeds_step(state, images, labels, seeds):
+    if len(seeds) == 1:  # Static: a single run's state has no replica axis.
+      return step(state, images, labels, seed=seeds[0])
     return jax.vmap(lambda st, seed: step(st, images, labels, seed=seed))(
-      state, jnp.asarray(seeds, jnp.int32)
+      state, seeds
     )
 
-  return _pmap(replicas_step, donate_state=True)
+  # The seeds are an argument, not constants: one program serves every seed.
+  p_step = _pmap(seeds_step, donate_state=True, in_axes=(0, 0, 0, None))
+  seeds = init_seeds(config)
+  return lambda state, images, labels: p_step(state, images, labels, seeds)
 
 
 def replica_workdir(workdir: str, seed: int) -> str:

@@ -750,6 +750,9 @@ def test_tiny_run_writes_the_documented_json(tmp_path, capsys, compile_cache):
   assert row["error"] is None
   assert len(row["step_times_s"]) == 1 and len(row["aug_step_times_s"]) == 1
   assert row["step_spread"] is None  # One block has no spread.
+  for what in ("step", "aug_step"):  # 2 steps of 8 images in the block.
+    (seconds,) = row[f"{what}_times_s"]
+    assert row[f"{what}_images_per_sec"] == pytest.approx(8 * 2 / seconds)
   assert isinstance(row["flags"], list)
   # Warm-up: blocks of --warmup 1 step until two agree, within the cap.
   for what in ("step", "aug_step"):
@@ -783,7 +786,7 @@ def test_parallel_seeds_rows_count_every_replica(tmp_path, compile_cache):
     TINY_ARGS
     + [
       "--parallel-seeds",
-      "1,2",
+      "2",
       "--steps",
       "2",
       "--repeats",
@@ -797,7 +800,8 @@ def test_parallel_seeds_rows_count_every_replica(tmp_path, compile_cache):
   )
   assert status == 0
   rows = json.loads(out.read_text())["rows"]
-  assert [r["parallel_seeds"] for r in rows] == [1, 2]
+  # (One seed's rows: test_tiny_run_writes_the_documented_json.)
+  assert [r["parallel_seeds"] for r in rows] == [2]
   for row in rows:
     k = row["parallel_seeds"]
     # Each step trains K global batches of 8 images: images/s = K * 8 *
