@@ -46,6 +46,13 @@ def pytest_configure(config):
   )
 
 
+def pytest_xdist_auto_num_workers(config):
+  """`-n auto`: one worker per core this process may use, at most 4 (the
+  heavier tests start several processes of their own)."""
+  del config
+  return max(1, min(4, len(os.sched_getaffinity(0))))
+
+
 def pytest_unconfigure(config):
   del config
   for cache in _SESSION_CACHE:

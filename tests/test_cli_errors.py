@@ -405,9 +405,9 @@ def _assert_ends_with_disk_full(result, workdir):
     f"superconv: error: --workdir {workdir}: no space left on device"
     " (ENOSPC); no checkpoint is complete yet; free space and run the same"
     " command to start again"
-  )
+  ), result.stderr[-6000:]
   for noise in ("Traceback", "Event loop is closed", "never retrieved"):
-    assert noise not in result.stderr
+    assert noise not in result.stderr, result.stderr[-6000:]
 
 
 def test_full_disk_during_a_checkpoint_ends_with_one_summary_line(tmp_path):
@@ -493,6 +493,6 @@ def test_skipping_an_unreadable_checkpoint_prints_only_its_warning(tmp_path):
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 5, result.stderr[-3000:]
   for line in lines:
-    assert "WARNING Incomplete checkpoint" in line
-    assert f"{workdir}/checkpoints/2 (unreadable (" in line
-    assert "using step 1, the latest complete one" in line
+    assert "WARNING Incomplete checkpoint" in line, result.stderr[-6000:]
+    assert f"{workdir}/checkpoints/2 (unreadable (" in line, line
+    assert "using step 1, the latest complete one" in line, line
