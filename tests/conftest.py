@@ -9,6 +9,7 @@ import logging
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
 
@@ -35,6 +36,13 @@ _SESSION_CACHE = []
 
 def pytest_configure(config):
   del config
+  # A suite started in the background of a non-interactive shell (`cmd &`,
+  # nohup) inherits SIGINT ignored, and so would every process it starts:
+  # the Ctrl-C tests would then test the shell, not superconv. Python's own
+  # handler, as at a terminal; a caught signal is reset to the default in
+  # a child at exec, so the subprocesses start as from a terminal too.
+  if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
   if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     return  # The caller chose a cache (or none: set it to "").
   cache = tempfile.mkdtemp(prefix="superconv-tests-xla-")
