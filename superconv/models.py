@@ -4,7 +4,8 @@ Two families are provided:
 
 * `resnet20/32/44/56/110` -- the CIFAR ResNets of He et al. 2016 ("Deep
   Residual Learning for Image Recognition", section 4.2): 6n+2 layers, three
-  stages of `n` BasicBlocks with 16/32/64 channels.  The default shortcut is
+  stages of `n` BasicBlocks with 16/32/64 channels; `resnet8` (n=1), the
+  smallest of the family, for smoke tests.  The default shortcut is
   option "A" (parameter-free subsample + zero-pad), as in the paper and in
   akamaster/pytorch_resnet_cifar10; option "B" uses a 1x1 conv + BN projection
   where the shape changes.
@@ -392,7 +393,7 @@ _ARCHS: dict[str, _Arch] = {
     f"resnet{6 * n + 2}": _Arch(
       CifarResNet, BasicBlock, (n, n, n), _CIFAR_WIDTHS
     )
-    for n in (3, 5, 7, 9, 18)
+    for n in (1, 3, 5, 7, 9, 18)
   },
   "resnet18": _Arch(ResNet, BasicBlock, (2, 2, 2, 2), _IMAGENET_WIDTHS, "B"),
   "resnet34": _Arch(ResNet, BasicBlock, (3, 4, 6, 3), _IMAGENET_WIDTHS, "B"),
@@ -487,7 +488,7 @@ def create_model(
     bn_momentum: flax BatchNorm momentum
       (running = m * running + (1 - m) * batch).
     bn_epsilon: BatchNorm epsilon.
-    shortcut: "A" or "B"; only affects resnet20/32/44/56/110.  The
+    shortcut: "A" or "B"; only affects resnet8/20/32/44/56/110.  The
       kuangliu-style resnet18/34/50/preact_resnet18 always use projections.
     axis_name: pmap axis over which training-mode BN averages batch statistics.
     conv_impl: one of `superconv.conv.CONV_IMPLS`: 'xla' (plain

@@ -72,7 +72,7 @@ def without_compile_cache(env) -> dict:
   return {k: v for k, v in env.items() if k not in COMPILE_CACHE_ENV}
 
 
-# The tiny synthetic run the training tests share: ResNet-20 in float32 on
+# The tiny synthetic run the training tests share: ResNet-8 in float32 on
 # 64 synthetic images (4 steps of 16 an epoch) and 40 test images (not a
 # multiple of the eval batch, so evaluation pads), 3 steps at a constant
 # LR 0.1. Every field that matters is set here, so edits to configs/ cannot
@@ -81,7 +81,7 @@ TINY = {
   "dataset": "synthetic",
   "synthetic_train_size": 64,
   "synthetic_test_size": 40,
-  "model": "resnet20",
+  "model": "resnet8",
   "dtype": "float32",
   "batch_size": 16,
   "eval_batch_size": 16,

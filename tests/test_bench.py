@@ -622,7 +622,7 @@ def test_pytorch_reference_rejects_unknown_settings(capsys):
   assert "--settings: unknown 'fast'" in capsys.readouterr().err
 
 
-# --- Real runs: resnet20, global batch 8, float32, synthetic ------------------
+# --- Real runs: resnet8, global batch 8, float32, synthetic -------------------
 #
 # Both tests below compile the same programs (initial state, train step,
 # bare step); one persistent compilation cache for the module lets the
@@ -630,7 +630,7 @@ def test_pytorch_reference_rejects_unknown_settings(capsys):
 
 TINY_ARGS = [
   "--model",
-  "resnet20",
+  "resnet8",
   "--batch",
   "8",
   "--dtype",
@@ -654,14 +654,15 @@ def test_bare_step_matches_the_train_step_on_the_same_batch(compile_cache):
   # In float64: the two programs differ only in where the batch is selected
   # and augmented (inside the step or before it), so XLA may fuse and order
   # the sums differently. Float64 rounding (1e-16), grown through one
-  # ResNet-20 step, stays near 1e-14 relative to a leaf's or metric's norm
-  # (measured); float32 gives 1e-6 (and 2% on elements near zero), a wrong
-  # batch or step 1e-1. 1e-10 keeps margins of 1e3 or more on either side.
+  # ResNet-8 step, stays near 2e-15 relative to a leaf's or metric's norm
+  # (measured on 1 and 2 threads); float32 gives 1e-6 (and 2% on elements
+  # near zero, measured on ResNet-20), a wrong batch or step 1e-1. 1e-10
+  # keeps margins of 1e3 or more on either side.
   del compile_cache
   tolerance = 1e-10
   with jax.enable_x64(True):
     config = bench.bench_config(
-      "resnet20", 8, "float64", train_size=16, loop_steps=2, log_every=1
+      "resnet8", 8, "float64", train_size=16, loop_steps=2, log_every=1
     )
     dataset = data_lib.load(
       "synthetic", synthetic_train_size=16, synthetic_test_size=8
@@ -734,16 +735,16 @@ def test_tiny_run_writes_the_documented_json(tmp_path, capsys, compile_cache):
   assert tuple(row) == bench.ROW_KEYS
   assert row["framework"] == "jax"
   assert (row["model"], row["global_batch"], row["dtype"]) == (
-    "resnet20",
+    "resnet8",
     8,
     "float32",
   )
-  assert row["params"] == 269_722
+  assert row["params"] == 75_290
   assert row["devices"] == jax.local_device_count()
   assert row["conv_impl"] == (
     "chunked" if jax.default_backend() == "cpu" else "xla"
   )
-  assert row["forward_macs"] == models.forward_macs("resnet20")
+  assert row["forward_macs"] == models.forward_macs("resnet8")
   assert row["train_gflops_per_image"] == pytest.approx(
     6 * row["forward_macs"] / 1e9
   )
@@ -776,7 +777,7 @@ def test_tiny_run_writes_the_documented_json(tmp_path, capsys, compile_cache):
     assert row["peak_memory_bytes"] is None
   assert payload["meta"]["backend"] == jax.default_backend()
   table = capsys.readouterr().out
-  assert "step img/s" in table and "resnet20" in table
+  assert "step img/s" in table and "resnet8" in table
 
 
 def test_parallel_seeds_rows_count_every_replica(tmp_path, compile_cache):

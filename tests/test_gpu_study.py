@@ -204,7 +204,7 @@ def test_tiny_study_on_the_cpu_is_read_by_the_report(tmp_path):
     "--python",
     sys.executable,
     "--model",
-    "resnet20",
+    "resnet8",
     "--dtype",
     "float32",
     "--batch",
@@ -244,7 +244,7 @@ def test_tiny_study_on_the_cpu_is_read_by_the_report(tmp_path):
     run = out / "runs" / "piecewise" / "1" / f"seed={seed}"
     config = json.loads((run / "config.json").read_text())
     assert (config["seed"], config["schedule"]["max_lr"]) == (seed, 0.1)
-    assert (config["model"], config["num_epochs"]) == ("resnet20", 1.0)
+    assert (config["model"], config["num_epochs"]) == ("resnet8", 1.0)
     assert (config["batch_size"], config["num_parallel_seeds"]) == (16, 1)
   with open(out / "report" / "budget_accuracy.csv") as f:
     rows = list(csv.DictReader(f))

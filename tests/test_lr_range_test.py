@@ -349,7 +349,7 @@ def test_summary_notes_say_what_to_change():
 
 
 # ---------------------------------------------------------------------------
-# Real runs (ResNet-20, synthetic data)
+# Real runs (ResNet-8, synthetic data)
 # ---------------------------------------------------------------------------
 
 
@@ -369,6 +369,7 @@ def test_cli_run_writes_the_three_files_and_no_checkpoint(tmp_path):
     "--workdir",
     str(workdir),
     "--config.dataset=synthetic",
+    "--config.model=resnet8",
     "--config.batch_size=16",
     "--config.synthetic_train_size=64",
     "--config.synthetic_test_size=40",
@@ -422,7 +423,7 @@ def test_cli_run_writes_the_three_files_and_no_checkpoint(tmp_path):
   assert rec["max_lr"] == summary["suggestions"]["smith"]["max_lr"]
   assert rec["min_lr"] == pytest.approx(rec["max_lr"] / 4)
   assert summary["settings"]["mode"] == "linear"
-  assert summary["config"]["model"] == "resnet20"
+  assert summary["config"]["model"] == "resnet8"
   with open(workdir / "lr_range_test.png", "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   with open(workdir / "lr_range_test.jsonl") as f:

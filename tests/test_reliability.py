@@ -1,7 +1,7 @@
 """Checkpoints and reliability: exact resume, preemption, incomplete
 checkpoints, non-finite steps, changed configs, bad input, evaluation.
 
-Every training run is a subprocess on 8 simulated CPU devices (ResNet-20 on
+Every training run is a subprocess on 8 simulated CPU devices (ResNet-8 on
 64 synthetic images, batch 16: 4 steps per epoch, 8 steps). Compilation
 dominates, so the runs share a persistent JAX compilation cache, are started
 once per module by the `runs` fixture, two or three at a time where they do
@@ -351,7 +351,7 @@ def _assert_bit_exact(workdir_a, workdir_b):
   # The same through the notebook API.
   _, va, ca = api.load_checkpoint(str(workdir_a))
   _, vb, _ = api.load_checkpoint(str(workdir_b))
-  assert ca.model == "resnet20"
+  assert ca.model == "resnet8"
   for x, y in zip(jax.tree.leaves(va), jax.tree.leaves(vb)):
     assert np.array_equal(x, y)
 

@@ -603,7 +603,7 @@ TINY = [
   "--config.batch_size=16",
   "--config.eval_batch_size=16",
   "--config.num_steps=4",
-  "--config.model=resnet20",
+  "--config.model=resnet8",
   "--config.dtype=float32",
   # quick.py's pct_start 0.25 leaves no rising phase in 4 steps.
   "--config.schedule.pct_start=0.5",

@@ -46,7 +46,7 @@ def batch_loss(state, x, y):
 def test_one_step_changes_parameters_and_lowers_the_loss():
   # In float64: the step's loss (pmapped, batch selected inside) and
   # batch_loss (vmapped) are two programs for one computation, equal up to
-  # float64 rounding grown through ResNet-20 (1e-15 measured): 1e-10.
+  # float64 rounding grown through ResNet-8 (2e-16 measured): 1e-10.
   # Data set = one batch, no augmentation: every step sees the same images.
   with jax.enable_x64(True):
     config = tiny_config(
@@ -117,7 +117,7 @@ def test_weight_decay_mask_excludes_batchnorm_and_bias_when_asked():
 def test_eval_counts_every_test_image_once():
   # 40 test images, global eval batch 16: 3 batches, the last half padding.
   # In float64: the Evaluator (batches of 16, masked sums) and one direct
-  # forward of the 40 images agree up to float64 rounding (1e-16 measured):
+  # forward of the 40 images agree up to float64 rounding (1e-16 at most):
   # 1e-10. An image lost, counted twice or a padding image counted moves the
   # mean loss by about 1e-2.
   with jax.enable_x64(True):
@@ -145,13 +145,13 @@ def test_eval_counts_every_test_image_once():
 
 
 def _init_bytes(options):
-  """Every leaf's bytes of ResNet-8's initial state (every kind of layer
-  ResNet-20 has, quicker to compile), its initialization compiled with
-  `options` (None: create_train_state's own)."""
+  """Every leaf's bytes of the tiny run's initial state (ResNet-8: every
+  kind of layer ResNet-20 has, quicker to compile), its initialization
+  compiled with `options` (None: create_train_state's own)."""
   config = tiny_config()
   dataset = load(config)
   run = train.setup(config, dataset)
-  model = run.model.clone(stage_sizes=(1, 1, 1))
+  model = run.model
   if options is None:
     state = train.create_train_state(config, model, (32, 32, 3), run.tx)
   else:
@@ -175,10 +175,11 @@ def test_the_initialization_has_the_bits_of_the_default_compilation():
 # In float64 (JAX_ENABLE_X64=1, config dtype float64: parameters, batch
 # statistics and compute). 8 devices change only how the batch's sums are
 # split and ordered (convolutions, BatchNorm statistics, the pmean), which
-# float64 rounds at 1e-16; over 3 steps that grows to about 1e-13 relative
-# to a leaf's norm (measured on 1 and 2 threads). Float32 noise would be
-# 1e-5 and a wrong shard, BatchNorm axis or missing pmean 1e-1, so 1e-10
-# separates the algorithm from rounding with margins of 1e3 on either side.
+# float64 rounds at 1e-16; over 3 steps of ResNet-8 that grows to about
+# 2e-15 relative to a leaf's norm (measured on 1 and 2 threads). Float32
+# noise would be 1e-5 (ResNet-20) and a wrong shard, BatchNorm axis or
+# missing pmean 1e-1, so 1e-10 separates the algorithm from rounding with
+# margins of 1e3 on either side.
 _DEVICES_TOLERANCE = 1e-10
 
 _DEVICE_SCRIPT = textwrap.dedent("""
@@ -326,8 +327,10 @@ def test_bad_override_exits_nonzero_naming_the_key(
 
 
 def tiny_main_args(workdir, **overrides) -> list[str]:
-  """configs/quick.py on 64 synthetic images, batch 16 (4 steps/epoch)."""
+  """configs/quick.py with ResNet-8 on 64 synthetic images, batch 16 (4
+  steps/epoch)."""
   settings = {
+    "model": "resnet8",
     "dataset": "synthetic",
     "synthetic_train_size": 64,
     "synthetic_test_size": 40,
@@ -356,7 +359,7 @@ def test_main_trains_logs_and_resumes(tmp_path):
   assert "final: test accuracy" in result.stdout
 
   saved = json.loads((workdir / "config.json").read_text())
-  assert saved["model"] == "resnet20" and saved["num_steps"] == 8
+  assert saved["model"] == "resnet8" and saved["num_steps"] == 8
   rows = [json.loads(l) for l in (workdir / "metrics.jsonl").open()]
   train_rows = [r for r in rows if "train_loss" in r]
   eval_rows = [r for r in rows if "eval_accuracy" in r]
@@ -428,13 +431,14 @@ def _train_steps(config, dataset, run, steps: int):
 def test_parallel_seeds_equal_separate_runs():
   # One-cycle moves LR and momentum every step; 3 steps of 16 of the 32
   # images. In float32 the vmapped convolutions sum in another order and, on
-  # 16 random-noise images, the gradient is hypersensitive (a 1e-7 relative
-  # perturbation of the initial parameters moves grad_norm by 2e-4 at once
-  # and by 1% two steps later), so the check runs in float64: the same
-  # amplification of float64 rounding (1e-16) stays near 1e-13 (measured),
-  # while a wrong seed, batch or augmentation changes everything by ~1e-1.
-  # 1e-10 relative (to a value, or to a whole state part's norm) keeps
-  # margins of 1e3 on either side.
+  # 16 random-noise images, the gradient is hypersensitive (measured on
+  # ResNet-20: a 1e-7 relative perturbation of the initial parameters moves
+  # grad_norm by 2e-4 at once and by 1% two steps later), so the check runs
+  # in float64: the same amplification of float64 rounding (1e-16) stays
+  # near 1e-15 on ResNet-8 (measured on 1 and 2 threads), while a wrong
+  # seed, batch or augmentation changes everything by ~1e-1. 1e-10 relative
+  # (to a value, or to a whole state part's norm) keeps margins of 1e3 on
+  # either side.
   tolerance = 1e-10
   schedule = {
     "name": "one_cycle",
