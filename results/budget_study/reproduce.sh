@@ -188,12 +188,13 @@ w = json.load(open(sys.argv[1]))["winner"]
 print(w["overrides"]["schedule.max_lr"] if w else "")' "$1"
 }
 
-# portable SRC DST: a JSON file with this checkout's absolute paths made
-# relative to the repository root, and a "command" interpreter named only.
+# portable SRC DST [SRC DST ...]: each JSON file SRC written to DST with
+# this checkout's absolute paths made relative to the repository root, and
+# a "command" interpreter named only. One Python process for all the files.
 portable() {
-  "$PY" - "$ROOT" "$1" "$2" <<'EOF'
+  "$PY" - "$ROOT" "$@" <<'EOF'
 import json, os, sys
-root, src, dst = sys.argv[1:]
+root, *pairs = sys.argv[1:]
 
 
 def rel(value):
@@ -206,12 +207,13 @@ def rel(value):
   return value
 
 
-data = json.load(open(src))
-if data.get("command"):
-  data["command"][0] = os.path.basename(data["command"][0])
-with open(dst, "w") as f:
-  json.dump(rel(data), f, indent=2, sort_keys=True)
-  f.write("\n")
+for src, dst in zip(pairs[::2], pairs[1::2]):
+  data = json.load(open(src))
+  if data.get("command"):
+    data["command"][0] = os.path.basename(data["command"][0])
+  with open(dst, "w") as f:
+    json.dump(rel(data), f, indent=2, sort_keys=True)
+    f.write("\n")
 EOF
 }
 
@@ -219,21 +221,23 @@ EOF
 # RESULTS/runs (the same layout) and writes RESULTS/tuning.md.
 export_results() {
   local marker dir rel
+  local -a json=()  # SRC DST pairs for portable.
   while IFS= read -r marker; do
     dir="$(dirname "$marker")"
     rel="${dir#"$RUNS"/}"
     mkdir -p "$RESULTS/runs/$rel"
     cp "$dir/config.json" "$dir/metrics.jsonl" "$RESULTS/runs/$rel/"
-    portable "$dir/done.json" "$RESULTS/runs/$rel/done.json"
+    json+=("$dir/done.json" "$RESULTS/runs/$rel/done.json")
   done < <(find "$RUNS" -name done.json 2>/dev/null | sort)
   while IFS= read -r marker; do
     rel="${marker#"$RUNS"/}"
     mkdir -p "$RESULTS/runs/$(dirname "$rel")"
     case "$marker" in
-      *.json) portable "$marker" "$RESULTS/runs/$rel" ;;
+      *.json) json+=("$marker" "$RESULTS/runs/$rel") ;;
       *) cp "$marker" "$RESULTS/runs/$rel" ;;
     esac
   done < <(find "$RUNS" \( -name tuning.json -o -name extensions.txt \) 2>/dev/null | sort)
+  if ((${#json[@]})); then portable "${json[@]}"; fi
   "$PY" - "$RUNS" "$RESULTS/tuning.md" <<'EOF'
 import glob, json, os, sys
 runs, out = sys.argv[1:]
