@@ -1,4 +1,4 @@
-"""A real CIFAR-10 run in about 6 minutes on a 2-core CPU.
+"""A real CIFAR-10 run in under 10 minutes on a 2-core CPU.
 
 ResNet-20 for 2 epochs with a two-phase linear one-cycle: the strongest
 short recipe this trainer has (the `onecycle` arm of
