@@ -190,16 +190,16 @@ def test_parameter_trees_are_the_same_with_either_batchnorm(name):
 
 
 def test_resnet_step_is_the_same_with_either_batchnorm():
-  """Loss, logits, new statistics and gradients of a train step of a small
-  CIFAR ResNet (one block per stage, projection shortcuts: every kind of BN
-  call) on 2 shards that share BN statistics. (Same variables: see
+  """Loss, logits, new statistics and gradients of a train step of ResNet-8
+  (one block per stage) with projection shortcuts (every kind of BN call)
+  on 2 shards that share BN statistics. (Same variables: see
   `test_parameter_trees_are_the_same_with_either_batchnorm`.)"""
   x = jax.random.normal(jax.random.key(1), (2, 2, 8, 8, 3), jnp.float64)
   y = jnp.arange(4).reshape(2, 2) % 10
 
   def model(impl):
-    return models.CifarResNet(
-      stage_sizes=(1, 1, 1),
+    return models.create_model(
+      "resnet8",
       shortcut="B",
       bn_impl=impl,
       conv_impl="xla",

@@ -151,11 +151,10 @@ def _init_bytes(options):
   config = tiny_config()
   dataset = load(config)
   run = train.setup(config, dataset)
-  model = run.model
   if options is None:
-    state = train.create_train_state(config, model, (32, 32, 3), run.tx)
+    state = train.create_train_state(config, run.model, (32, 32, 3), run.tx)
   else:
-    init = train._init_fn(config, model, (32, 32, 3), run.tx)
+    init = train._init_fn(config, run.model, (32, 32, 3), run.tx)
     state = jax.jit(init, compiler_options=options)(train.init_seeds(config))
   return [np.asarray(x).tobytes() for x in jax.tree.leaves(state)]
 
